@@ -1,0 +1,93 @@
+"""Hydra composition of the config tree in ``experiments/conf`` with readable errors.
+
+Config groups mirror the registries (``encoder``, ``bridge``, ``connector``, ``head``, ``lm``,
+``recipe``, ``data``) plus ``trainer``, ``tracking`` and ``experiment``. Option files are named
+after registry keys, so an unknown option is reported like an unknown registry name: one line with
+the key, the value and close matches.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+from typing import Iterable
+
+from omegaconf import DictConfig
+
+from zoo.registry import suggest
+
+# config group -> registry kind whose keys name the group's option files
+GROUP_KINDS: dict[str, str] = {"encoder": "encoder", "bridge": "bridge", "connector": "connector",
+                               "head": "head", "lm": "lm", "recipe": "recipe", "data": "dataset"}
+
+
+class ConfigError(ValueError):
+    """A configuration problem, phrased as one line naming the key and the value."""
+
+
+def conf_dir() -> Path:
+    return Path(str(resources.files("experiments") / "conf"))
+
+
+def group_options(group: str) -> list[str]:
+    """Option names of a config group (yaml file stems), sorted; [] for an unknown group."""
+    folder = conf_dir() / group
+    return sorted(p.stem for p in folder.glob("*.yaml")) if folder.is_dir() else []
+
+
+def config_groups() -> dict[str, list[str]]:
+    return {p.name: group_options(p.name) for p in sorted(conf_dir().iterdir()) if p.is_dir()}
+
+
+def _split_override(override: str) -> tuple[str, str] | None:
+    if "=" not in override:
+        return None
+    key, value = override.split("=", 1)
+    return key.lstrip("+~"), value
+
+
+def validate_overrides(overrides: Iterable[str], sweep: bool = False) -> None:
+    """Reject ``group=option`` overrides that name no option file, with suggestions.
+
+    With ``sweep=True`` comma-separated values are checked one by one.
+    """
+    groups = config_groups()
+    for override in overrides:
+        split = _split_override(override)
+        if split is None:
+            continue
+        key, value = split
+        if key not in groups or value in ("null", ""):
+            continue
+        for option in (value.split(",") if sweep else [value]):
+            if option not in groups[key]:
+                raise ConfigError(f"{key}={option}: unknown {key} {option!r}."
+                                  f"{suggest(option, groups[key])} "
+                                  f"Options: {', '.join(groups[key]) or '(none)'}")
+
+
+def compose(overrides: Iterable[str] = (), config_name: str = "config") -> DictConfig:
+    """Compose the primary config with command-line style overrides."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    overrides = list(overrides)
+    validate_overrides(overrides)
+    try:
+        with initialize_config_dir(version_base="1.3", config_dir=str(conf_dir()), job_name="zoo"):
+            return hydra_compose(config_name=config_name, overrides=overrides)
+    except (HydraException, OmegaConfBaseException) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ConfigError(f"config error: {first}") from err
+
+
+def chosen_options(cfg: DictConfig) -> dict[str, str]:
+    """The registry key chosen in each component group (from each node's ``_target_``)."""
+    choices = {}
+    for group in GROUP_KINDS:
+        node = cfg.get(group)
+        if isinstance(node, DictConfig) and "_target_" in node:
+            choices[group] = str(node["_target_"]).rsplit(".", 1)[-1]
+    return choices
