@@ -17,6 +17,10 @@ from torch import Tensor, nn
 
 PLANES: tuple[str, ...] = ("axial", "coronal", "sagittal")
 COMPONENT_KEYS: tuple[str, ...] = ("encoder", "bridge", "connector", "lm", "heads")
+# Values of a sample's "task" key (DESIGN.md section 6; M3D-Bench tasks plus classification).
+# Image-text retrieval is evaluated on "caption" samples.
+TASK_NAMES: tuple[str, ...] = ("caption", "vqa_closed", "vqa_open", "rec", "reg", "seg", "refseg",
+                               "cls")
 
 
 def check_volume(volume: Tensor, name: str = "volume", channels: int | None = None) -> None:
@@ -187,6 +191,16 @@ class ZooModel(nn.Module):
         """The model's parts under the contract names ``encoder, bridge, connector, lm, heads``."""
         return {k: getattr(self, k) for k in COMPONENT_KEYS
                 if isinstance(getattr(self, k, None), nn.Module)}
+
+    def collate(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
+        """Samples -> batch. Default: stack ``image`` (and ``mask`` when every sample has one),
+        keep every other key as a list. Recipes with text override this (tokenisation lives
+        with the model because the image-token count does)."""
+        batch: dict[str, Any] = {k: [s.get(k) for s in samples] for k in samples[0]}
+        batch["image"] = torch.stack([s["image"] for s in samples])
+        if all(s.get("mask") is not None for s in samples):
+            batch["mask"] = torch.stack([s["mask"] for s in samples])
+        return batch
 
     def generate(self, batch: dict[str, Any], **gen_kwargs: Any) -> Any:
         raise NotImplementedError(f"{type(self).__name__} does not generate outputs")
