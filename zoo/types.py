@@ -18,9 +18,10 @@ from torch import Tensor, nn
 PLANES: tuple[str, ...] = ("axial", "coronal", "sagittal")
 COMPONENT_KEYS: tuple[str, ...] = ("encoder", "bridge", "connector", "lm", "heads")
 # Values of a sample's "task" key (DESIGN.md section 6; M3D-Bench tasks plus classification).
-# Image-text retrieval is evaluated on "caption" samples.
+# Image-text retrieval is evaluated on "caption" samples; "slice" samples are the (volume, 2D slice,
+# slice text) triplets of Med3DInsight pretraining.
 TASK_NAMES: tuple[str, ...] = ("caption", "vqa_closed", "vqa_open", "rec", "reg", "seg", "refseg",
-                               "cls")
+                               "cls", "slice")
 
 
 def check_volume(volume: Tensor, name: str = "volume", channels: int | None = None) -> None:
