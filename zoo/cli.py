@@ -57,6 +57,18 @@ def cmd_params(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    from zoo.config import compose
+    from zoo.jobs import run_training
+
+    result = run_training(compose(args.overrides))
+    for stage in result["stages"]:
+        print(stage.summary())
+    if result["run_id"]:
+        print(f"mlflow run {result['run_id']} (split {result['split_hash'][:12]})")
+    return 0
+
+
 def explain(err: BaseException) -> str:
     """One line for a configuration or build error (unwrapping Hydra's instantiation wrapper)."""
     key = getattr(err, "full_key", None)
@@ -84,6 +96,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_params)
 
+    p = sub.add_parser("train", help="train a recipe stage by stage")
+    _add_overrides(p)
+    p.set_defaults(func=cmd_train)
+
     for name, helptext, runner in _LATER_COMMANDS:
         p = sub.add_parser(name, help=helptext)
         p.add_argument("args", nargs=argparse.REMAINDER)
@@ -100,7 +116,6 @@ def _not_yet(issue: str) -> Callable[[argparse.Namespace], int]:
 
 
 _LATER_COMMANDS: list[tuple[str, str, Callable[[argparse.Namespace], int]]] = [
-    ("train", "train a recipe stage by stage", _not_yet("native 3D path issue")),
     ("sweep", "run an ablation sweep and compare", _not_yet("evaluation issue")),
     ("eval", "evaluate a trained run on M3D-Bench tasks", _not_yet("evaluation issue")),
     ("compare", "paired comparison of a sweep's runs", _not_yet("evaluation issue")),

@@ -1,0 +1,117 @@
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from tests.toy import ToyData, ToyModel
+from zoo.config import conf_dir
+from zoo.training import Trainer
+
+
+def trainer_cfg(tmp_path, **changes):
+    cfg = OmegaConf.load(conf_dir() / "trainer" / "default.yaml")
+    cfg.output_dir = str(tmp_path)
+    cfg.log_every = 1
+    for key, value in changes.items():
+        cfg[key] = value
+    return cfg
+
+
+def weights(model):
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def test_stages_freeze_and_learn(tmp_path):
+    torch.manual_seed(0)
+    model = ToyModel()
+    before = weights(model)
+    results = Trainer(model, ToyData(), trainer_cfg(tmp_path), seed=0).fit()
+    assert [r.stage for r in results] == ["warmup", "full"]
+    assert [r.steps for r in results] == [16, 8]  # 16 samples / batch 4 * (4, 2) epochs
+    after = weights(model)
+    assert not torch.equal(before["heads.cls.weight"], after["heads.cls.weight"])
+    assert results[-1].train_loss < 0.69  # below chance-level cross-entropy
+    assert (tmp_path / "checkpoints" / "full-final" / "model.safetensors").exists()
+    assert (tmp_path / "checkpoints" / "latest").read_text() == "full-final"
+
+
+def test_first_stage_leaves_frozen_encoder_untouched(tmp_path):
+    model = ToyModel()
+    before = weights(model)
+    Trainer(model, ToyData(), trainer_cfg(tmp_path, stages=["warmup"]), seed=0).fit()
+    assert torch.equal(before["encoder.1.weight"], model.state_dict()["encoder.1.weight"])
+
+
+class Killed(Exception):
+    pass
+
+
+@pytest.mark.parametrize("kill_stage,kill_step", [("warmup", 6), ("full", 4)])
+def test_resume_after_kill_equals_uninterrupted(tmp_path, kill_stage, kill_step):
+    torch.manual_seed(0)
+    reference = ToyModel()
+    init = weights(reference)
+    Trainer(reference, ToyData(), trainer_cfg(tmp_path / "ref"), seed=0).fit()
+
+    def kill(stage, step, logs):
+        if stage == kill_stage and step == kill_step:
+            raise Killed()
+
+    model = ToyModel()
+    model.load_state_dict(init)
+    cfg = trainer_cfg(tmp_path / "run", save_every=3)
+    with pytest.raises(Killed):
+        Trainer(model, ToyData(), cfg, seed=0, on_log=kill).fit()
+
+    resumed = ToyModel()  # a fresh process would rebuild the model from scratch
+    cfg.resume = True
+    results = Trainer(resumed, ToyData(), cfg, seed=0).fit()
+    assert results[-1].stage == "full"
+    for key, value in weights(reference).items():
+        torch.testing.assert_close(resumed.state_dict()[key], value, rtol=0, atol=1e-6)
+
+
+def test_unknown_stage_is_named(tmp_path):
+    with pytest.raises(ValueError, match="unknown stage"):
+        Trainer(ToyModel(), ToyData(), trainer_cfg(tmp_path, stages=["nope"]), seed=0).fit()
+
+
+DDP_SCRIPT = textwrap.dedent("""
+    import sys, torch
+    from omegaconf import OmegaConf
+    sys.path.insert(0, {root!r})
+    import zoo
+    from tests.toy import ToyData, ToyModel
+    from zoo.training import Trainer
+    from accelerate import PartialState
+    cfg = OmegaConf.load({cfg!r})
+    torch.manual_seed(0)
+    model = ToyModel()
+    Trainer(model, ToyData(), cfg, seed=0).fit()
+    if PartialState().is_main_process:
+        torch.save(model.state_dict(), {out!r})
+""")
+
+
+def test_ddp_two_processes_equal_one_process(tmp_path):
+    root = str(Path(__file__).resolve().parents[1])
+    results = {}
+    for procs in (1, 2):
+        cfg = trainer_cfg(tmp_path / f"p{procs}", validate=False)
+        cfg_path = tmp_path / f"cfg{procs}.yaml"
+        OmegaConf.save(cfg, cfg_path)
+        out = tmp_path / f"w{procs}.pt"
+        script = tmp_path / "ddp.py"
+        script.write_text(DDP_SCRIPT.format(root=root, cfg=str(cfg_path), out=str(out)))
+        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--cpu",
+               "--num_processes", str(procs), "--num_machines", "1", "--mixed_precision", "no",
+               "--dynamo_backend", "no", str(script)]
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240, cwd=root)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        results[procs] = torch.load(out, weights_only=True)
+    for key, value in results[1].items():
+        torch.testing.assert_close(results[2][key], value, rtol=1e-4, atol=1e-5)

@@ -1,0 +1,244 @@
+"""The generic training loop over a ``ZooModel``, on Hugging Face Accelerate (DESIGN.md section 7).
+
+Stages run in order; each freezes the model to its trainable set, builds its optimiser (AdamW) and
+cosine schedule with warmup, and trains for ``trainer.max_steps`` optimiser steps or the stage's
+epochs. Single process, DDP (``accelerate launch``), mixed precision and gradient accumulation all
+come from Accelerate. Batches are split across processes (``split_batches=True``), so a run with
+two processes sees the same global batches as one process.
+
+Resuming: checkpoints (see :mod:`zoo.checkpoint`) record the stage and optimiser step; with
+``trainer.resume=true`` the loop reloads the newest one and continues on the same data order (the
+sampler's permutation depends only on the seed and the epoch), reaching the same weights as an
+uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import math
+import resource
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import torch
+from omegaconf import DictConfig
+from torch.utils.data import DataLoader, Sampler
+
+from zoo import checkpoint
+from zoo.types import Stage, ZooModel
+
+
+class EpochPermutation(Sampler[int]):
+    """Shuffled indices that depend only on ``(seed, epoch)``: resumable and identical on every
+    process."""
+
+    def __init__(self, size: int, seed: int) -> None:
+        self.size, self.seed, self.epoch = size, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[int]:
+        generator = torch.Generator().manual_seed(self.seed * 100003 + self.epoch)
+        return iter(torch.randperm(self.size, generator=generator).tolist())
+
+    def __len__(self) -> int:
+        return self.size
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: kilobytes
+
+
+@dataclass
+class StageResult:
+    stage: str
+    steps: int
+    seconds: float
+    train_loss: float
+    val_loss: float | None = None
+    logs: dict[str, float] = field(default_factory=dict)
+
+    def summary(self) -> str:
+        val = f", val_loss {self.val_loss:.4f}" if self.val_loss is not None else ""
+        return (f"stage {self.stage}: {self.steps} steps in {self.seconds:.1f} s, "
+                f"train_loss {self.train_loss:.4f}{val}")
+
+
+class Trainer:
+    """Runs a model's stages on a data source; logs to an optional :class:`zoo.tracking.Run`."""
+
+    def __init__(self, model: ZooModel, data: Any, cfg: DictConfig, seed: int = 0,
+                 run: Any | None = None, on_log: Callable[[str, int, dict], None] | None = None):
+        self.model, self.data, self.cfg, self.seed, self.run = model, data, cfg, seed, run
+        self.on_log = on_log
+        self.root = Path(cfg.output_dir) / "checkpoints"
+
+    # ---------------------------------------------------------------- stage plumbing
+    def _accelerator(self) -> Any:
+        from accelerate import Accelerator
+        from accelerate.utils import DataLoaderConfiguration, DistributedDataParallelKwargs
+
+        return Accelerator(
+            gradient_accumulation_steps=int(self.cfg.grad_accum),
+            mixed_precision=str(self.cfg.mixed_precision),
+            dataloader_config=DataLoaderConfiguration(split_batches=True),
+            kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
+        )
+
+    def _loader(self, stage: Stage, split: str, shuffle: bool) -> DataLoader:
+        dataset = self.data.dataset(split, tasks=list(stage.tasks) or None)
+        if len(dataset) == 0:
+            raise ValueError(f"stage {stage.name!r}: the {split} split has no samples of tasks "
+                             f"{list(stage.tasks) or 'any'}")
+        batch_size = int(self.cfg.batch_size or stage.batch_size)
+        return DataLoader(dataset, batch_size=batch_size, drop_last=shuffle,
+                          sampler=EpochPermutation(len(dataset), self.seed) if shuffle else None,
+                          collate_fn=self.model.collate, num_workers=int(self.cfg.num_workers))
+
+    def _total_steps(self, stage: Stage, loader: DataLoader) -> tuple[int, int]:
+        per_epoch = max(1, len(loader) // int(self.cfg.grad_accum))
+        total = self.cfg.max_steps or math.ceil(stage.epochs * per_epoch)
+        return int(total), per_epoch
+
+    def _load_weights(self, folder: Path) -> None:
+        from safetensors.torch import load_file
+
+        weights = folder / "model.safetensors"
+        if not weights.exists():
+            raise FileNotFoundError(f"checkpoint {folder} has no model.safetensors")
+        self.model.load_state_dict(load_file(str(weights)), strict=True)
+
+    # ---------------------------------------------------------------- the loop
+    def fit(self) -> list[StageResult]:
+        stages = list(self.cfg.stages or self.model.stages)
+        unknown = [s for s in stages if s not in self.model.stages]
+        if unknown:
+            raise ValueError(f"trainer.stages: unknown stage(s) {unknown}; the recipe has "
+                             f"{list(self.model.stages)}")
+        resume = checkpoint.latest(self.root) if self.cfg.resume else None
+        done: list[str] = list(resume[1]["done_stages"]) if resume else []
+        if resume and resume[1]["stage"] in done:
+            self._load_weights(resume[0])  # a finished stage: weights only, next stage starts fresh
+        results = []
+        for name in stages:
+            if name in done:
+                continue
+            mid_stage = resume if resume and resume[1]["stage"] == name else None
+            results.append(self._fit_stage(self.model.stages[name], done, mid_stage))
+            done.append(name)
+        return results
+
+    def _fit_stage(self, stage: Stage, done: list[str],
+                   resume: tuple[Path, dict] | None) -> StageResult:
+        from tqdm.auto import tqdm
+        from transformers import get_cosine_schedule_with_warmup
+
+        self.model.apply_stage(stage)
+        loader = self._loader(stage, "train", shuffle=True)
+        total, per_epoch = self._total_steps(stage, loader)
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(params, lr=stage.lr, weight_decay=stage.weight_decay)
+        scheduler = get_cosine_schedule_with_warmup(optimizer, int(stage.warmup_ratio * total), total)
+        acc = self._accelerator()
+        model, optimizer, loader, scheduler = acc.prepare(self.model, optimizer, loader, scheduler)
+        step = 0
+        if resume is not None:
+            acc.load_state(str(resume[0]))
+            step = int(resume[1]["step"])
+
+        def save(tag: str, finished: bool) -> None:
+            state = {"stage": stage.name, "step": step, "total": total,
+                     "done_stages": done + ([stage.name] if finished else [])}
+            checkpoint.save(self.root, f"{stage.name}-{tag}", lambda d: acc.save_state(str(d)),
+                            state, is_main=acc.is_main_process)
+            acc.wait_for_everyone()
+
+        bar = tqdm(total=total, initial=step, desc=f"stage {stage.name}",
+                   disable=not acc.is_local_main_process, dynamic_ncols=True)
+        window: dict[str, list[float]] = {}
+        losses: list[float] = []
+        start = time.perf_counter()
+        window_start, samples, tokens = start, 0, 0
+        every, save_every = max(1, int(self.cfg.log_every)), int(self.cfg.save_every)
+        model.train()
+        while step < total:
+            loader.set_epoch(step // per_epoch)
+            skip = (step % per_epoch) * int(self.cfg.grad_accum)
+            batches = acc.skip_first_batches(loader, skip) if skip else loader
+            for batch in batches:
+                with acc.accumulate(model):
+                    out = model(batch)
+                    acc.backward(out.loss)
+                    if acc.sync_gradients and self.cfg.max_grad_norm:
+                        acc.clip_grad_norm_(params, float(self.cfg.max_grad_norm))
+                    optimizer.step()
+                    scheduler.step()
+                    optimizer.zero_grad(set_to_none=True)
+                samples += int(batch["image"].shape[0]) * acc.num_processes
+                if "attention_mask" in batch:
+                    tokens += int(batch["attention_mask"].sum()) * acc.num_processes
+                window.setdefault("loss", []).append(float(out.loss.detach()))
+                for key, value in out.logs.items():
+                    window.setdefault(key, []).append(float(value))
+                if not acc.sync_gradients:
+                    continue
+                step += 1
+                bar.update(1)
+                if step % every == 0 or step == total:
+                    now = time.perf_counter()
+                    logs = {k: sum(v) / len(v) for k, v in window.items()}
+                    logs.update(lr=scheduler.get_last_lr()[0],
+                                samples_per_s=samples / max(now - window_start, 1e-9),
+                                peak_memory_mb=peak_memory_mb(acc.device))
+                    if tokens:
+                        logs["tokens_per_s"] = tokens / max(now - window_start, 1e-9)
+                    losses.append(logs["loss"])
+                    bar.set_postfix(loss=f"{logs['loss']:.4f}")
+                    self._log(stage.name, step, logs, acc.is_main_process)
+                    window, window_start, samples, tokens = {}, now, 0, 0
+                if save_every and step % save_every == 0 and step < total:
+                    save(f"step{step}", finished=False)
+                if step >= total:
+                    break
+        bar.close()
+        seconds = time.perf_counter() - start
+        save("final", finished=True)
+        val_loss = self.validate(acc, model, stage) if self.cfg.validate else None
+        result = StageResult(stage.name, step, seconds, losses[-1] if losses else float("nan"),
+                             val_loss)
+        if val_loss is not None:
+            self._log(stage.name, step, {"val_loss": val_loss}, acc.is_main_process)
+        if acc.is_main_process:
+            print(result.summary(), flush=True)
+        self.model = acc.unwrap_model(model)
+        acc.free_memory()
+        return result
+
+    @torch.no_grad()
+    def validate(self, acc: Any, model: Any, stage: Stage) -> float | None:
+        """Mean loss over (at most ``trainer.val_batches``) validation batches of the stage's mix."""
+        try:
+            loader = acc.prepare(self._loader(stage, "validation", shuffle=False))
+        except ValueError:
+            return None
+        model.eval()
+        total, count = 0.0, 0
+        for i, batch in enumerate(loader):
+            if i >= int(self.cfg.val_batches):
+                break
+            total += float(acc.gather_for_metrics(model(batch).loss.detach().reshape(1)).mean())
+            count += 1
+        model.train()
+        return total / count if count else None
+
+    def _log(self, stage: str, step: int, logs: dict[str, float], is_main: bool) -> None:
+        if not is_main:
+            return
+        if self.run is not None:
+            self.run.log_metrics({f"{stage}/{k}": v for k, v in logs.items()}, step=step)
+        if self.on_log is not None:
+            self.on_log(stage, step, logs)
