@@ -1,0 +1,214 @@
+"""The seam between visual tokens and the LLM (DESIGN.md section 5).
+
+Text follows M3D-LaMed (Bai et al. 2024): image tokens, then the question, then the answer and
+eos; no chat template by default; labels are ``-100`` over everything but the answer and eos.
+The template holds one ``<image>`` placeholder, expanded to exactly ``num_image_tokens`` image
+token ids; the model later replaces those positions by visual tokens with :func:`splice_visual`.
+No fixed offsets and no assumption about BOS: positions are found by id.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any, Iterable
+
+import torch
+from torch import Tensor
+
+IMAGE_PLACEHOLDER = "<image>"
+PROMPT_FIELD = "{prompt}"
+IGNORE_INDEX = -100
+
+
+def check_template(template: str) -> None:
+    """Raise ``ValueError`` naming ``template`` unless it has one ``<image>``, one ``{prompt}``."""
+    if not isinstance(template, str):
+        raise TypeError(f"template must be a string, got {type(template).__name__}")
+    for field in (IMAGE_PLACEHOLDER, PROMPT_FIELD):
+        n = template.count(field)
+        if n != 1:
+            raise ValueError(f"template {template!r} must contain exactly one {field!r}, "
+                             f"found {n}")
+
+
+def _single_token_id(tokenizer: Any, token: str) -> int:
+    ids = tokenizer(token, add_special_tokens=False)["input_ids"]
+    if len(ids) != 1 or ids[0] == tokenizer.unk_token_id:
+        raise ValueError(f"image_token={token!r} is not a single token of this tokenizer "
+                         f"(encodes to {ids}); build the LM with CausalLM, which adds it")
+    return int(ids[0])
+
+
+class ImageTextCollator:
+    """Samples -> a batch for a causal LM that reads ``num_image_tokens`` visual tokens.
+
+    Output: ``image`` ``(B, C, D, H, W)``, ``input_ids`` / ``attention_mask`` ``(B, T)`` long,
+    ``labels`` ``(B, T)`` (training mode only), ``mask`` stacked when every sample has one, and
+    every other sample key as a list. Training batches are right-padded; with
+    ``for_generation=True`` the batch holds the prompts only, left-padded for batch generation.
+
+    The answer is tokenised after ``answer_separator`` (M3D joins question and answer with one
+    space). Prompts longer than ``max_length`` raise; answers that do not fit are cut (with a
+    warning naming the samples).
+    """
+
+    def __init__(self, tokenizer: Any, num_image_tokens: int, template: str = "<image>{prompt}",
+                 max_length: int = 512, image_token: str = "<im_patch>", add_eos: bool = True,
+                 answer_separator: str = " ", chat_template: bool = False,
+                 for_generation: bool = False) -> None:
+        check_template(template)
+        if not isinstance(num_image_tokens, int) or num_image_tokens < 1:
+            raise ValueError(f"num_image_tokens must be a positive int, got {num_image_tokens!r}")
+        if num_image_tokens >= max_length:
+            raise ValueError(f"num_image_tokens={num_image_tokens} leaves no room for text in "
+                             f"max_length={max_length}; image tokens are never truncated")
+        if tokenizer.pad_token_id is None:
+            raise ValueError("tokenizer has no pad token (CausalLM sets one)")
+        if add_eos and tokenizer.eos_token_id is None:
+            raise ValueError("add_eos=True but the tokenizer has no eos token")
+        if chat_template and not getattr(tokenizer, "chat_template", None):
+            raise ValueError(f"chat_template=True but tokenizer "
+                             f"{getattr(tokenizer, 'name_or_path', '')!r} has no chat template")
+        self.tokenizer = tokenizer
+        self.num_image_tokens = num_image_tokens
+        self.template = template
+        self.max_length = max_length
+        self.image_token = image_token
+        self.image_token_id = _single_token_id(tokenizer, image_token)
+        self.add_eos = add_eos
+        self.answer_separator = answer_separator
+        self.chat_template = chat_template
+        self.for_generation = for_generation
+
+    # ------------------------------------------------------------ text
+    def prompt_text(self, prompt: str | None) -> str:
+        """The template filled with ``prompt`` and ``num_image_tokens`` image tokens."""
+        before, after = self.template.split(IMAGE_PLACEHOLDER)
+        prompt = prompt or ""
+        text = (before.replace(PROMPT_FIELD, prompt) + self.image_token * self.num_image_tokens
+                + after.replace(PROMPT_FIELD, prompt))
+        if self.chat_template:
+            text = self.tokenizer.apply_chat_template([{"role": "user", "content": text}],
+                                                      tokenize=False, add_generation_prompt=True)
+        return text
+
+    def _encode(self, text: str) -> list[int]:
+        return list(self.tokenizer(text, add_special_tokens=not self.chat_template)["input_ids"])
+
+    def encode(self, sample: dict[str, Any], index: int = 0) -> tuple[list[int], int]:
+        """``(ids, prompt_length)`` of one sample; ids hold the answer (and eos) in training mode.
+
+        The whole text is tokenised at once (as M3D does) when the prompt's tokens are a prefix
+        of it; otherwise prompt and answer are tokenised separately and concatenated.
+        """
+        text = self.prompt_text(sample.get("prompt"))
+        prompt_ids = self._encode(text)
+        found = prompt_ids.count(self.image_token_id)
+        if found != self.num_image_tokens:
+            raise ValueError(f"sample {index}: prompt has {found} {self.image_token!r} tokens, "
+                             f"expected num_image_tokens={self.num_image_tokens}")
+        if len(prompt_ids) > self.max_length:
+            raise ValueError(f"sample {index}: prompt is {len(prompt_ids)} tokens "
+                             f"({self.num_image_tokens} image tokens), longer than "
+                             f"max_length={self.max_length}")
+        if self.for_generation:
+            return prompt_ids, len(prompt_ids)
+        answer = sample.get("answer")
+        if not isinstance(answer, str):
+            raise ValueError(f"sample {index} (task {sample.get('task')!r}) has no answer string "
+                             f"to train on (answer={answer!r}); use for_generation=True for "
+                             "prompts only")
+        full = self._encode(text + self.answer_separator + answer)
+        if full[:len(prompt_ids)] == prompt_ids:
+            answer_ids = full[len(prompt_ids):]
+        else:
+            answer_ids = list(self.tokenizer(self.answer_separator + answer,
+                                             add_special_tokens=False)["input_ids"])
+        if self.image_token_id in answer_ids:
+            raise ValueError(f"sample {index}: the answer contains {self.image_token!r}")
+        if self.add_eos:
+            answer_ids.append(self.tokenizer.eos_token_id)
+        return prompt_ids + answer_ids, len(prompt_ids)
+
+    # ------------------------------------------------------------ batch
+    def __call__(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
+        if not samples:
+            raise ValueError("cannot collate an empty list of samples")
+        missing = [i for i, s in enumerate(samples) if s.get("image") is None]
+        if missing:
+            raise ValueError(f"samples {missing} have no 'image'")
+        shapes = {tuple(s["image"].shape) for s in samples}
+        if len(shapes) > 1:
+            raise ValueError(f"images of one batch must share a shape, got {sorted(shapes)}")
+        encoded = [self.encode(s, i) for i, s in enumerate(samples)]
+        cut = [i for i, (ids, _) in enumerate(encoded) if len(ids) > self.max_length]
+        if cut:
+            warnings.warn(f"ImageTextCollator: answers of samples {cut} were cut to fit "
+                          f"max_length={self.max_length}", stacklevel=2)
+            encoded = [(ids[:self.max_length], n) for ids, n in encoded]
+        width = max(len(ids) for ids, _ in encoded)
+        batch_size = len(samples)
+        input_ids = torch.full((batch_size, width), self.tokenizer.pad_token_id, dtype=torch.long)
+        attention = torch.zeros((batch_size, width), dtype=torch.long)
+        labels = torch.full((batch_size, width), IGNORE_INDEX, dtype=torch.long)
+        for row, (ids, n_prompt) in enumerate(encoded):
+            span = slice(width - len(ids), width) if self.for_generation else slice(0, len(ids))
+            input_ids[row, span] = torch.tensor(ids, dtype=torch.long)
+            attention[row, span] = 1
+            if not self.for_generation:
+                labels[row, n_prompt:len(ids)] = torch.tensor(ids[n_prompt:], dtype=torch.long)
+        batch: dict[str, Any] = {k: [s.get(k) for s in samples] for k in samples[0]}
+        batch["image"] = torch.stack([s["image"] for s in samples])
+        if all(s.get("mask") is not None for s in samples):
+            batch["mask"] = torch.stack([s["mask"] for s in samples])
+        batch["input_ids"] = input_ids
+        batch["attention_mask"] = attention
+        if not self.for_generation:
+            batch["labels"] = labels
+        return batch
+
+
+def splice_visual(inputs_embeds: Tensor, input_ids: Tensor, image_token_id: int,
+                  visual: Tensor) -> Tensor:
+    """Replace the image-token embeddings of ``inputs_embeds (B, T, H)`` by ``visual (B, N, H)``.
+
+    Each row of ``input_ids (B, T)`` must hold exactly N image tokens; they are filled in order
+    with ``masked_scatter``. The result has the dtype of ``inputs_embeds``; gradients flow into
+    ``visual``.
+    """
+    if inputs_embeds.dim() != 3 or visual.dim() != 3:
+        raise ValueError(f"inputs_embeds and visual must be (B, T, H) and (B, N, H), got "
+                         f"{tuple(inputs_embeds.shape)} and {tuple(visual.shape)}")
+    if tuple(input_ids.shape) != tuple(inputs_embeds.shape[:2]):
+        raise ValueError(f"input_ids shape {tuple(input_ids.shape)} does not match inputs_embeds "
+                         f"{tuple(inputs_embeds.shape[:2])}")
+    if visual.shape[0] != inputs_embeds.shape[0] or visual.shape[2] != inputs_embeds.shape[2]:
+        raise ValueError(f"visual {tuple(visual.shape)} does not fit inputs_embeds "
+                         f"{tuple(inputs_embeds.shape)}: batch and width must agree")
+    mask = input_ids == image_token_id
+    counts = mask.sum(dim=1)
+    bad = (counts != visual.shape[1]).nonzero().flatten().tolist()
+    if bad:
+        raise ValueError(f"image-token count mismatch: sample {bad[0]} has "
+                         f"{int(counts[bad[0]])} image tokens in input_ids but visual has "
+                         f"{visual.shape[1]} tokens")
+    return inputs_embeds.masked_scatter(mask.unsqueeze(-1).expand_as(inputs_embeds),
+                                        visual.to(inputs_embeds.dtype))
+
+
+def decode_generated(tokenizer: Any, ids: Tensor,
+                     keep: Iterable[str] = ("<bx_start>", "<bx_end>", "[SEG]")) -> list[str]:
+    """New tokens ``(B, T_new)`` -> texts: each row cut at its first eos, special tokens dropped
+    except ``keep`` (boxes and ``[SEG]`` must survive for REC and segmentation), outer spaces
+    stripped."""
+    vocab = tokenizer.get_vocab()
+    kept = {vocab[t] for t in keep if t in vocab}
+    added = {i for i, t in tokenizer.added_tokens_decoder.items() if t.special}
+    drop = (set(tokenizer.all_special_ids) | added) - kept
+    texts = []
+    for row in ids.tolist():
+        if tokenizer.eos_token_id in row:
+            row = row[:row.index(tokenizer.eos_token_id)]
+        texts.append(tokenizer.decode([i for i in row if i not in drop],
+                                      skip_special_tokens=False).strip())
+    return texts
