@@ -1,0 +1,53 @@
+"""Shared pieces of the connectors: argument checks and the MLP projector."""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+from torch import nn
+
+from zoo.types import Grid, VisualTokens
+
+
+def positive_int(name: str, value: Any) -> int:
+    """``value`` as an int, or ``ValueError`` naming ``name`` unless it is a positive integer."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+    return value
+
+
+def projector(in_dim: int, out_dim: int, depth: int) -> nn.Sequential:
+    """M3D's projector: ``Linear(in, out)`` then ``depth - 1`` times ``GELU, Linear(out, out)``.
+
+    ``depth=2`` gives ``Linear(in, out), GELU, Linear(out, out)`` (LLaVA-1.5's ``mlp2x_gelu``).
+    """
+    positive_int("in_dim", in_dim), positive_int("out_dim", out_dim), positive_int("depth", depth)
+    layers: list[nn.Module] = [nn.Linear(in_dim, out_dim)]
+    for _ in range(depth - 1):
+        layers += [nn.GELU(), nn.Linear(out_dim, out_dim)]
+    return nn.Sequential(*layers)
+
+
+def check_input(visual: VisualTokens, in_dim: int, name: str) -> None:
+    if visual.dim != in_dim:
+        raise ValueError(f"connector {name!r} expects {in_dim}-dim tokens (in_dim), got "
+                         f"{visual.dim} (tokens {tuple(visual.tokens.shape)})")
+
+
+def kernel3(kernel: int | Sequence[int]) -> tuple[int, int, int]:
+    values = (kernel,) * 3 if isinstance(kernel, int) else tuple(kernel)
+    if len(values) != 3:
+        raise ValueError(f"kernel must be an int or 3 ints (d, h, w), got {kernel!r}")
+    return tuple(positive_int("kernel", int(v)) for v in values)  # type: ignore[return-value]
+
+
+def require_grid(name: str, num_tokens: int, grid: Grid | None) -> Grid:
+    """The grid, or a clear error for gridless tokens (bridges, perceivers) and wrong counts."""
+    if grid is None:
+        raise ValueError(f"connector {name!r} pools over the 3D token grid, but the visual tokens "
+                         "have none (a bridge or perceiver upstream?); use sequence_pool, mlp, "
+                         "linear or perceiver instead")
+    if grid[0] * grid[1] * grid[2] != num_tokens:
+        raise ValueError(f"connector {name!r}: grid {tuple(grid)} does not match {num_tokens} "
+                         "tokens")
+    return tuple(grid)  # type: ignore[return-value]

@@ -1,0 +1,113 @@
+import pytest
+import torch
+
+from zoo import CONNECTORS
+from zoo.types import Connector, VisualTokens
+
+NAMES = ("spatial_pool", "sequence_pool", "mlp", "linear", "identity", "perceiver",
+         "test_perceiver")
+
+
+def tokens(b=2, grid=(8, 4, 4), dim=32) -> VisualTokens:
+    n = grid[0] * grid[1] * grid[2]
+    return VisualTokens(torch.randn(b, n, dim), grid, {"cls": torch.randn(b, dim)})
+
+
+def n_params(module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def test_all_registered():
+    assert set(NAMES) <= set(CONNECTORS.list())
+
+
+@pytest.mark.parametrize("name", [n for n in NAMES if n != "perceiver"])
+def test_contract_counts_known_before_forward(name):
+    out_dim = 32 if name == "identity" else 48
+    conn = CONNECTORS.build(name, in_dim=32, out_dim=out_dim)
+    assert isinstance(conn, Connector) and conn.out_dim == out_dim
+    visual = tokens()
+    expected = conn.num_out_tokens(128, visual.grid)
+    out = conn(visual)
+    assert out.tokens.shape == (2, expected, out_dim)
+    assert out.extras is visual.extras or out.extras == visual.extras
+    if out.grid is not None:
+        assert out.grid[0] * out.grid[1] * out.grid[2] == expected
+
+
+@pytest.mark.parametrize("in_dim,out_dim,params", [(768, 4096, 19_931_136),
+                                                   (768, 3072, 11_802_624)])
+def test_spatial_pool_parameter_counts(in_dim, out_dim, params):
+    with torch.device("meta"):
+        conn = CONNECTORS.build("spatial_pool", in_dim=in_dim, out_dim=out_dim)
+    assert n_params(conn) == params
+    assert conn.num_out_tokens(2048, (8, 16, 16)) == 256
+
+
+def test_spatial_pool_matches_hand_pooling():
+    conn = CONNECTORS.build("spatial_pool", in_dim=4, out_dim=6, kernel=(1, 2, 2), depth=1)
+    x = torch.arange(2 * 4 * 4 * 4, dtype=torch.float32).reshape(1, 32, 4)  # grid 2 x 4 x 4
+    out = conn(VisualTokens(x, (2, 4, 4)))
+    assert out.grid == (2, 2, 2) and out.tokens.shape == (1, 8, 6)
+    vol = x.reshape(2, 4, 4, 4)  # (d, h, w, C)
+    first = vol[0, :2, :2].reshape(4, 4).mean(0)  # d=0, h in 0..1, w in 0..1
+    torch.testing.assert_close(out.tokens[0, 0], conn.projector(first))
+    layers = [type(m).__name__ for m in CONNECTORS.build("spatial_pool", in_dim=4,
+                                                         out_dim=6).projector]
+    assert layers == ["Linear", "GELU", "Linear"]
+
+
+def test_sequence_pool_is_flat_and_keeps_grid_only_when_exact():
+    conn = CONNECTORS.build("sequence_pool", in_dim=4, out_dim=4, kernel=8, depth=1)
+    x = torch.randn(1, 2048, 4)
+    with torch.no_grad():
+        out = conn(VisualTokens(x, (8, 16, 16)))
+    assert out.tokens.shape == (1, 256, 4) and out.grid == (8, 16, 2)
+    torch.testing.assert_close(out.tokens[0, 1], conn.projector(x[0, 8:16].mean(0)))
+    assert conn.num_out_tokens(2048) == 256
+    assert conn(VisualTokens(torch.randn(1, 16, 4), (1, 4, 4))).grid is None
+    assert conn(VisualTokens(torch.randn(1, 16, 4), None)).tokens.shape == (1, 2, 4)
+    with pytest.raises(ValueError, match="20 tokens are not divisible by kernel 8"):
+        conn.num_out_tokens(20)
+
+
+def test_pooling_refuses_gridless_and_indivisible():
+    conn = CONNECTORS.build("spatial_pool", in_dim=32, out_dim=32)
+    gridless = VisualTokens(torch.randn(1, 128, 32), None)
+    with pytest.raises(ValueError, match="have none"):
+        conn(gridless)
+    with pytest.raises(ValueError, match="have none"):
+        conn.num_out_tokens(128)
+    with pytest.raises(ValueError, match=r"grid \(8, 4, 3\) is not divisible by kernel"):
+        conn.num_out_tokens(96, (8, 4, 3))
+    with pytest.raises(ValueError, match="expects 32-dim tokens"):
+        conn(tokens(dim=16))
+
+
+def test_identity_and_argument_errors():
+    with pytest.raises(ValueError, match="in_dim == out_dim.*in_dim=768.*out_dim=4096"):
+        CONNECTORS.build("identity", in_dim=768, out_dim=4096)
+    visual = tokens()
+    assert CONNECTORS.build("identity", in_dim=32, out_dim=32)(visual) is visual
+    with pytest.raises(ValueError, match="depth must be a positive int, got 0"):
+        CONNECTORS.build("mlp", in_dim=4, out_dim=4, depth=0)
+    with pytest.raises(ValueError, match="kernel must be a positive int"):
+        CONNECTORS.build("spatial_pool", in_dim=4, out_dim=4, kernel=0)
+    assert n_params(CONNECTORS.build("linear", in_dim=768, out_dim=4096)) == 768 * 4096 + 4096
+
+
+def test_perceiver_any_token_count_and_gradients():
+    conn = CONNECTORS.build("test_perceiver", in_dim=32, out_dim=24)
+    assert conn.num_out_tokens(999) == 8
+    for n in (5, 128):
+        out = conn(VisualTokens(torch.randn(2, n, 32, requires_grad=True)))
+        assert out.tokens.shape == (2, 8, 24) and out.grid is None
+    out.tokens.sum().backward()
+    assert conn.latents.grad is not None and conn.latents.grad.abs().sum() > 0
+    # outputs depend on the visual tokens, not only on the learned queries
+    a = conn(VisualTokens(torch.randn(1, 16, 32))).tokens
+    b = conn(VisualTokens(torch.randn(1, 16, 32))).tokens
+    assert not torch.allclose(a, b)
+    with torch.device("meta"):
+        full = CONNECTORS.build("perceiver", in_dim=768, out_dim=4096)
+    assert full.num_out_tokens(2048, (8, 16, 16)) == 32 and len(full.layers) == 6
