@@ -45,11 +45,17 @@ def cmd_params(args: argparse.Namespace) -> int:
 
     cfg = compose(args.overrides)
     model = build_on_meta(cfg)
-    report = parameter_report(model)
+    stage = args.stage or next(iter(model.stages), None)
+    if stage is not None:
+        if stage not in model.stages:
+            raise ConfigError(f"--stage {stage}: the recipe has stages {list(model.stages)}")
+        model.apply_stage(stage)
+    report = {**parameter_report(model), "stage": stage}
     if args.json:
         print(json.dumps(report, indent=2))
         return 0
-    print(", ".join(f"{k}={v}" for k, v in chosen_options(cfg).items()))
+    print(", ".join(f"{k}={v}" for k, v in chosen_options(cfg).items())
+          + f"; trainable in stage {stage!r}")
     print(f"{'component':<12}{'total':>16}{'trainable':>16}")
     for name, counts in report["components"].items():
         print(f"{name:<12}{counts['total']:>16,}{counts['trainable']:>16,}")
@@ -61,9 +67,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from zoo.config import compose
     from zoo.jobs import run_training
 
-    result = run_training(compose(args.overrides))
-    for stage in result["stages"]:
-        print(stage.summary())
+    result = run_training(compose(args.overrides))  # prints one summary line per stage
     if result["run_id"]:
         print(f"mlflow run {result['run_id']} (split {result['split_hash'][:12]})")
     return 0
@@ -93,6 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("params", help="parameter counts of a composed model, built on meta")
     _add_overrides(p)
+    p.add_argument("--stage", help="count trainable parameters in this stage (default: the first)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_params)
 
@@ -115,11 +120,17 @@ def _not_yet(issue: str) -> Callable[[argparse.Namespace], int]:
     return run
 
 
+def _run_data(args: argparse.Namespace) -> int:
+    from zoo.data.cli import main as data_main
+
+    return data_main(args.args)
+
+
 _LATER_COMMANDS: list[tuple[str, str, Callable[[argparse.Namespace], int]]] = [
     ("sweep", "run an ablation sweep and compare", _not_yet("evaluation issue")),
     ("eval", "evaluate a trained run on M3D-Bench tasks", _not_yet("evaluation issue")),
     ("compare", "paired comparison of a sweep's runs", _not_yet("evaluation issue")),
-    ("data", "synthesise, prepare and check data sets", _not_yet("data layer issue")),
+    ("data", "synthesise, prepare and check data sets", _run_data),
     ("bench", "cost and speed benchmarks", _not_yet("performance issue")),
 ]
 

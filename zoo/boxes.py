@@ -1,0 +1,130 @@
+"""3D box tokens and box metrics for referring expression comprehension (M3D-Bench REC / REG).
+
+Convention (M3D, REFERENCE.md section B): a box is ``[x1, y1, z1, x2, y2, z2]`` over the volume
+axes ``(D, H, W)``, each coordinate divided by that axis length, written with 3 decimals as
+``<bx_start>[x1, y1, z1, x2, y2, z2]<bx_end>``.
+
+:func:`box_from_mask` follows M3D's code by default (``mask2box``: first and last foreground index
+divided by the axis length, rounded to 3 decimals, so the upper corner sits at the start of the
+last voxel); ``convention="extent"`` puts it one voxel further (``(last + 1) / size``), so that the
+IoU of normalised boxes equals the IoU of the voxel blocks (a choice, not M3D's).
+
+Two IoUs are provided: :func:`box_iou` (true 3D IoU) and :func:`box_iou_m3d` (M3D's evaluation as
+coded: intersection over the volume of the box enclosing both, which understates the overlap).
+A prediction that does not parse is ``None`` and counts as a miss, never as a crash.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Any, Sequence
+
+import torch
+from torch import Tensor
+
+BOX_START = "<bx_start>"
+BOX_END = "<bx_end>"
+_TAGGED = re.compile(re.escape(BOX_START) + r"\s*\[([^\[\]]*)\]\s*" + re.escape(BOX_END))
+_BRACKETED = re.compile(r"\[([^\[\]]*)\]")
+
+Box = Sequence[float]
+
+
+def _check_box(box: Box, name: str = "box") -> list[float]:
+    values = [float(v) for v in box]
+    if len(values) != 6:
+        raise ValueError(f"{name} must have 6 values [x1, y1, z1, x2, y2, z2], got {len(values)}")
+    if not all(math.isfinite(v) for v in values):
+        raise ValueError(f"{name} has non-finite values: {values}")
+    if any(values[i + 3] < values[i] for i in range(3)):
+        raise ValueError(f"{name} has an upper corner below its lower corner: {values}")
+    return values
+
+
+def format_box(box: Box) -> str:
+    """``[x1, y1, z1, x2, y2, z2]`` (normalised) -> ``'<bx_start>[0.125, ...]<bx_end>'``."""
+    values = _check_box(box)
+    if any(v < 0.0 or v > 1.0 for v in values):
+        raise ValueError(f"box coordinates must be normalised to [0, 1], got {values}")
+    return BOX_START + "[" + ", ".join(f"{v:.3f}" for v in values) + "]" + BOX_END
+
+
+def parse_box(text: str) -> list[float] | None:
+    """The first box in ``text`` (tagged ``<bx_start>[..]<bx_end>`` preferred, else the first
+    ``[..]`` list), or ``None`` when it is missing, has not exactly 6 numbers, holds NaN/inf,
+    leaves [0, 1], or has an upper corner below the lower one."""
+    if not isinstance(text, str):
+        return None
+    match = _TAGGED.search(text) or _BRACKETED.search(text)
+    if match is None:
+        return None
+    parts = [p.strip() for p in match.group(1).split(",")]
+    try:
+        values = [float(p) for p in parts]
+    except ValueError:
+        return None
+    if len(values) != 6 or not all(math.isfinite(v) for v in values):
+        return None
+    if any(v < 0.0 or v > 1.0 for v in values):
+        return None
+    if any(values[i + 3] < values[i] for i in range(3)):
+        return None
+    return values
+
+
+def box_from_mask(mask: Tensor | Any, convention: str = "m3d") -> list[float] | None:
+    """Normalised box of the nonzero voxels of a ``(D, H, W)`` mask (tensor or array; a leading
+    singleton channel is accepted); ``None`` for an empty mask. ``convention``: ``"m3d"`` (last
+    index / size, 3 decimals, as M3D) or ``"extent"`` ((last index + 1) / size, unrounded)."""
+    if convention not in ("m3d", "extent"):
+        raise ValueError(f"convention must be 'm3d' or 'extent', got {convention!r}")
+    mask = torch.as_tensor(mask)
+    if mask.dim() == 4 and mask.shape[0] == 1:
+        mask = mask[0]
+    if mask.dim() != 3:
+        raise ValueError(f"mask must have shape (D, H, W), got {tuple(mask.shape)}")
+    index = torch.nonzero(mask)
+    if index.numel() == 0:
+        return None
+    size = torch.tensor(mask.shape, dtype=torch.float64)
+    low = index.min(0).values.double() / size
+    high = (index.max(0).values.double() + (convention == "extent")) / size
+    digits = 3 if convention == "m3d" else 12
+    return [round(float(v), digits) for v in torch.cat([low, high])]
+
+
+def _volume(low: Sequence[float], high: Sequence[float]) -> float:
+    return math.prod(max(0.0, h - lo) for lo, h in zip(low, high))
+
+
+def box_iou(pred: Box | None, target: Box) -> float:
+    """True 3D IoU: intersection / (volume(pred) + volume(target) - intersection); 0 for None."""
+    if pred is None:
+        return 0.0
+    p, t = _check_box(pred, "pred"), _check_box(target, "target")
+    inter = _volume([max(p[i], t[i]) for i in range(3)], [min(p[i + 3], t[i + 3]) for i in range(3)])
+    union = _volume(p[:3], p[3:]) + _volume(t[:3], t[3:]) - inter
+    return inter / union if union > 0 else 0.0
+
+
+def box_iou_m3d(pred: Box | None, target: Box) -> float:
+    """M3D's REC IoU as coded: intersection / (volume of the box enclosing both + 1e-6), which is
+    at most the true IoU."""
+    if pred is None:
+        return 0.0
+    p, t = _check_box(pred, "pred"), _check_box(target, "target")
+    inter = _volume([max(p[i], t[i]) for i in range(3)], [min(p[i + 3], t[i + 3]) for i in range(3)])
+    enclosing = _volume([min(p[i], t[i]) for i in range(3)], [max(p[i + 3], t[i + 3]) for i in range(3)])
+    return inter / (enclosing + 1e-6)
+
+
+def precision_at_iou(preds: Sequence[Box | None], targets: Sequence[Box], threshold: float = 0.5,
+                     as_coded: bool = False) -> float:
+    """Fraction of predictions whose IoU with their target is >= ``threshold`` (None = miss)."""
+    if len(preds) != len(targets):
+        raise ValueError(f"preds ({len(preds)}) and targets ({len(targets)}) differ in length")
+    if not preds:
+        raise ValueError("precision_at_iou needs at least one prediction")
+    iou = box_iou_m3d if as_coded else box_iou
+    return sum(iou(p, t) >= threshold for p, t in zip(preds, targets)) / len(preds)

@@ -1,0 +1,61 @@
+"""``zoo data check``: build a data set in any supported format and load every sample.
+
+Any problem raises :class:`zoo.data.io.DataError` naming the file (and csv row) and the reason;
+on success the counts per split and task are returned.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from zoo.data.io import DataError, load_npy
+from zoo.data.source import build_sample
+from zoo.data.splits import SPLITS
+
+FORMATS = ("synth", "m3d_cap", "m3d_vqa", "m3d_seg", "m3d_refseg", "nifti_folder", "cq500",
+           "ct_ich", "prepared")
+
+
+def check_prepared(path: Path) -> dict[str, Any]:
+    """A ``zoo data prepare`` output folder: every ``<case>/image.npy`` with its ``spec.json``."""
+    images = sorted(path.rglob("image.npy"))
+    if not images:
+        raise DataError(path, "no <case>/image.npy found")
+    for image in images:
+        load_npy(image)
+        if not (image.parent / "spec.json").is_file():
+            raise DataError(image.parent / "spec.json", "file does not exist")
+    return {"name": "prepared", "root": str(path), "cases": len(images)}
+
+
+def check(fmt: str, path: str | Path, **options: Any) -> dict[str, Any]:
+    """Validate the data set at ``path`` in format ``fmt``; returns ``describe()`` counts."""
+    path = Path(path)
+    if fmt not in FORMATS:
+        from zoo.registry import suggest
+
+        raise ValueError(f"unknown format {fmt!r}.{suggest(fmt, FORMATS)} Formats: {', '.join(FORMATS)}")
+    if fmt == "prepared":
+        return check_prepared(path)
+    if not path.exists():
+        raise DataError(path, "path does not exist")
+    from zoo.registry import DATASETS
+
+    source = DATASETS.build(fmt, root=str(path), **options)
+    done: set[tuple] = set()
+    for split in SPLITS:
+        for item in sorted(source.items(split), key=lambda i: str(i["image"])):
+            # texts were validated when the tables were read: load each distinct target once
+            mask = item.get("mask") or {}
+            key = (str(item["image"]), item.get("spec_key"), str(mask.get("path")),
+                   mask.get("channel"), tuple(mask.get("ids", ())),
+                   tuple(sorted((item.get("slice") or {}).items())), item["task"] == "reg")
+            if key in done:
+                continue
+            done.add(key)
+            sample = build_sample(item)
+            image = sample["image"]
+            if image.dim() != 4:
+                raise DataError(item["image"], f"image must be (C, D, H, W), got {tuple(image.shape)}")
+    return source.describe()

@@ -1,0 +1,273 @@
+"""Readers of the M3D on-disk formats (REFERENCE.md section B) and their registered datasets.
+
+- M3D-Cap: json ``{"train": [{"image", "text"}], "validation": [...], "test": [...]}``;
+- M3D-VQA: csv ``Image Path, Text, Question Type, Question, Choice A..D, Answer, Answer Choice``;
+  each row gives one closed item (4 choices, ``"{letter}. {answer}"``) and one open item;
+- M3D-Seg: ``<code>.json`` (Decathlon style: ``labels`` map 0 = background, 1..C names; ``train``
+  and ``test`` lists of ``{"image", "label"}``), one-hot sparse CSR ``mask_(C, ...).npz``;
+  channel ``k - 1`` holds label ``k``. Real M3D-Seg stores ``(C, H, W, D)`` (the shape in the
+  name); a json key ``"axes": "CDHW"`` (written by the synthetic benchmark) says the mask is
+  already in image order. REC/REG ("positioning") items are derived from the same masks;
+- M3D-RefSeg: csv ``Image, Mask, Mask_ID, Question_Type, Question, Answer``; target
+  ``mask == Mask_ID`` in an integer label-map ``.npy``;
+- slice texts (zoo extension for Med3DInsight): csv ``Image, Plane, Index, Text``.
+
+The case id of an item is the image's parent folder relative to the root (M3D keeps one folder
+per case); it is also the patient id used for splits unless a table gives one.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+from zoo.data import templates as T
+from zoo.data.io import (DataError, check_box, data_root, read_csv, read_json, resolve,
+                         sparse_mask_presence)
+from zoo.data.source import DataSource
+from zoo.registry import DATASETS
+from zoo.types import PLANES
+
+VQA_COLUMNS = ("Image Path", "Text", "Question Type", "Question", "Choice A", "Choice B",
+               "Choice C", "Choice D", "Answer", "Answer Choice")
+QUESTION_TYPE_NAMES = {"1": "plane", "2": "phase", "3": "organ", "4": "abnormality",
+                       "5": "location"}
+REFSEG_COLUMNS = ("Image", "Mask", "Mask_ID", "Question_Type", "Question", "Answer")
+SLICE_COLUMNS = ("Image", "Plane", "Index", "Text")
+
+
+def case_of(root: Path, image: Path) -> str:
+    return _case_of(str(root), os.path.dirname(str(image)))
+
+
+@functools.lru_cache(maxsize=65536)
+def _case_of(root: str, parent: str) -> str:
+    rel = os.path.relpath(parent, root)
+    return Path(parent).as_posix() if rel.startswith("..") else Path(rel).as_posix()
+
+
+def image_meta(image: Path) -> dict[str, Any]:
+    return dict(_image_meta(str(image)))
+
+
+@functools.lru_cache(maxsize=65536)
+def _image_meta(image_path: str) -> dict[str, Any]:
+    image = Path(image_path)
+    """Spacing, orientation and plane from ``meta.json``/``spec.json`` beside the image, else
+    the plane from the M3D file name (``Axial_...``) and unknown spacing."""
+    for name in ("meta.json", "spec.json"):
+        side = image.parent / name
+        if side.is_file():
+            data = read_json(side)
+            out = {k: data[k] for k in ("spacing", "orientation", "plane") if k in data}
+            if "spacing" in out and out["spacing"] is not None:
+                out["spacing"] = tuple(float(v) for v in out["spacing"])
+            return out
+    stem = image.stem.lower()
+    plane = next((p for p in PLANES if stem.startswith(p)), "axial")
+    return {"spacing": None, "orientation": "IPL", "plane": plane}
+
+
+def _base(root: Path, image: Path, source: str, sample_id: str, task: str, **extra: Any) -> dict:
+    case = case_of(root, image)
+    item = {"id": sample_id, "case": case, "patient_id": case, "source": source, "task": task,
+            "image": image, **image_meta(image)}
+    item.update(extra)
+    return item
+
+
+def read_cap(root: Path, json_path: Path, source: str = "m3d_cap"
+             ) -> tuple[list[dict], dict[str, list[str]]]:
+    """Caption items and the json's own split lists (train / validation / test)."""
+    data = read_json(json_path)
+    if not isinstance(data, dict):
+        raise DataError(json_path, "M3D-Cap json must be an object with train/validation/test lists")
+    items, given = [], {"train": [], "validation": [], "test": []}
+    for split in given:
+        for n, entry in enumerate(data.get(split, [])):
+            if not isinstance(entry, dict) or "image" not in entry or "text" not in entry:
+                raise DataError(json_path, f"{split}[{n}] needs 'image' and 'text' keys")
+            image = resolve(root, entry["image"], json_path, None)
+            text_path = resolve(root, entry["text"], json_path, None)
+            text = text_path.read_text(encoding="utf-8").strip()
+            if not text:
+                raise DataError(text_path, "empty report text")
+            sid = f"{case_of(root, image)}/{image.stem}/caption"
+            items.append(_base(root, image, source, sid, "caption",
+                               prompt=T.pick(T.CAPTION_PROMPTS, sid), answer=text))
+            given[split].append(items[-1]["case"])
+    return items, {k: sorted(set(v)) for k, v in given.items()}
+
+
+def read_vqa(root: Path, csv_path: Path, source: str = "m3d_vqa") -> list[dict]:
+    """Closed and open VQA items from the same rows of an M3D-VQA csv."""
+    items = []
+    for row_no, row in read_csv(csv_path, VQA_COLUMNS):
+        image = resolve(root, row["Image Path"], csv_path, row_no)
+        qtype = QUESTION_TYPE_NAMES.get(row["Question Type"], row["Question Type"].lower())
+        if qtype not in T.QUESTION_TYPES:
+            raise DataError(csv_path, f"unknown Question Type {row['Question Type']!r}", row_no)
+        choices = [row[f"Choice {c}"] or "NA" for c in T.LETTERS]
+        letter = row["Answer Choice"].strip().rstrip(".")
+        if letter not in T.LETTERS or choices[T.LETTERS.index(letter)] == "NA":
+            raise DataError(csv_path, f"Answer Choice {row['Answer Choice']!r} names no choice",
+                            row_no)
+        answer = row["Answer"]
+        if choices[T.LETTERS.index(letter)] != answer:
+            raise DataError(csv_path, f"Answer {answer!r} differs from choice {letter} "
+                                      f"{choices[T.LETTERS.index(letter)]!r}", row_no)
+        sid = f"{case_of(root, image)}/{image.stem}/vqa{row_no}"
+        common = {"question_type": qtype, "text": row["Text"]}
+        items.append(_base(root, image, source, sid + "/closed", "vqa_closed",
+                           prompt=T.closed_question(row["Question"], choices),
+                           answer=f"{letter}. {answer}", choices=choices, **common))
+        items.append(_base(root, image, source, sid + "/open", "vqa_open",
+                           prompt=row["Question"], answer=answer, **common))
+    return items
+
+
+def read_seg(root: Path, json_path: Path, source: str = "m3d_seg", positioning: bool = True,
+             terms: dict[str, Sequence[str]] | None = None) -> list[dict]:
+    """Seg items (one per case and class) and, with ``positioning``, REC and REG items."""
+    data = read_json(json_path)
+    labels = data.get("labels") if isinstance(data, dict) else None
+    if not isinstance(labels, dict) or not labels:
+        raise DataError(json_path, "Decathlon json needs a 'labels' map {'0': 'background', ...}")
+    classes = {int(k): str(v) for k, v in labels.items() if int(k) != 0}
+    axes = data.get("axes", "CHWD")
+    if axes not in ("CHWD", "CDHW"):
+        raise DataError(json_path, f"'axes' must be 'CHWD' or 'CDHW', got {axes!r}")
+    items = []
+    for split in ("train", "validation", "test"):
+        for n, entry in enumerate(data.get(split, [])):
+            if not isinstance(entry, dict) or "image" not in entry or "label" not in entry:
+                raise DataError(json_path, f"{split}[{n}] needs 'image' and 'label' keys")
+            image = resolve(root, entry["image"], json_path)
+            mask = resolve(root, entry["label"], json_path)
+            case = case_of(root, image)
+            present = sparse_mask_presence(mask) if positioning else None
+            for k, name in sorted(classes.items()):
+                spec = {"kind": "sparse", "path": mask, "channel": k - 1, "axes": axes}
+                view = {"image_axes": axes}
+                tasks = ["seg"]
+                if positioning:  # REG needs a box to ask about: only for present classes
+                    tasks += ["rec", "reg"] if k - 1 < len(present) and present[k - 1] else ["rec"]
+                for task in tasks:
+                    items.append(_base(root, image, source, f"{case}/{task}/{k}", task,
+                                       case=case, patient_id=case, mask=spec, target=name,
+                                       make_text=task, **view))
+                for d, definition in enumerate((terms or {}).get(name, ())):
+                    sid = f"{case}/seg/{k}/term{d}"
+                    items.append(_base(root, image, source, sid, "seg", case=case,
+                                       patient_id=case, mask=spec,
+                                       prompt=f"Please segment: {definition}",
+                                       answer="It is [SEG].", **view))
+    return items
+
+
+def read_boxes(root: Path, csv_path: Path, source: str = "m3d_positioning") -> list[dict]:
+    """Explicit positioning csv ``Image, Target, Box`` (Box a json list of 6 numbers in [0, 1])."""
+    items = []
+    for row_no, row in read_csv(csv_path, ("Image", "Target", "Box")):
+        image = resolve(root, row["Image"], csv_path, row_no)
+        try:
+            raw = json.loads(row["Box"])
+        except json.JSONDecodeError:
+            raise DataError(csv_path, f"Box {row['Box']!r} is not a json list", row_no) from None
+        box = check_box(raw, csv_path, row_no)
+        sid = f"{case_of(root, image)}/box{row_no}"
+        rq, ra = T.rec_qa(row["Target"], box, sid)
+        gq, ga = T.reg_qa(row["Target"], box, sid)
+        items.append(_base(root, image, source, sid + "/rec", "rec", prompt=rq, answer=ra, box=box))
+        items.append(_base(root, image, source, sid + "/reg", "reg", prompt=gq, answer=ga, box=box))
+    return items
+
+
+def read_refseg(root: Path, csv_path: Path, source: str = "m3d_refseg") -> list[dict]:
+    items = []
+    for row_no, row in read_csv(csv_path, REFSEG_COLUMNS):
+        image = resolve(root, row["Image"], csv_path, row_no)
+        mask = resolve(root, row["Mask"], csv_path, row_no)
+        try:
+            mask_id = int(float(row["Mask_ID"]))
+        except ValueError:
+            raise DataError(csv_path, f"Mask_ID {row['Mask_ID']!r} is not an integer", row_no) from None
+        sid = f"{case_of(root, image)}/refseg{row_no}"
+        items.append(_base(root, image, source, sid, "refseg", prompt=row["Question"],
+                           answer=row["Answer"], mask={"kind": "labelmap", "path": mask,
+                                                       "ids": [mask_id]},
+                           refseg_type=row["Question_Type"]))
+    return items
+
+
+def read_slices(root: Path, csv_path: Path, source: str = "slices") -> list[dict]:
+    """Slice-text triplets (task ``slice``; prompt = the slice text)."""
+    items = []
+    for row_no, row in read_csv(csv_path, SLICE_COLUMNS):
+        image = resolve(root, row["Image"], csv_path, row_no)
+        if row["Plane"] not in PLANES:
+            raise DataError(csv_path, f"Plane {row['Plane']!r} not in {PLANES}", row_no)
+        try:
+            index = int(row["Index"])
+        except ValueError:
+            raise DataError(csv_path, f"Index {row['Index']!r} is not an integer", row_no) from None
+        sid = f"{case_of(root, image)}/slice/{row['Plane']}/{index}"
+        items.append(_base(root, image, source, sid, "slice", prompt=row["Text"], answer="",
+                           slice={"plane": row["Plane"], "index": index, "text": row["Text"]}))
+    return items
+
+
+def _paths(root: Path, names: str | Sequence[str]) -> list[Path]:
+    names = [names] if isinstance(names, str) else list(names)
+    return [Path(n) if Path(n).is_absolute() else root / n for n in names]
+
+
+
+@DATASETS.register
+def m3d_cap(root: str | None = None, json: str = "M3D_Cap.json", split_by: str = "file",
+            manifest: str | None = None) -> DataSource:
+    """M3D-Cap (Bai et al. 2024): json + npy + report txt. ``split_by='file'`` keeps the json's
+    own train/validation/test lists (the benchmark's); ``'hash'`` splits by case id."""
+    r = data_root(root, "m3d_cap")
+    items, given = read_cap(r, _paths(r, json)[0])
+    return DataSource("m3d_cap", items, root=r, manifest=manifest,
+                      given_splits=given if split_by == "file" else None)
+
+
+@DATASETS.register
+def m3d_vqa(root: str | None = None, csv: str | Sequence[str] = ("M3D_VQA_train.csv",),
+            manifest: str | None = None) -> DataSource:
+    """M3D-VQA (Bai et al. 2024): closed (4 choices) and open items from the same csv rows."""
+    r = data_root(root, "m3d_vqa")
+    items = [i for p in _paths(r, csv) for i in read_vqa(r, p)]
+    return DataSource("m3d_vqa", items, root=r, manifest=manifest)
+
+
+@DATASETS.register
+def m3d_seg(root: str | None = None, datasets: Sequence[str] | None = None,
+            positioning: bool = True, term_dictionary: str | None = None,
+            boxes: str | None = None, manifest: str | None = None) -> DataSource:
+    """M3D-Seg (Bai et al. 2024): ``<code>.json`` + ``<code>/<case>/mask_(C, ...).npz`` per data
+    set (all ``*.json`` in root when ``datasets`` is None); REC/REG derived from the masks."""
+    r = data_root(root, "m3d_seg")
+    jsons = [r / f"{d}.json" for d in datasets] if datasets else sorted(
+        p for p in r.glob("*.json") if isinstance(read_json(p), dict) and "labels" in read_json(p))
+    if not jsons:
+        raise DataError(r, "no Decathlon-style <code>.json found")
+    terms = read_json(r / term_dictionary) if term_dictionary else None
+    items = [i for p in jsons for i in read_seg(r, p, positioning=positioning, terms=terms)]
+    if boxes:
+        items += read_boxes(r, _paths(r, boxes)[0])
+    return DataSource("m3d_seg", items, root=r, manifest=manifest)
+
+
+@DATASETS.register
+def m3d_refseg(root: str | None = None, csv: str | Sequence[str] = ("M3D_RefSeg.csv",),
+               manifest: str | None = None) -> DataSource:
+    """M3D-RefSeg (Bai et al. 2024): referring segmentation, target = (mask == Mask_ID)."""
+    r = data_root(root, "m3d_refseg")
+    items = [i for p in _paths(r, csv) for i in read_refseg(r, p)]
+    return DataSource("m3d_refseg", items, root=r, manifest=manifest)

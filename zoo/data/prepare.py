@@ -1,0 +1,185 @@
+"""Preparation of the user's own CT/MRI volumes into the M3D ``.npy`` format, with MONAI.
+
+Steps (DESIGN.md section 6; M3D itself ignored spacing and HU, REFERENCE.md section B):
+orientation to ``IPL`` storage (axis 0 superior -> inferior, axis 1 anterior -> posterior,
+axis 2 patient right -> left; radiological axial display), optional spacing-aware resampling,
+HU windowing for CT (named presets) or percentile scaling for MRI, foreground crop, resize to the
+recipe's input size. Output per case: ``<out>/<case>/image.npy`` (1, D, H, W) float32 in [0, 1]
+plus ``spec.json`` (the spec, source file, original and final spacing).
+"""
+
+from __future__ import annotations
+
+import json
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from zoo.data.io import DataError, check_array, load_dicom_series, load_nifti
+
+# HU windows (low, high) = level -/+ width / 2; common radiology presets.
+WINDOWS: dict[str, tuple[float, float]] = {
+    "brain": (0.0, 80.0), "subdural": (-20.0, 180.0), "stroke": (8.0, 48.0),
+    "abdomen": (-160.0, 240.0), "liver": (-45.0, 105.0), "mediastinum": (-125.0, 225.0),
+    "lung": (-1350.0, 150.0), "bone": (-500.0, 1300.0), "wide": (-1000.0, 1000.0),
+}
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
+
+
+@dataclass
+class PrepSpec:
+    """Preprocessing spec, recorded with every prepared case.
+
+    ``size`` (D, H, W) output; ``spacing`` target (d, h, w) mm before the resize (None: keep);
+    ``window`` preset name or (low, high) HU for CT; ``percentiles`` for MRI.
+    """
+
+    modality: str = "ct"
+    size: tuple[int, int, int] = (32, 256, 256)
+    window: str | tuple[float, float] = "abdomen"
+    percentiles: tuple[float, float] = (0.5, 99.5)
+    spacing: tuple[float, float, float] | None = None
+    crop_foreground: bool = True
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.modality not in ("ct", "mri"):
+            raise ValueError(f"modality must be 'ct' or 'mri', got {self.modality!r}")
+        if len(self.size) != 3 or min(int(s) for s in self.size) < 1:
+            raise ValueError(f"size must be three positive ints (D, H, W), got {self.size}")
+        self.size = tuple(int(s) for s in self.size)
+        if isinstance(self.window, str) and self.window not in WINDOWS:
+            from zoo.registry import suggest
+
+            raise ValueError(f"unknown window {self.window!r}.{suggest(self.window, list(WINDOWS))}"
+                             f" Presets: {', '.join(WINDOWS)}")
+        if self.spacing is not None:
+            self.spacing = tuple(float(s) for s in self.spacing)
+
+    def hu_window(self) -> tuple[float, float]:
+        return WINDOWS[self.window] if isinstance(self.window, str) else tuple(self.window)
+
+
+def preprocess(array: np.ndarray, affine: np.ndarray, spec: PrepSpec, name: str = "volume"
+               ) -> tuple[np.ndarray, dict[str, Any]]:
+    """(X, Y, Z) volume + RAS affine -> ((1, D, H, W) float32 in [0, 1], meta)."""
+    import torch
+    from monai.data import MetaTensor
+    from monai import transforms as mt
+
+    check_array(array, name, rank=3)
+    img = MetaTensor(torch.as_tensor(array, dtype=torch.float32)[None],
+                     affine=torch.as_tensor(affine, dtype=torch.float64))
+    original = [float(v) for v in np.linalg.norm(np.asarray(affine)[:3, :3], axis=0)]
+    steps: list[Any] = [mt.Orientation(axcodes="LPI", labels=(("L", "R"), ("P", "A"), ("I", "S")))]
+    if spec.spacing is not None:
+        d, h, w = spec.spacing
+        steps.append(mt.Spacing(pixdim=(w, h, d), mode="bilinear"))
+    if spec.modality == "ct":
+        lo, hi = spec.hu_window()
+        steps.append(mt.ScaleIntensityRange(a_min=lo, a_max=hi, b_min=0.0, b_max=1.0, clip=True))
+    else:
+        lo, hi = spec.percentiles
+        steps.append(mt.ScaleIntensityRangePercentiles(lower=lo, upper=hi, b_min=0.0, b_max=1.0,
+                                                       clip=True))
+    if spec.crop_foreground:
+        steps.append(mt.CropForeground(select_fn=lambda x: x > 0, allow_smaller=True))
+    d, h, w = spec.size
+    steps.append(mt.Resize(spatial_size=(w, h, d), mode="trilinear"))
+    out = mt.Compose(steps)(img)
+    final_affine = np.asarray(out.affine, dtype=np.float64)
+    data = out.as_tensor().numpy().transpose(0, 3, 2, 1)   # (C, X, Y, Z) LPI -> (C, D, H, W) IPL
+    data = np.ascontiguousarray(np.clip(data, 0.0, 1.0), dtype=np.float32)
+    check_array(data, name, rank=4, channels=1, unit_range=True)
+    x, y, z = (float(v) for v in np.linalg.norm(final_affine[:3, :3], axis=0))
+    meta = {"spacing": [round(z, 4), round(y, 4), round(x, 4)], "orientation": "IPL",
+            "plane": "axial", "original_spacing_xyz": [round(v, 4) for v in original],
+            "spec": asdict(spec)}
+    return data, meta
+
+
+def load_raw(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """A NIfTI file or a DICOM series folder as (array (X, Y, Z), RAS affine)."""
+    path = Path(path)
+    if path.is_dir():
+        return load_dicom_series(path)
+    if path.name.endswith(NIFTI_SUFFIXES):
+        return load_nifti(path)
+    raise DataError(path, "not a NIfTI file (.nii/.nii.gz) or a DICOM series folder")
+
+
+def find_inputs(path: str | Path) -> list[Path]:
+    """Inputs under ``path``: NIfTI files, and folders that directly hold DICOM files."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError(path, "input path does not exist")
+    if path.is_file():
+        return [path]
+    found = sorted(p for p in path.rglob("*") if p.is_file() and p.name.endswith(NIFTI_SUFFIXES))
+    for folder in sorted({p.parent for p in path.rglob("*") if p.is_file()
+                          and (p.suffix.lower() == ".dcm")}):
+        found.append(folder)
+    if not found:
+        raise DataError(path, "no NIfTI files or DICOM series found")
+    return found
+
+
+def case_name(path: Path, base: Path) -> str:
+    rel = path.relative_to(base) if path != base and base in path.parents else Path(path.name)
+    name = rel.as_posix()
+    for suffix in NIFTI_SUFFIXES:
+        name = name[: -len(suffix)] if name.endswith(suffix) else name
+    return name.replace("/", "__") or path.stem
+
+
+def prepare_one(path: Path, out_dir: Path, spec: PrepSpec) -> dict[str, Any]:
+    array, affine = load_raw(path)
+    data, meta = preprocess(array, affine, spec, name=str(path))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    np.save(out_dir / "image.npy", data)
+    meta["source_file"] = str(path)
+    (out_dir / "spec.json").write_text(json.dumps(meta, indent=1, sort_keys=True) + "\n")
+    return meta
+
+
+def prepare(inputs: str | Path, out: str | Path, spec: PrepSpec, workers: int = 1,
+            progress: bool = True) -> list[Path]:
+    """Prepare every input under ``inputs`` into ``out/<case>/``; returns the image paths."""
+    base = Path(inputs)
+    paths = find_inputs(base)
+    out = Path(out)
+    jobs = [(p, out / case_name(p, base if base.is_dir() else base.parent)) for p in paths]
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=len(jobs), desc="prepare", unit="case", disable=not progress)
+    if workers <= 1:
+        for p, o in jobs:
+            prepare_one(p, o, spec)
+            bar.update()
+    else:
+        with ProcessPoolExecutor(max_workers=workers) as pool:
+            for fut in [pool.submit(prepare_one, p, o, spec) for p, o in jobs]:
+                fut.result()
+                bar.update()
+    bar.close()
+    return [o / "image.npy" for _, o in jobs]
+
+
+def parse_window(value: str) -> str | tuple[float, float]:
+    if value in WINDOWS:
+        return value
+    try:
+        lo, hi = (float(v) for v in value.split(","))
+    except ValueError:
+        raise ValueError(f"window must be a preset ({', '.join(WINDOWS)}) or 'low,high' HU, "
+                         f"got {value!r}") from None
+    return lo, hi
+
+
+def spec_from(modality: str, size: Sequence[int], window: str, spacing: Sequence[float] | None,
+              crop: bool = True) -> PrepSpec:
+    return PrepSpec(modality=modality, size=tuple(size), window=parse_window(window),
+                    spacing=tuple(spacing) if spacing else None, crop_foreground=crop)
