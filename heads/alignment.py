@@ -1,0 +1,137 @@
+"""Med3DInsight alignment losses between the 3D embedding and the 2D teacher's slice embeddings.
+
+- :class:`InfoNCELoss`: the conference version's contrastive alignment, symmetric cross-entropy
+  over cosine similarities with a fixed temperature (0.07).
+- :class:`PartialOTLoss`: the journal version's partial entropic optimal transport. The cost between
+  3D embedding ``x_i`` and teacher embedding ``y_j`` (both L2-normalised) is a learnable diagonal
+  metric ``M_ij = sum_k w_k (x_ik - y_jk)^2`` with ``w = dim * softmax(theta)`` (positive, mean 1:
+  it learns which dimensions matter without being able to rescale the cost, so it cannot shrink or
+  blow up the entropic blur); ``theta = 0`` at start gives the squared Euclidean cost. POT's
+  ``ot.partial.entropic_partial_wasserstein`` (log-domain Sinkhorn, ``method="sinkhorn_log"``,
+  torch backend: differentiable through its iterations) solves for the plan ``P`` with uniform
+  marginals ``1/B``, entropic regulariser ``epsilon = 0.03`` and transported mass
+  ``m = 0.95``. The loss pushes ``P`` onto the diagonal as a cross-entropy of the row-normalised
+  plan against the identity, weighted by each row's transported mass (rows the partial plan mostly
+  drops, i.e. outlier pairs, count less; the weights are detached):
+  ``L = - sum_i (r_i / m) log(P_ii / r_i)``, ``r_i = sum_j P_ij``.
+- :class:`Med3DInsightLoss`: the pretraining objective, alignment to the slice-image and the
+  slice-text teacher embeddings (one metric each) plus ``recon_weight * MSE`` reconstruction.
+"""
+
+from __future__ import annotations
+
+import ot
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from zoo.types import StepOutput
+
+
+def _pair(x: Tensor, y: Tensor) -> None:
+    if x.dim() != 2 or y.dim() != 2 or x.shape != y.shape:
+        raise ValueError(f"alignment needs two (B, E) embeddings of equal shape, got "
+                         f"{tuple(x.shape)} and {tuple(y.shape)}")
+    if x.shape[0] < 2:
+        raise ValueError(f"alignment needs a batch of at least 2 pairs, got {x.shape[0]}")
+
+
+class InfoNCELoss(nn.Module):
+    """Symmetric InfoNCE with a fixed temperature t: ``(CE(S, I) + CE(S^T, I)) / 2`` with
+    ``S = x y^T / t`` on L2-normalised embeddings."""
+
+    def __init__(self, temperature: float = 0.07) -> None:
+        super().__init__()
+        if temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}")
+        self.temperature = temperature
+
+    def forward(self, x: Tensor, y: Tensor) -> Tensor:
+        _pair(x, y)
+        logits = F.normalize(x, dim=-1) @ F.normalize(y, dim=-1).T / self.temperature
+        target = torch.arange(x.shape[0], device=x.device)
+        return (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
+
+
+class PartialOTLoss(nn.Module):
+    """Partial entropic OT with a learnable diagonal metric; see the module docstring."""
+
+    def __init__(self, dim: int, epsilon: float = 0.03, mass: float = 0.95,
+                 num_iters: int = 200, tol: float = 1e-6, learn_metric: bool = True) -> None:
+        super().__init__()
+        if dim < 1:
+            raise ValueError(f"dim must be >= 1, got {dim}")
+        if epsilon <= 0:
+            raise ValueError(f"epsilon must be > 0, got {epsilon}")
+        if not 0.0 < mass <= 1.0:
+            raise ValueError(f"mass (fraction of the mass transported) must be in (0, 1], got "
+                             f"{mass}")
+        if num_iters < 1:
+            raise ValueError(f"num_iters must be >= 1, got {num_iters}")
+        self.dim, self.epsilon, self.mass = dim, epsilon, mass
+        self.num_iters, self.tol = num_iters, tol
+        self.theta = nn.Parameter(torch.zeros(dim), requires_grad=learn_metric)
+
+    def metric(self) -> Tensor:
+        """Per-dimension weights ``(dim,)``, positive with mean 1."""
+        return self.dim * torch.softmax(self.theta, dim=0)
+
+    def cost(self, x: Tensor, y: Tensor) -> Tensor:
+        """``(B, B)`` cost ``sum_k w_k (x_ik - y_jk)^2`` between L2-normalised embeddings."""
+        x, y = F.normalize(x, dim=-1), F.normalize(y, dim=-1)
+        diff = x.unsqueeze(1) - y.unsqueeze(0)
+        return (diff.square() * self.metric()).sum(-1)
+
+    def plan(self, x: Tensor, y: Tensor) -> Tensor:
+        """The partial entropic transport plan ``(B, B)`` (total mass ``mass``), differentiable."""
+        _pair(x, y)
+        if x.shape[1] != self.dim:
+            raise ValueError(f"PartialOTLoss built for dim {self.dim}, got embeddings of width "
+                             f"{x.shape[1]}")
+        cost = self.cost(x.float(), y.float()).double()
+        b = cost.shape[0]
+        marginal = torch.full((b,), 1.0 / b, dtype=cost.dtype, device=cost.device)
+        # the log-domain solver needs m as a tensor on the torch backend; clamp against rounding
+        mass = torch.minimum(torch.tensor(self.mass, dtype=cost.dtype, device=cost.device),
+                             marginal.sum())
+        return ot.partial.entropic_partial_wasserstein(
+            marginal, marginal, cost, reg=self.epsilon, m=mass, numItermax=self.num_iters,
+            stopThr=self.tol, method="sinkhorn_log")
+
+    def forward(self, x: Tensor, y: Tensor) -> Tensor:
+        plan = self.plan(x, y)
+        rows = plan.sum(1)
+        weight = (rows / rows.sum()).detach()
+        loss = -(weight * (plan.diagonal().clamp_min(1e-30).log() - rows.log())).sum()
+        return loss.to(x.dtype)
+
+
+class Med3DInsightLoss(nn.Module):
+    """Alignment to the slice-image and slice-text embeddings plus weighted reconstruction MSE.
+
+    ``kind="ot"`` (journal) or ``"contrastive"`` (conference). ``forward(embedding (B, E),
+    image_emb (B, E), text_emb (B, E) or None, recon_loss scalar or None) -> StepOutput``.
+    """
+
+    def __init__(self, dim: int, kind: str = "ot", epsilon: float = 0.03, mass: float = 0.95,
+                 temperature: float = 0.07, num_iters: int = 200, text_weight: float = 1.0,
+                 recon_weight: float = 1.0) -> None:
+        super().__init__()
+        if kind not in ("ot", "contrastive"):
+            raise ValueError(f"kind must be 'ot' or 'contrastive', got {kind!r}")
+        self.kind, self.text_weight, self.recon_weight = kind, text_weight, recon_weight
+        if kind == "ot":
+            self.image = PartialOTLoss(dim, epsilon, mass, num_iters)
+            self.text = PartialOTLoss(dim, epsilon, mass, num_iters)
+        else:
+            self.image = self.text = InfoNCELoss(temperature)
+
+    def forward(self, embedding: Tensor, image_emb: Tensor, text_emb: Tensor | None = None,
+                recon_loss: Tensor | None = None) -> StepOutput:
+        parts = {"align_image": self.image(embedding, image_emb)}
+        if text_emb is not None:
+            parts["align_text"] = self.text_weight * self.text(embedding, text_emb)
+        if recon_loss is not None:
+            parts["recon"] = self.recon_weight * recon_loss
+        loss = torch.stack(list(parts.values())).sum()
+        return StepOutput(loss, {k: float(v.detach()) for k, v in parts.items()})
