@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from typing import Callable
 
@@ -15,6 +16,15 @@ from zoo.config import ConfigError
 from zoo.registry import REGISTRIES
 
 EXIT_CONFIG = 2
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from hydra.errors import InstantiationException
+
+    return (InstantiationException, KeyError, ValueError, FileNotFoundError)
+
+
+USER_ERRORS = _user_errors()
 
 
 def _kind(name: str) -> str:
@@ -142,11 +152,13 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         print(f"zoo {args.command}: {err}", file=sys.stderr)
         return EXIT_CONFIG
-    except Exception as err:  # builder errors surface through Hydra's instantiate wrapper
-        if type(err).__name__ in ("InstantiationException", "KeyError"):
-            print(f"zoo {args.command}: {explain(err)}", file=sys.stderr)
-            return EXIT_CONFIG
-        raise
+    except Exception as err:
+        # bad configuration or input surfaces as these (builder errors come wrapped by Hydra's
+        # instantiate); ZOO_DEBUG=1 shows the traceback instead of one line
+        if os.environ.get("ZOO_DEBUG") or not isinstance(err, USER_ERRORS):
+            raise
+        print(f"zoo {args.command}: {explain(err)}", file=sys.stderr)
+        return EXIT_CONFIG
 
 
 if __name__ == "__main__":

@@ -66,8 +66,31 @@ def validate_overrides(overrides: Iterable[str], sweep: bool = False) -> None:
                                   f"Options: {', '.join(groups[key]) or '(none)'}")
 
 
+def recipe_defaults(overrides: list[str]) -> list[str]:
+    """Component choices that a recipe implies, for groups the overrides leave unset.
+
+    ``experiments/conf/recipe_defaults.yaml`` maps a recipe to ``{group: option}`` (e.g. TGH-MoE
+    implies ``encoder=tghmoe``; CLIP3D implies ``connector=null lm=null``). Hydra's defaults list
+    cannot express "this default depends on another group's choice", so the zoo adds these
+    overrides before the user's; an explicit ``group=...`` always wins.
+    """
+    import yaml
+
+    table = yaml.safe_load((conf_dir() / "recipe_defaults.yaml").read_text()) or {}
+    given = {}
+    for override in overrides:
+        if override.startswith("~"):
+            given[override[1:].split("=")[0]] = None
+        elif (split := _split_override(override)) is not None:
+            given[split[0]] = split[1]
+    implied = table.get(given.get("recipe", ""), {}) or {}
+    return [f"~{group}" if option is None else f"{group}={option}"
+            for group, option in implied.items() if group not in given]
+
+
 def compose(overrides: Iterable[str] = (), config_name: str = "config") -> DictConfig:
-    """Compose the primary config with command-line style overrides."""
+    """Compose the primary config with command-line style overrides (after the recipe's
+    implied component choices, see :func:`recipe_defaults`)."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
     from hydra.errors import HydraException
@@ -75,6 +98,7 @@ def compose(overrides: Iterable[str] = (), config_name: str = "config") -> DictC
 
     overrides = list(overrides)
     validate_overrides(overrides)
+    overrides = recipe_defaults(overrides) + overrides
     try:
         with initialize_config_dir(version_base="1.3", config_dir=str(conf_dir()), job_name="zoo"):
             return hydra_compose(config_name=config_name, overrides=overrides)

@@ -8,8 +8,42 @@ statically by ``zoo``. ``tests/test_registry.py`` fails when a module under a co
 
 COMPONENT_MODULES: tuple[str, ...] = (
     # data sets and tasks (zoo.data)
+    "zoo.data.synth",
+    "zoo.data.m3d",
+    "zoo.data.medical",
     # encoders: native 3D ViTs, slice-inflated 2D towers, TGH-MoE, 3D backbones, bridges
+    "encoders.vit3d",
+    "encoders.backbones2d",
+    "encoders.slice2d",
+    "encoders.moe",
+    "encoders.tghmoe",
+    "encoders.swin3d",
+    "encoders.resnet3d",
+    "encoders.psat",
     # connectors
+    "connectors.spatial_pool",
+    "connectors.sequence_pool",
+    "connectors.mlp",
+    "connectors.linear",
+    "connectors.identity",
+    "connectors.perceiver",
     # heads and language models
+    "heads.lora",
+    "heads.causal_lm",
+    "heads.contrastive",
+    "heads.teacher2d",
+    "heads.alignment",
+    "heads.recon3d",
+    "heads.seg_decoder",
+    "heads.classifier",
+    "heads.segvol_prompt",
+    "heads.segvol_decoder",
+    "heads.segvol_text",
+    "heads.segvol",
+    "heads.segvol_inference",
     # recipes
+    "recipes.lamed",
+    "recipes.clip3d",
+    "recipes.tghmoe",
+    "recipes.segvol",
 )

@@ -95,6 +95,9 @@ class Trainer:
             raise ValueError(f"stage {stage.name!r}: the {split} split has no samples of tasks "
                              f"{list(stage.tasks) or 'any'}")
         batch_size = int(self.cfg.batch_size or stage.batch_size)
+        if shuffle and len(dataset) < batch_size:
+            raise ValueError(f"stage {stage.name!r}: the {split} split has {len(dataset)} samples, "
+                             f"fewer than one batch of {batch_size} (set trainer.batch_size)")
         return DataLoader(dataset, batch_size=batch_size, drop_last=shuffle,
                           sampler=EpochPermutation(len(dataset), self.seed) if shuffle else None,
                           collate_fn=self.model.collate, num_workers=int(self.cfg.num_workers))

@@ -1,0 +1,63 @@
+"""TGH-MoE ("Adapting 2D MLLM for 3D CT image analysis", 2026): a slice-inflated 2D vision tower
+with a text-guided hierarchical mixture of experts, a connector and a causal LM.
+
+Same seam and tensor contract as :mod:`recipes.lamed`; the encoder receives the pooled prompt
+embedding ``(B, H_lm)`` and the task id, and its load-balancing loss joins the LM loss.
+Stages (REFERENCE.md E; learning rates are not published, so they are options):
+``shared`` trains everything with task routing off (every task in one expert group), then
+``specific`` switches to hard task-level routing, initialises every task group from the trained
+shared experts and trains the groups (and, unless ``freeze_shared``, the rest as in ``shared``).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+from recipes.lamed import EMBED_PATTERNS, LORA_PATTERN, LaMed, build_parts
+from zoo.registry import RECIPES
+from zoo.types import Stage
+
+EXPERT_PATTERNS = (r"encoder\.backbone\.blocks\.\d+\.mlp\.", r"encoder\.task_router\.")
+
+
+class TGHMoELaMed(LaMed):
+    """LaMed whose encoder switches routing mode with the stage."""
+
+    def apply_stage(self, stage: Stage | str) -> list[str]:
+        stage = self.stages[stage] if isinstance(stage, str) else stage
+        if stage.name == "specific":
+            # runs before any resumed state is loaded, so a resumed run's groups are restored after
+            self.encoder.set_routing("specific")
+            self.encoder.init_groups_from_shared()
+        else:
+            self.encoder.set_routing("shared")
+        return super().apply_stage(stage)
+
+
+@RECIPES.register
+def tghmoe(encoder: Callable[..., Any], connector: Callable[..., Any], lm: Callable[..., Any],
+           bridge: Callable[..., Any] | None = None, image_size: Sequence[int] = (32, 256, 256),
+           template: str = "<image>{prompt}", max_length: int = 512, train_lm: str = "lora",
+           lora_r: int = 16, lora_alpha: int = 32, lora_dropout: float = 0.05,
+           lora_target: str | None = None, shared_lr: float = 5e-5, specific_lr: float = 5e-5,
+           epochs: float = 3.0, batch_size: int = 2, warmup_ratio: float = 0.03,
+           freeze_shared: bool = False) -> TGHMoELaMed:
+    """TGH-MoE: ``encoder`` (built with ``prompt_dim`` = LLM hidden size, e.g. ``tghmoe``) +
+    optional ``bridge`` (e.g. text-relevance slice weighting) + ``connector`` into ``lm``."""
+    lora = {"r": lora_r, "alpha": lora_alpha, "dropout": lora_dropout, "target": lora_target}
+    lm_module = lm()
+    vision, middle, projector, language_model = build_parts(
+        encoder, connector, lambda: lm_module, bridge, train_lm, lora,
+        encoder_kwargs={"prompt_dim": lm_module.hidden_size})
+    lm_part = {"lora": (LORA_PATTERN,), "full": (r"lm\.",), "frozen": ()}[train_lm]
+    new = ((r"bridge\.",) if middle is not None else ()) + (r"connector\.",)
+    everything = (r"encoder\.",) + new + EMBED_PATTERNS + lm_part
+    stages = {
+        "shared": Stage("shared", trainable=everything, lr=shared_lr, epochs=epochs,
+                        warmup_ratio=warmup_ratio, batch_size=batch_size),
+        "specific": Stage("specific", trainable=EXPERT_PATTERNS + lm_part if freeze_shared
+                          else everything, lr=specific_lr, epochs=epochs,
+                          warmup_ratio=warmup_ratio, batch_size=batch_size),
+    }
+    return TGHMoELaMed(vision, projector, language_model, image_size, stages, template,
+                       max_length, train_new_rows_only_in=(), bridge=middle)
