@@ -11,6 +11,8 @@ shared experts and trains the groups (and, unless ``freeze_shared``, the rest as
 
 from __future__ import annotations
 
+import functools
+import inspect
 from typing import Any, Callable, Sequence
 
 from recipes.lamed import EMBED_PATTERNS, LORA_PATTERN, LaMed, build_parts
@@ -25,6 +27,8 @@ class TGHMoELaMed(LaMed):
 
     def apply_stage(self, stage: Stage | str) -> list[str]:
         stage = self.stages[stage] if isinstance(stage, str) else stage
+        if not hasattr(self.encoder, "set_routing"):  # a dense slice encoder (ablation)
+            return super().apply_stage(stage)
         if stage.name == "specific":
             # runs before any resumed state is loaded, so a resumed run's groups are restored after
             self.encoder.set_routing("specific")
@@ -32,6 +36,11 @@ class TGHMoELaMed(LaMed):
         else:
             self.encoder.set_routing("shared")
         return super().apply_stage(stage)
+
+
+def _accepts(factory: Callable[..., Any], name: str) -> bool:
+    """Whether a builder names ``name`` as a parameter (catch-all ``**options`` does not count)."""
+    return name in inspect.signature(getattr(factory, "func", factory)).parameters
 
 
 @RECIPES.register
@@ -42,13 +51,16 @@ def tghmoe(encoder: Callable[..., Any], connector: Callable[..., Any], lm: Calla
            lora_target: str | None = None, shared_lr: float = 5e-5, specific_lr: float = 5e-5,
            epochs: float = 3.0, batch_size: int = 2, warmup_ratio: float = 0.03,
            freeze_shared: bool = False) -> TGHMoELaMed:
-    """TGH-MoE: ``encoder`` (built with ``prompt_dim`` = LLM hidden size, e.g. ``tghmoe``) +
-    optional ``bridge`` (e.g. text-relevance slice weighting) + ``connector`` into ``lm``."""
+    """TGH-MoE: ``encoder`` (built with ``prompt_dim`` = LLM hidden size when it takes one, e.g.
+    ``tghmoe``) + optional ``bridge`` (e.g. ``text_slice_weighting``, Med-2E3's sibling strategy,
+    with a dense ``slice2d`` encoder) + ``connector`` into ``lm``."""
     lora = {"r": lora_r, "alpha": lora_alpha, "dropout": lora_dropout, "target": lora_target}
     lm_module = lm()
+    if bridge is not None and _accepts(bridge, "prompt_dim"):
+        bridge = functools.partial(bridge, prompt_dim=lm_module.hidden_size)  # text-guided bridge
+    text_guided = {"prompt_dim": lm_module.hidden_size} if _accepts(encoder, "prompt_dim") else {}
     vision, middle, projector, language_model = build_parts(
-        encoder, connector, lambda: lm_module, bridge, train_lm, lora,
-        encoder_kwargs={"prompt_dim": lm_module.hidden_size})
+        encoder, connector, lambda: lm_module, bridge, train_lm, lora, encoder_kwargs=text_guided)
     lm_part = {"lora": (LORA_PATTERN,), "full": (r"lm\.",), "frozen": ()}[train_lm]
     new = ((r"bridge\.",) if middle is not None else ()) + (r"connector\.",)
     everything = (r"encoder\.",) + new + EMBED_PATTERNS + lm_part
