@@ -20,6 +20,7 @@ COMPONENT_MODULES: tuple[str, ...] = (
     "encoders.swin3d",
     "encoders.resnet3d",
     "encoders.psat",
+    "encoders.slice_weighting",
     # connectors
     "connectors.spatial_pool",
     "connectors.sequence_pool",
