@@ -36,8 +36,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 import zoo  # noqa: F401  (environment fixes before timm / open_clip / transformers imports)
-from encoders.vit3d import load_state_dict_file  # one reader for .safetensors / torch files
 from zoo.build import on_meta
+from zoo.checkpoint import read_state_dict
 from zoo.registry import suggest
 
 ECOSYSTEMS: tuple[str, ...] = ("timm", "open_clip", "hf")
@@ -293,7 +293,7 @@ def build_timm(name: str, pretrained: str | None, kwargs: dict[str, Any]) -> Tim
     if pretrained and not on_meta():
         from timm.models.vision_transformer import checkpoint_filter_fn
 
-        state = checkpoint_filter_fn(load_state_dict_file(pretrained), model)
+        state = checkpoint_filter_fn(read_state_dict(pretrained), model)
         state = {k: v for k, v in state.items() if not k.startswith("head.")}
         _load_strict(model, state, str(pretrained))
     return TimmViT(model, name)
@@ -395,7 +395,7 @@ def build_open_clip(name: str, pretrained: str | None, kwargs: dict[str, Any]) -
     vision_cfg = {**cfg["vision_cfg"], **kwargs}
     visual = _build_vision_tower(embed_dim, vision_cfg, quick_gelu=quick_gelu)
     if pretrained and not on_meta():
-        state = _strip_prefix(load_state_dict_file(pretrained), "visual.")
+        state = _strip_prefix(read_state_dict(pretrained), "visual.")
         _load_strict(visual, state, str(pretrained))
     pre = cfg.get("preprocess_cfg", {})
     mean, std = pre.get("mean", OPENAI_DATASET_MEAN), pre.get("std", OPENAI_DATASET_STD)
@@ -496,7 +496,7 @@ def build_hf(name: str, pretrained: str | None, kwargs: dict[str, Any]) -> HFVis
     else:
         model = classes[family](config)
         if source is not None and not on_meta():
-            state = load_state_dict_file(source)
+            state = read_state_dict(source)
             for prefix in ("vision_model.", "model.vision_model."):
                 state = _strip_prefix(state, prefix)
             state = {k: v for k, v in state.items() if not k.startswith("head.")}

@@ -23,6 +23,7 @@ from monai.networks.nets.swin_unetr import SwinTransformer
 from torch import Tensor, nn
 
 from zoo.build import on_meta
+from zoo.checkpoint import read_state_dict
 from zoo.registry import ENCODERS
 from zoo.types import Conditioning, VisualTokens, check_volume
 
@@ -101,16 +102,7 @@ class Swin3DEncoder(nn.Module):
 
     def load_checkpoint(self, path: str | Path) -> None:
         """Load a SwinUNETR (``swinViT.*``) or bare Swin encoder state dict; strict."""
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"swin3d checkpoint {path} does not exist")
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            state = load_file(str(path))
-        else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-            state = state.get("state_dict", state) if isinstance(state, dict) else state
+        state = read_state_dict(path)
         for prefix in ("module.swinViT.", "swinViT.", "module.", ""):
             picked = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
             if "patch_embed.proj.weight" in picked:

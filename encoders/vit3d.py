@@ -30,6 +30,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint as _checkpoint
 
 from zoo.build import on_meta
+from zoo.checkpoint import read_state_dict
 from zoo.registry import ENCODERS, suggest
 from zoo.types import Conditioning, Grid, VisualTokens, check_volume
 
@@ -290,7 +291,7 @@ class ViT3D(nn.Module):
         encoder lacks (:data:`IGNORED_CHECKPOINT_PARTS`) are dropped; any other missing or
         unexpected key, or a shape mismatch, raises naming the keys.
         """
-        state = load_state_dict_file(path)
+        state = read_state_dict(path)
         state = select_prefix(state, prefix, path)
         state = {k: v for k, v in state.items()
                  if not any(part in f".{k}" for part in IGNORED_CHECKPOINT_PARTS)}
@@ -324,30 +325,6 @@ def _init_weights(module: nn.Module) -> None:
     elif isinstance(module, nn.LayerNorm):
         nn.init.ones_(module.weight)
         nn.init.zeros_(module.bias)
-
-
-def load_state_dict_file(path: str | Path) -> dict[str, Tensor]:
-    """Read a state dict from ``.safetensors`` or a ``torch.save`` file (``weights_only=True``).
-
-    A ``torch.save`` dict wrapping the weights under ``state_dict`` or ``model`` is unwrapped.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(path))
-    try:
-        obj: Any = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # truncated or not a torch file
-        raise ValueError(f"checkpoint {path} could not be read by torch.load: {err}") from err
-    for key in ("state_dict", "model"):
-        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
-            obj = obj[key]
-    if not isinstance(obj, dict) or not all(isinstance(v, Tensor) for v in obj.values()):
-        raise ValueError(f"checkpoint {path} does not hold a state dict of tensors")
-    return obj
 
 
 def select_prefix(state: dict[str, Tensor], prefix: str | None, path: Any) -> dict[str, Tensor]:

@@ -28,6 +28,7 @@ from heads.segvol_decoder import SegVolMaskDecoder
 from heads.segvol_prompt import SegVolPromptEncoder
 from heads.segvol_text import SegVolTextEncoder, clip_text_tower, tiny_clip_text_tower
 from zoo.build import on_meta
+from zoo.checkpoint import read_state_dict
 from zoo.registry import ENCODERS, HEADS
 from zoo.types import MaskOutput, VisualTokens, check_volume
 
@@ -209,28 +210,6 @@ class SegVolHead(nn.Module):
 
 def _shorten(keys: list[str], n: int = 20) -> str:
     return str(keys[:n]) + (f" ... ({len(keys)} in all)" if len(keys) > n else "")
-
-
-def read_state_dict(path: str | Path) -> dict[str, Tensor]:
-    """A state dict from ``.safetensors`` or ``torch.load(weights_only=True)``; SegVol's training
-    checkpoints wrap it under ``model`` (or ``state_dict``), which is unwrapped."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(path))
-    try:
-        obj: Any = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise ValueError(f"checkpoint {path} could not be read by torch.load: {err}") from err
-    for key in ("model", "state_dict"):
-        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
-            obj = obj[key]
-    if not isinstance(obj, dict) or not all(isinstance(v, Tensor) for v in obj.values()):
-        raise ValueError(f"checkpoint {path} does not hold a state dict of tensors")
-    return obj
 
 
 def segvol_to_zoo_keys(state: dict[str, Tensor], own: dict[str, Tensor] | None = None

@@ -14,6 +14,9 @@ import shutil
 from pathlib import Path
 from typing import Any, Callable
 
+import torch
+from torch import Tensor
+
 STATE_FILE = "trainer_state.json"
 LATEST = "latest"
 
@@ -62,3 +65,43 @@ def latest(root: Path) -> tuple[Path, dict[str, Any]] | None:
         raise FileNotFoundError(f"checkpoint pointer {pointer} names {folder}, which has no "
                                 f"{STATE_FILE}: the checkpoint folder is incomplete or was removed")
     return folder, json.loads(state_file.read_text())
+
+
+# Keys under which training scripts wrap a state dict (``{"state_dict": ...}``, ``{"model": ...}``).
+STATE_DICT_WRAPPERS = ("state_dict", "model")
+
+
+def read_state_dict(path: str | Path) -> dict[str, Tensor]:
+    """A state dict ``{name: Tensor}`` from ``.safetensors`` or a ``torch.save`` file.
+
+    ``torch.save`` files are read with ``weights_only=True`` on the CPU; a dict wrapping the weights
+    under ``state_dict`` or ``model`` (possibly nested) is unwrapped. Errors name the file: a
+    missing file raises ``FileNotFoundError``, an unreadable one or one without a dict of tensors
+    ``ValueError``. One reader for every component that loads external weights.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(path))
+        except Exception as err:  # truncated or not a safetensors file
+            raise ValueError(f"checkpoint {path} could not be read as safetensors: {err}") from err
+    try:
+        obj: Any = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # truncated, not a torch file, or pickled objects beyond weights
+        raise ValueError(f"checkpoint {path} could not be read by torch.load "
+                         f"(weights_only=True): {err}") from err
+    unwrapped = True
+    while unwrapped and isinstance(obj, dict):
+        unwrapped = False
+        for key in STATE_DICT_WRAPPERS:
+            if isinstance(obj.get(key), dict):
+                obj, unwrapped = obj[key], True
+                break
+    if not isinstance(obj, dict) or not obj or not all(isinstance(v, Tensor) for v in obj.values()):
+        raise ValueError(f"checkpoint {path} does not hold a state dict of tensors "
+                         f"(got {type(obj).__name__})")
+    return obj

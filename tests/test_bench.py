@@ -1,0 +1,75 @@
+"""`zoo bench` pieces on tiny components: table shape, FLOP counting, side-by-side numerics and the
+regression checker on synthetic numbers (no timed assertions)."""
+
+import pytest
+import torch
+from torch import nn
+
+from zoo.bench import report
+from zoo.bench.cases import component_cases
+from zoo.bench.cost import meta_cost
+from zoo.bench.run import COST_HEADERS, cost_rows, memory_arithmetic
+
+
+def test_meta_flops_of_a_linear_layer():
+    cost = meta_cost(lambda: (nn.Linear(8, 16), (torch.randn(4, 8),)))
+    assert cost.params == 8 * 16 + 16
+    assert cost.flops_fwd == 2 * 4 * 8 * 16
+    assert cost.flops_fwd_bwd == 2 * cost.flops_fwd  # weight gradient only (input needs none)
+    assert cost.saved_bytes == 4 * 8 * 4  # addmm keeps its input for the weight gradient
+
+
+def test_cost_rows_on_tiny_components():
+    cases = [c for c in component_cases(("tiny",)) if c.name in ("test_vit3d", "spatial_pool")]
+    metrics = {}
+    rows = cost_rows(cases, torch.device("cpu"), budget_gflop=1.0, repeats=1, metrics=metrics,
+                     prefix="t")
+    assert [r[1] for r in rows] == ["test_vit3d", "spatial_pool"]
+    assert all(len(r) == len(COST_HEADERS) for r in rows)
+    assert rows[0][5] == 128 and rows[1][5] == 16  # tokens: 8 x 4 x 4 grid, pooled by 2
+    key = "t/encoder/test_vit3d/tiny/32x64x64"
+    assert metrics[f"{key}/params"] == 140544 and metrics[f"{key}/fwd_bwd_s"] > 0
+    skipped = cost_rows(cases[:1], torch.device("cpu"), 0.0, 1, {}, "t")
+    assert skipped[0][10] == "meta only"
+
+
+def test_vit3d_matches_monai_in_the_side_by_side():
+    from zoo.bench.compare import vit3d_vs_monai
+
+    res = vit3d_vs_monai((32, 64, 64), depth=1, width=32, heads=2, mlp_dim=64, warmup_size=None)
+    assert res["max_abs_diff"] < 1e-5
+    assert set(res["seconds"]) == {"monai", "monai_sdpa", "vit3d"}
+
+
+def test_report_roundtrip_and_regressions(tmp_path):
+    path = report.write(tmp_path / "B.md", [("T", report.table(["a", "b"], [(1, 2.5)]))],
+                        {"x/fwd_s": 1.0, "x/flops_fwd_bwd": 10}, {"cpu": "test"})
+    text = path.read_text()
+    assert "| a | b |" in text and "| 1 | 2.5 |" in text
+    recorded = report.read_metrics(path)
+    assert recorded == {"x/fwd_s": 1.0, "x/flops_fwd_bwd": 10}
+    assert report.regressions(recorded, {"x/fwd_s": 1.2, "x/flops_fwd_bwd": 10}) == []
+    found = report.regressions(recorded, {"x/fwd_s": 1.5, "x/flops_fwd_bwd": 11, "new_s": 9.0})
+    assert [(f.key, f.kind) for f in found] == [("x/flops_fwd_bwd", "changed"),
+                                                ("x/fwd_s", "slower")]
+    # below the absolute floor: tiny cases' jitter is not a regression
+    assert report.regressions({"y_s": 0.001}, {"y_s": 0.005}) == []
+    with pytest.raises(ValueError, match="threshold"):
+        report.regressions({}, {}, threshold=-1)
+    (tmp_path / "empty.md").write_text("# nothing\n")
+    with pytest.raises(ValueError, match="no recorded metrics"):
+        report.read_metrics(tmp_path / "empty.md")
+
+
+def test_cli_checks_its_options(tmp_path):
+    from zoo.bench.cli import main
+
+    with pytest.raises(ValueError, match="--strict"):
+        main(["--strict"])
+    with pytest.raises(FileNotFoundError, match="run `zoo bench` first"):
+        main(["--check", "--out", str(tmp_path / "none.md")])
+
+
+def test_memory_arithmetic_fits_80_gb():
+    body, total = memory_arithmetic(vit_saved_bytes=6 * 2**30)
+    assert "LLaMA-2-7B" in body and 13 < total < 80

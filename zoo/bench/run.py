@@ -1,0 +1,239 @@
+"""``zoo bench``: run every benchmark section, print the tables, write ``docs/BENCHMARKS.md``.
+
+Sections: per-component cost (tiny / small / full), scaling with the volume size, vit3d against
+MONAI's ViT, data preparation against plain MONAI, end-to-end training steps, GPU figures, and the
+memory arithmetic of the full M3D configuration. Latency is measured only where a case's
+forward+backward FLOPs fit ``time_budget_gflop`` (the rest is counted on meta), so the default run
+stays within a few minutes on a 2-core CPU.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import torch
+
+from zoo.bench import report
+from zoo.bench.cases import Case, component_cases, scaling_cases
+from zoo.bench.cost import measure, meta_cost
+
+GPU_SKIPPED = "not measured here (no GPU lent)"
+# Dense bf16 peak of common training GPUs (TFLOP/s), for model FLOPs utilisation.
+BF16_PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0, "A10": 125.0}
+LLAMA2_7B_PARAMS = 6_738_415_616
+
+
+def _mb(nbytes: float) -> float:
+    return nbytes / 2**20
+
+
+def cost_rows(cases: list[Case], device: torch.device, budget_gflop: float, repeats: int,
+              metrics: dict[str, float], prefix: str) -> list[list[Any]]:
+    """One table row per case; timings where the case fits the budget; metrics filled in."""
+    rows = []
+    for case in cases:
+        key = f"{prefix}/{case.kind}/{case.name}/{case.level}/{'x'.join(map(str, case.size))}"
+        cost = meta_cost(case.factory)
+        timed = cost.flops_fwd_bwd <= budget_gflop * 1e9
+        t = measure(case.factory, device, repeats=repeats) if timed else None
+        rate = 1.0 / t.fwd_bwd_s if t and t.fwd_bwd_s else None
+        rows.append([case.kind, case.name, case.level, "x".join(map(str, case.size)),
+                     f"{cost.params / 1e6:.2f}", cost.tokens, f"{cost.flops_fwd / 1e9:.2f}",
+                     f"{cost.flops_fwd_bwd / 1e9:.2f}", f"{_mb(cost.saved_bytes):.0f}",
+                     t.fwd_s if t else "meta only", t.fwd_bwd_s if t else "meta only",
+                     rate, t.peak_mb if t and t.peak_mb is not None else "-"])
+        metrics[f"{key}/params"] = cost.params
+        metrics[f"{key}/flops_fwd_bwd"] = cost.flops_fwd_bwd
+        if t:
+            metrics[f"{key}/fwd_s"] = t.fwd_s
+            if t.fwd_bwd_s is not None:
+                metrics[f"{key}/fwd_bwd_s"] = t.fwd_bwd_s
+    return rows
+
+
+COST_HEADERS = ["kind", "name", "level", "D x H x W", "params (M)", "tokens", "GFLOP fwd",
+                "GFLOP fwd+bwd", "saved act. (MB)", "fwd (s)", "fwd+bwd (s)", "vol/s (train)",
+                "peak (MB)"]
+
+
+def scaling_plot(rows: list[list[Any]], path: str) -> str | None:
+    """Log-log plot of forward+backward GFLOP against voxels per strategy (PNG next to the doc)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    series: dict[str, list[tuple[int, float]]] = {}
+    for row in rows:
+        d, h, w = (int(v) for v in row[3].split("x"))
+        series.setdefault(row[1], []).append((d * h * w, float(row[7])))
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, points in series.items():
+        xs, ys = zip(*sorted(points))
+        ax.plot(xs, ys, marker="o", label=name)
+    ax.set(xscale="log", yscale="log", xlabel="voxels (D x H x W)", ylabel="GFLOP fwd+bwd",
+           title="Cost growth per strategy (batch 1, meta-device count)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def memory_arithmetic(vit_saved_bytes: int, lora_params: int = 4_194_304,
+                      connector_params: int = 19_931_136, vit_params: int = 87_389_184,
+                      text_tokens: int = 256, visual_tokens: int = 256) -> tuple[str, float]:
+    """GB estimate for ViT-B + LLaMA-2-7B (LoRA r=8 on q/v) at batch 1, bf16 weights, AdamW fp32
+    states for trainable parameters, gradient checkpointing in both towers. Arithmetic only."""
+    gb = 1e9
+    seq = text_tokens + visual_tokens
+    items = [
+        ("LLaMA-2-7B weights, bf16 (frozen)", LLAMA2_7B_PARAMS * 2),
+        ("ViT-B + connector trainable: fp32 weight + grad + AdamW m, v (16 B/param)",
+         (vit_params + connector_params) * 16),
+        ("LoRA r=8 on q, v of 32 layers: 16 B/param", lora_params * 16),
+        ("ViT activations, checkpointed: 12 block inputs (bf16) + one block recomputed "
+         "(meta count / 12, fp32 math-attention upper bound)",
+         12 * 2049 * 768 * 2 + vit_saved_bytes / 12),
+        (f"LLM activations, checkpointed: 32 layer inputs of {seq} x 4096 (bf16) + one layer "
+         "recomputed (~34 x seq x 4096 x 2 B)", 32 * seq * 4096 * 2 + 34 * seq * 4096 * 2),
+        ("logits fp32 (seq x 32000) and their grad", 2 * seq * 32000 * 4),
+    ]
+    total = sum(v for _, v in items)
+    body = report.table(["item", "GB"], [(k, f"{v / gb:.2f}") for k, v in items]
+                        + [("total (before allocator/CUDA context, ~1-3 GB)", f"{total / gb:.2f}")])
+    return body, total / gb
+
+
+def gpu_section(device: torch.device) -> tuple[str, dict[str, float]]:
+    """bf16-autocast training step of vit3d_base_m3d on CUDA: time, MFU, peak memory."""
+    if device.type != "cuda":
+        return GPU_SKIPPED + ": bf16 autocast, SDPA flash/efficient kernels, torch.compile, " \
+               "model FLOPs utilisation and measured peak memory need a CUDA device.", {}
+    from zoo.bench.cases import encoder_cases
+
+    case = next(c for c in encoder_cases("full") if c.name == "vit3d_base_m3d")
+    flops = meta_cost(case.factory).flops_fwd_bwd
+    name = torch.cuda.get_device_name(device)
+    peak = next((v for k, v in BF16_PEAK_TFLOPS.items() if k in name), None)
+    with device:
+        model, args = case.factory()
+    rows, metrics = [], {}
+    for batch in (1, 8):
+        x = args[0].repeat(batch, 1, 1, 1, 1)
+        torch.cuda.reset_peak_memory_stats(device)
+
+        def step() -> None:
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                loss = model(x).tokens.float().square().mean()
+            loss.backward()
+            model.zero_grad(set_to_none=True)
+
+        from zoo.bench.cost import time_call
+
+        seconds = time_call(step, repeats=5, warmup=2, device=device)
+        mfu = flops * batch / seconds / (peak * 1e12) if peak else None
+        rows.append([batch, seconds, batch / seconds, f"{mfu:.1%}" if mfu else "unknown peak",
+                     torch.cuda.max_memory_allocated(device) / 2**20])
+        metrics[f"gpu/vit3d_base_m3d/b{batch}/fwd_bwd_s"] = seconds
+    body = f"{name}, bf16 autocast, SDPA\n\n" + report.table(
+        ["batch", "fwd+bwd (s)", "vol/s", "MFU", "peak (MB)"], rows)
+    return body, metrics
+
+
+def run_bench(out: str | None = "docs/BENCHMARKS.md", quick: bool = False,
+              time_budget_gflop: float | None = None, repeats: int = 2,
+              sections: tuple[str, ...] = ("components", "scaling", "vit3d", "prepare", "e2e"),
+              log: Any = print) -> dict[str, Any]:
+    """Run the benchmark; returns ``{"metrics": flat dict, "sections": [(title, markdown)]}``."""
+    from zoo.registry import load_manifest
+
+    load_manifest()
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    budget = time_budget_gflop if time_budget_gflop is not None else (2.0 if quick else 50.0)
+    levels = ("tiny",) if quick else ("tiny", "small", "full")
+    metrics: dict[str, float] = {}
+    done: list[tuple[str, str]] = []
+    start = time.perf_counter()
+
+    def add(title: str, body: str) -> None:
+        done.append((title, body))
+        log(f"\n== {title} ({time.perf_counter() - start:.0f} s)\n{body}")
+
+    if "components" in sections:
+        rows = cost_rows(component_cases(levels), device, budget, repeats, metrics, "component")
+        add("Components", f"Latency on {device.type}; timed where fwd+bwd <= {budget:g} GFLOP, "
+            "otherwise counted on meta only. Saved activations: tensors kept for backward "
+            "(batch 1, fp32; attention counted with the math kernel, an upper bound).\n\n"
+            + report.table(COST_HEADERS, rows))
+    if "scaling" in sections:
+        cases = scaling_cases() if not quick else scaling_cases(((32, 64, 64), (32, 128, 128)))
+        rows = cost_rows(cases, device, 0.0 if not quick else budget, repeats, metrics, "scaling")
+        body = report.table(COST_HEADERS[:9], [r[:9] for r in rows])
+        if out:
+            from pathlib import Path
+
+            png = Path(out).with_name("bench_scaling.png")
+            scaling_plot(rows, str(png))
+            body += f"\n\n![scaling]({png.name})"
+        add("Scaling with the volume", body)
+    if "vit3d" in sections:
+        from zoo.bench.compare import vit3d_vs_monai
+
+        size, depth = ((32, 64, 64), 2) if quick else ((32, 256, 256), 12)
+        kw = dict(width=64, heads=4, mlp_dim=128, warmup_size=None) if quick else {}
+        res = vit3d_vs_monai(size, depth, rounds=1 if not quick else 2, **kw)
+        for name, sec in res["seconds"].items():
+            metrics[f"vit3d_vs_monai/{name}/fwd_bwd_s"] = sec
+        metrics["vit3d_vs_monai/speedup_vs_monai"] = res["speedup_vs_monai"]
+        metrics["vit3d_vs_monai/speedup_vs_monai_sdpa"] = res["speedup_vs_monai_sdpa"]
+        add("vit3d against MONAI ViT (forward+backward, identical settings and weights)",
+            f"1 x {' x '.join(map(str, size))}, depth {depth}, {device.type}, "
+            f"{res['rounds']} round(s), max |vit3d - MONAI| = {res['max_abs_diff']:.2e}\n\n"
+            + report.table(["variant", "fwd+bwd (s)", "vit3d speed-up"],
+                           [(k, v, res["seconds"][k] / res["seconds"]["vit3d"])
+                            for k, v in res["seconds"].items()]))
+    if "prepare" in sections:
+        from zoo.bench.compare import prepare_vs_monai
+
+        res = prepare_vs_monai((128, 128, 48) if quick else (256, 256, 96), rounds=2 if quick else 3)
+        metrics.update({f"prepare/{k}_s": v for k, v in res["seconds"].items()})
+        metrics["prepare/ratio_monai_over_zoo"] = res["ratio_monai_over_zoo"]
+        add("Data preparation against plain MONAI Compose",
+            f"CT volume {res['input_shape']} -> {res['output_size']}, max |diff| = "
+            f"{res['max_abs_diff']:.2e}\n\n" + report.table(
+                ["pipeline", "s / case", "MONAI / zoo"],
+                [(k, v, res["seconds"]["monai"] / v) for k, v in res["seconds"].items()]))
+    if "e2e" in sections:
+        from zoo.bench.e2e import E2E_CONFIGS, train_step_seconds
+
+        rows = []
+        for name, overrides in E2E_CONFIGS.items():
+            if quick and not name.endswith("tiny"):
+                continue
+            res = train_step_seconds(overrides, steps=2)
+            metrics[f"e2e/{name}/step_s"] = res["seconds"]
+            rows.append([name, res["stage"], res["batch_size"], res["seconds"],
+                         f"{res['trainable']:,}", f"{res['total']:,}", " ".join(overrides)])
+        rows.append(["default sweep", "", "", "not measured by `zoo bench` (it trains and "
+                     "evaluates every variant; time `zoo sweep` itself)", "", "", ""])
+        add("End to end: seconds per training step",
+            report.table(["config", "stage", "batch", "s / step", "trainable", "params",
+                          "overrides"], rows))
+    gpu_body, gpu_metrics = gpu_section(device)
+    metrics.update(gpu_metrics)
+    add("GPU", gpu_body)
+    from zoo.bench.cases import encoder_cases
+
+    vit_full = next(c for c in encoder_cases("full") if c.name == "vit3d_base_m3d")
+    body, total = memory_arithmetic(meta_cost(vit_full.factory).saved_bytes)
+    add("Memory: full M3D configuration at batch 1 (arithmetic)",
+        body + f"\n\nAbout {total:.0f} GB of 80 GB. Measured peak on a GPU: "
+        + ("see the GPU section." if device.type == "cuda" else GPU_SKIPPED + "."))
+    metrics["wall_s"] = time.perf_counter() - start
+    info = report.machine()
+    if out:
+        report.write(out, done, metrics, info)
+        log(f"\nwrote {out} ({metrics['wall_s']:.0f} s)")
+    return {"metrics": metrics, "sections": done, "machine": info}
