@@ -6,8 +6,12 @@ embeddings are replaced by the connector's output ``(B, num_image_tokens, H_lm)`
 
 Stages (REFERENCE.md A): ``align`` trains the connector and the new special-token rows only
 (LR 1e-4, warmup 3 %, cosine); ``instruct`` trains LoRA adapters on the LLM plus the full encoder,
-connector, embeddings and LM head (LR 5e-5). Freezing, LoRA targets and the image-token count are
-decided here and only here.
+connector, embeddings and LM head (LR 5e-5), and the ``[SEG]`` path when a SegVol ``head`` is
+given. Freezing, LoRA targets and the image-token count are decided here and only here.
+
+Segmentation (``head``, :mod:`recipes.lamed_seg`): the hidden state predicting each ``[SEG]`` is
+projected to a SegVol prompt; samples with a ``mask`` ``(K, D, H, W)`` and ``[SEG]`` in the answer
+add Dice + BCE (unweighted) to the LM loss; :meth:`LaMed.segment` returns texts and masks.
 """
 
 from __future__ import annotations
@@ -17,6 +21,8 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import Tensor
 
+from recipes.lamed_seg import (SegProjector, batch_masks, generated_seg_positions, run_head,
+                               seg_target, teacher_seg_positions, trainable_head_patterns)
 from zoo.registry import RECIPES
 from zoo.seam import ImageTextCollator, decode_generated, splice_visual
 from zoo.types import TASK_NAMES, Conditioning, Stage, StepOutput, VisualTokens, ZooModel
@@ -34,12 +40,17 @@ class LaMed(ZooModel):
     mean input embedding of the prompt's text tokens ``(B, H_lm)`` and whose ``task_id`` indexes
     :data:`zoo.types.TASK_NAMES`; an encoder's ``extras["aux_loss"]`` (MoE load balancing) is added
     to the LM loss and its ``extras["router_stats"]`` are logged.
+
+    With a SegVol ``head`` the model has ``heads["seg"]`` and ``seg_projector`` (see
+    :mod:`recipes.lamed_seg`); a head built with ``share_encoder=True`` reads the encoder's
+    patch tokens (before bridge and connector), otherwise it runs its own image encoder.
     """
 
     def __init__(self, encoder: torch.nn.Module, connector: torch.nn.Module, lm: torch.nn.Module,
                  image_size: Sequence[int], stages: dict[str, Stage], template: str = "<image>{prompt}",
                  max_length: int = 512, train_new_rows_only_in: Sequence[str] = ("align",),
-                 bridge: torch.nn.Module | None = None) -> None:
+                 bridge: torch.nn.Module | None = None, head: torch.nn.Module | None = None,
+                 seg_dropout: float = 0.1) -> None:
         super().__init__()
         self.encoder, self.bridge, self.connector, self.lm = encoder, bridge, connector, lm
         self.image_size = tuple(int(s) for s in image_size)
@@ -55,6 +66,9 @@ class LaMed(ZooModel):
                                                      for_generation=True)
         self._new_rows_only_in = set(train_new_rows_only_in)
         self._row_hooks: list[Any] = []
+        self.heads = torch.nn.ModuleDict({"seg": head}) if head is not None else None
+        self.seg_projector = (SegProjector(lm.hidden_size, head.embed_dim, seg_dropout)
+                              if head is not None else None)
 
     # -------------------------------------------------------------- stages
     def apply_stage(self, stage: Stage | str) -> list[str]:
@@ -96,11 +110,12 @@ class LaMed(ZooModel):
         return Conditioning(prompt_embedding=prompt, task_id=task_id)
 
     def encode_image(self, image: Tensor, cond: Conditioning | None = None) -> VisualTokens:
-        """Connector output; ``extras`` keeps the encoder's (aux loss, router statistics)."""
+        """Connector output; ``extras`` keeps the encoder's (aux loss, router statistics) and
+        the encoder's own tokens under ``encoder_tokens`` (a shared SegVol head reads them)."""
         visual = self.encoder(image, cond)
         bridged = self.bridge(visual, cond) if self.bridge is not None else visual
         out = self.connector(bridged)
-        return out.replace(extras={**visual.extras, **out.extras})
+        return out.replace(extras={**visual.extras, **out.extras, "encoder_tokens": visual})
 
     def embed_inputs(self, batch: dict[str, Any]) -> tuple[Tensor, VisualTokens]:
         embeds = self.lm.embed(batch["input_ids"])
@@ -118,7 +133,72 @@ class LaMed(ZooModel):
             loss = loss + visual.extras["aux_loss"]
             logs["aux_loss"] = float(visual.extras["aux_loss"].detach())
         logs.update(flat_stats(visual.extras.get("router_stats", {})))
+        if self.heads is not None:
+            seg_loss, n_masks = self.seg_loss(batch, out.hidden_states, visual)
+            logs["seg_masks"] = float(n_masks)
+            if seg_loss is not None:
+                loss = loss + seg_loss
+                logs["seg_loss"] = float(seg_loss.detach())
         return StepOutput(loss, logs)
+
+    # -------------------------------------------------------------- [SEG]
+    def _head_tokens(self, image: Tensor, visual: VisualTokens, rows: list[int]) -> VisualTokens:
+        """Image tokens for the SegVol head on ``rows``: the encoder's (shared) or its own."""
+        head = self.heads["seg"]
+        if head.share_encoder:
+            shared = visual.extras["encoder_tokens"]
+            return VisualTokens(shared.tokens[rows], shared.grid)
+        return head.encode_image(image[rows])
+
+    def seg_loss(self, batch: dict[str, Any], hidden: Tensor, visual: VisualTokens
+                 ) -> tuple[Tensor | None, int]:
+        """Dice + BCE over the ``[SEG]`` tokens of samples that have a ``mask`` (teacher forcing;
+        ``hidden (B, T, H)``); ``(None, 0)`` when the batch has none. Returns (loss, masks)."""
+        where = teacher_seg_positions(batch["labels"], self.lm.special_ids["[SEG]"])
+        counts = where.sum(1).tolist()
+        masks = batch_masks(batch, len(counts))
+        rows = [i for i, (n, m) in enumerate(zip(counts, masks)) if n > 0 and m is not None]
+        if not rows:
+            return None, 0
+        prompts = [self.seg_projector(hidden[i][where[i]]) for i in rows]
+        targets = [seg_target(masks[i], counts[i], i).to(hidden.dtype) for i in rows]
+        image = batch["image"].to(hidden.dtype)
+        _, loss, n_masks = run_head(self.heads["seg"], image[rows],
+                                    self._head_tokens(image, visual, rows), prompts, targets)
+        return loss, n_masks
+
+    @torch.no_grad()
+    def segment(self, batch_or_samples: Any, max_new_tokens: int = 64, **gen_kwargs: Any
+                ) -> tuple[list[str], list[Tensor]]:
+        """Greedy answers and one probability mask per generated ``[SEG]``: ``(texts, masks)``
+        with ``masks[i]`` float ``(K_i, D, H, W)`` in [0, 1] (``K_i`` may be 0). Threshold at
+        0.5 for a binary mask (M3D). Eval mode; the previous mode is restored."""
+        if self.heads is None:
+            raise ValueError("LaMed.segment needs a SegVol head: build the recipe with head=NAME "
+                             "(e.g. head=test_segvol)")
+        batch = (self.generation_collator(batch_or_samples)
+                 if isinstance(batch_or_samples, list) else batch_or_samples)
+        was_training = self.training
+        self.eval()
+        try:
+            embeds, visual = self.embed_inputs(batch)
+            ids, hidden = self.lm.generate(embeds, batch["attention_mask"],
+                                           max_new_tokens=max_new_tokens, return_hidden=True,
+                                           **gen_kwargs)
+            where = generated_seg_positions(ids, self.lm.special_ids["[SEG]"], self.lm.eos_id)
+            image = batch["image"].to(embeds.dtype)
+            size = tuple(image.shape[2:])
+            masks = [image.new_zeros(0, *size, dtype=torch.float32) for _ in range(len(ids))]
+            rows = [i for i in range(len(ids)) if bool(where[i].any())]
+            if rows:
+                prompts = [self.seg_projector(hidden[i][where[i]].to(embeds.dtype)) for i in rows]
+                logits, _, _ = run_head(self.heads["seg"], image[rows],
+                                        self._head_tokens(image, visual, rows), prompts)
+                for i, value in zip(rows, logits):
+                    masks[i] = torch.sigmoid(value.float())
+        finally:
+            self.train(was_training)
+        return decode_generated(self.lm.tokenizer, ids), masks
 
     @torch.no_grad()
     def generate(self, batch_or_samples: Any, max_new_tokens: int = 64, **gen_kwargs: Any) -> list[str]:
@@ -152,14 +232,18 @@ def flat_stats(stats: dict[str, Any], prefix: str = "router/") -> dict[str, floa
 
 def lamed_stages(align_lr: float, instruct_lr: float, epochs: float, batch_size: int,
                  warmup_ratio: float, align_tasks: Sequence[str], instruct_tasks: Sequence[str],
-                 train_lm: str, has_bridge: bool = False) -> dict[str, Stage]:
+                 train_lm: str, has_bridge: bool = False,
+                 seg_part: Sequence[str] = ()) -> dict[str, Stage]:
+    """``align`` and ``instruct`` stages; ``seg_part`` (the [SEG] path's patterns) joins
+    ``instruct``."""
     lm_part = {"lora": (LORA_PATTERN,), "full": (r"lm\.",), "frozen": ()}[train_lm]
     new = (r"bridge\.", r"connector\.") if has_bridge else (r"connector\.",)
     return {
         "align": Stage("align", trainable=new + EMBED_PATTERNS, tasks=tuple(align_tasks),
                        lr=align_lr, epochs=epochs, warmup_ratio=warmup_ratio, batch_size=batch_size),
         "instruct": Stage("instruct",
-                          trainable=(r"encoder\.",) + new + EMBED_PATTERNS + lm_part,
+                          trainable=((r"encoder\.",) + new + EMBED_PATTERNS + lm_part
+                                     + tuple(seg_part)),
                           tasks=tuple(instruct_tasks), lr=instruct_lr, epochs=epochs,
                           warmup_ratio=warmup_ratio, batch_size=batch_size),
     }
@@ -182,6 +266,27 @@ def build_parts(encoder: Callable[..., Any], connector: Callable[..., Any], lm: 
     return vision, middle, projector, language_model
 
 
+def build_seg_head(head: Callable[..., Any], vision: Any, image_size: Sequence[int],
+                   share_encoder: bool | None) -> Any:
+    """The SegVol head for the ``[SEG]`` path, built at the recipe's ``image_size`` without a
+    CLIP text tower (the LM supplies the prompts). ``share_encoder`` (None: the head factory's
+    own setting) makes it read the recipe encoder's patch tokens: its width becomes the
+    encoder's width and its patch size ``image_size / grid``; the encoder must give a grid."""
+    if share_encoder is None:
+        share_encoder = bool(getattr(head, "keywords", {}).get("share_encoder", False))
+    kwargs: dict[str, Any] = dict(image_size=tuple(int(s) for s in image_size),
+                                  share_encoder=share_encoder, text_tower=False)
+    if share_encoder:
+        _, grid = vision.output_layout(kwargs["image_size"])
+        if grid is None or any(s % g for s, g in zip(kwargs["image_size"], grid)):
+            raise ValueError(f"recipe.share_encoder=true: encoder tokens have grid {grid}, which "
+                             f"does not tile image_size {kwargs['image_size']}; SegVol needs a "
+                             "(d, h, w) patch grid (use share_encoder=false)")
+        kwargs.update(patch_size=tuple(s // g for s, g in zip(kwargs["image_size"], grid)),
+                      embed_dim=vision.out_dim)
+    return head(**kwargs)
+
+
 @RECIPES.register
 def lamed(encoder: Callable[..., Any], connector: Callable[..., Any], lm: Callable[..., Any],
           bridge: Callable[..., Any] | None = None, image_size: Sequence[int] = (32, 256, 256), template: str = "<image>{prompt}",
@@ -189,7 +294,8 @@ def lamed(encoder: Callable[..., Any], connector: Callable[..., Any], lm: Callab
           lora_dropout: float = 0.05, lora_target: str | None = None, align_lr: float = 1e-4,
           instruct_lr: float = 5e-5, epochs: float = 3.0, batch_size: int = 2,
           warmup_ratio: float = 0.03, align_tasks: Sequence[str] = ("caption",),
-          instruct_tasks: Sequence[str] = ()) -> LaMed:
+          instruct_tasks: Sequence[str] = (), head: Callable[..., Any] | None = None,
+          share_encoder: bool | None = None, seg_dropout: float = 0.1) -> LaMed:
     """M3D-LaMed: ``encoder`` (+ optional token-reducing ``bridge``) and ``connector`` into
     ``lm`` (factories from the config).
 
@@ -197,11 +303,21 @@ def lamed(encoder: Callable[..., Any], connector: Callable[..., Any], lm: Callab
     ``full`` (every LLM weight; for tiny randomly initialised LMs) or ``frozen``.
     ``align_tasks`` defaults to captions (M3D aligns on image-report pairs); ``instruct_tasks``
     empty means every task the data offers.
+
+    ``head`` (a SegVol head factory, e.g. ``head=test_segvol``) adds the ``[SEG]`` path: the
+    projector MLP (dropout ``seg_dropout``) and ``heads["seg"]``, trained in ``instruct``.
+    ``share_encoder`` (None: the head's own option) feeds the recipe encoder's tokens to it.
     """
     lora = {"r": lora_r, "alpha": lora_alpha, "dropout": lora_dropout, "target": lora_target}
     vision, middle, projector, language_model = build_parts(encoder, connector, lm, bridge,
                                                             train_lm, lora)
+    seg_head, seg_part = None, ()
+    if head is not None:
+        seg_head = build_seg_head(head, vision, image_size, share_encoder)
+        seg_part = (r"seg_projector\.",) + trainable_head_patterns(
+            "heads.seg.", own_encoder=not seg_head.share_encoder)
     stages = lamed_stages(align_lr, instruct_lr, epochs, batch_size, warmup_ratio, align_tasks,
-                          instruct_tasks, train_lm, has_bridge=middle is not None)
+                          instruct_tasks, train_lm, has_bridge=middle is not None,
+                          seg_part=seg_part)
     return LaMed(vision, projector, language_model, image_size, stages, template, max_length,
-                 bridge=middle)
+                 bridge=middle, head=seg_head, seg_dropout=seg_dropout)

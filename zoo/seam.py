@@ -43,8 +43,9 @@ class ImageTextCollator:
     """Samples -> a batch for a causal LM that reads ``num_image_tokens`` visual tokens.
 
     Output: ``image`` ``(B, C, D, H, W)``, ``input_ids`` / ``attention_mask`` ``(B, T)`` long,
-    ``labels`` ``(B, T)`` (training mode only), ``mask`` stacked when every sample has one, and
-    every other sample key as a list. Training batches are right-padded; with
+    ``labels`` ``(B, T)`` (training mode only), ``mask`` stacked when every sample has one of
+    one shape (else a list with ``None`` for samples without), and every other sample key (union
+    over the samples) as a list. Training batches are right-padded; with
     ``for_generation=True`` the batch holds the prompts only, left-padded for batch generation.
 
     The answer is tokenised after ``answer_separator`` (M3D joins question and answer with one
@@ -157,10 +158,13 @@ class ImageTextCollator:
             attention[row, span] = 1
             if not self.for_generation:
                 labels[row, n_prompt:len(ids)] = torch.tensor(ids[n_prompt:], dtype=torch.long)
-        batch: dict[str, Any] = {k: [s.get(k) for s in samples] for k in samples[0]}
+        keys = dict.fromkeys(k for s in samples for k in s)  # union: mixed seg / text batches
+        batch: dict[str, Any] = {k: [s.get(k) for s in samples] for k in keys}
         batch["image"] = torch.stack([s["image"] for s in samples])
-        if all(s.get("mask") is not None for s in samples):
-            batch["mask"] = torch.stack([s["mask"] for s in samples])
+        masks = batch.get("mask")
+        if masks is not None and all(m is not None for m in masks) \
+                and len({tuple(m.shape) for m in masks}) == 1:
+            batch["mask"] = torch.stack(masks)
         batch["input_ids"] = input_ids
         batch["attention_mask"] = attention
         if not self.for_generation:

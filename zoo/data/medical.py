@@ -32,7 +32,10 @@ from zoo.registry import DATASETS
 def _load_raw_item(item: dict[str, Any]) -> tuple[np.ndarray, dict[str, Any]]:
     array, affine = load_raw(item["image"])
     data, meta = preprocess(array, affine, PrepSpec(**item["spec"]), name=str(item["image"]))
-    return data, {"spacing": tuple(meta["spacing"]), "orientation": meta["orientation"]}
+    # affine: voxel (X, Y, Z) of the prepared array (its (D, H, W) transposed) -> world (RAS) of
+    # the source scan, for writing model-space masks back as NIfTI (recipes.lamed_seg)
+    return data, {"spacing": tuple(meta["spacing"]), "orientation": meta["orientation"],
+                  "affine": meta["affine"], "source_affine": np.asarray(affine).tolist()}
 
 
 IMAGE_LOADERS["nifti"] = _load_raw_item

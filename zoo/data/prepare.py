@@ -97,7 +97,7 @@ def preprocess(array: np.ndarray, affine: np.ndarray, spec: PrepSpec, name: str 
     x, y, z = (float(v) for v in np.linalg.norm(final_affine[:3, :3], axis=0))
     meta = {"spacing": [round(z, 4), round(y, 4), round(x, 4)], "orientation": "IPL",
             "plane": "axial", "original_spacing_xyz": [round(v, 4) for v in original],
-            "spec": asdict(spec)}
+            "spec": asdict(spec), "affine": final_affine.round(6).tolist()}
     return data, meta
 
 
