@@ -83,6 +83,34 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from zoo.sweep import run_sweep
+
+    run_sweep(args.overrides)  # prints progress, the comparison table and the paths
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from zoo.jobs import run_evaluation
+
+    result = run_evaluation(args.run_id, args.overrides, tracking_uri=args.tracking_uri)
+    print(f"logged test metrics and per-item records (eval/*.jsonl) to mlflow run {result['run_id']}")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from zoo.compare import run_compare
+
+    if bool(args.parent) == bool(args.runs):
+        raise ConfigError("compare: give either --parent SWEEP_RUN_ID or --runs ID [ID ...]")
+    result = run_compare(parent=args.parent, run_ids=args.runs or (), reference=args.baseline,
+                         out_dir=args.out, tracking_uri=args.tracking_uri,
+                         experiment=args.experiment, resamples=args.resamples)
+    print(result["markdown"])
+    print(f"table and plots in {result['out_dir']}; mlflow store {result['tracking_uri']}")
+    return 0
+
+
 def explain(err: BaseException) -> str:
     """One line for a configuration or build error (unwrapping Hydra's instantiation wrapper)."""
     key = getattr(err, "full_key", None)
@@ -115,6 +143,29 @@ def build_parser() -> argparse.ArgumentParser:
     _add_overrides(p)
     p.set_defaults(func=cmd_train)
 
+    p = sub.add_parser("sweep", help="train and evaluate a grid of variants, then compare "
+                                     "(default experiment: compare_strategies)")
+    _add_overrides(p)
+    p.set_defaults(func=cmd_sweep)
+
+    p = sub.add_parser("eval", help="evaluate a trained run on the test split (M3D-Bench tasks)")
+    p.add_argument("run_id", help="MLflow run id of a `zoo train` / sweep job")
+    p.add_argument("overrides", nargs="*", help="config changes, e.g. eval.max_items=32 "
+                                                "eval.tasks=[vqa_closed]")
+    p.add_argument("--tracking-uri", help="MLflow store (default: as `zoo train`)")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("compare", help="paired comparison of a sweep's runs")
+    p.add_argument("--parent", help="the sweep's parent run id (compares its child runs)")
+    p.add_argument("--runs", nargs="+", help="run ids to compare instead of a sweep")
+    p.add_argument("--baseline", help="reference variant name for paired differences "
+                                      "(default: the first run)")
+    p.add_argument("--out", help="output folder (default runs/compare/<parent or first run>)")
+    p.add_argument("--tracking-uri", help="MLflow store (default: as `zoo train`)")
+    p.add_argument("--experiment", default="zoo", help="MLflow experiment name")
+    p.add_argument("--resamples", type=int, default=2000, help="bootstrap resamples")
+    p.set_defaults(func=cmd_compare)
+
     for name, helptext, runner in _LATER_COMMANDS:
         p = sub.add_parser(name, help=helptext)
         p.add_argument("args", nargs=argparse.REMAINDER)
@@ -136,12 +187,15 @@ def _run_data(args: argparse.Namespace) -> int:
     return data_main(args.args)
 
 
+def _run_bench(args: argparse.Namespace) -> int:
+    from zoo.bench.cli import main as bench_main
+
+    return bench_main(args.args)
+
+
 _LATER_COMMANDS: list[tuple[str, str, Callable[[argparse.Namespace], int]]] = [
-    ("sweep", "run an ablation sweep and compare", _not_yet("evaluation issue")),
-    ("eval", "evaluate a trained run on M3D-Bench tasks", _not_yet("evaluation issue")),
-    ("compare", "paired comparison of a sweep's runs", _not_yet("evaluation issue")),
     ("data", "synthesise, prepare and check data sets", _run_data),
-    ("bench", "cost and speed benchmarks", _not_yet("performance issue")),
+    ("bench", "cost and speed benchmarks", _run_bench),
 ]
 
 

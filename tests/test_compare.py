@@ -1,0 +1,72 @@
+"""zoo compare: split-hash refusal, paired intervals on shared items, Pareto front, tables."""
+
+from types import SimpleNamespace
+
+import pytest
+
+from zoo.compare import (Variant, compare_variants, csv_text, load_variants, markdown,
+                         pareto_front, short_names)
+
+
+def fake_run(run_id, split, variant=None, **tags):
+    all_tags = {"zoo.split_hash": split, **{f"zoo.{k}": v for k, v in tags.items()}}
+    if variant:
+        all_tags["zoo.variant"] = variant
+    return SimpleNamespace(info=SimpleNamespace(run_id=run_id, run_name=run_id, start_time=0),
+                           data=SimpleNamespace(tags=all_tags, metrics={"params.total": 10.0}))
+
+
+def test_runs_with_different_split_hashes_are_refused():
+    runs = [fake_run("a" * 8, "hash1"), fake_run("b" * 8, "hash2")]
+    with pytest.raises(ValueError, match="different splits"):
+        load_variants(client=None, runs=runs)
+
+
+def test_short_names_prefer_variant_tags_then_differing_components():
+    runs = [fake_run("r1", "h", encoder="vit", connector="pool"),
+            fake_run("r2", "h", encoder="vit", connector="mlp")]
+    assert short_names(runs) == ["connector=pool", "connector=mlp"]
+    runs = [fake_run("r1", "h", "one"), fake_run("r2", "h", "two")]
+    assert short_names(runs) == ["one", "two"]
+
+
+def records(values, qtypes=None):
+    return {f"i{k}": {"id": f"i{k}", "question_type": (qtypes or [None] * len(values))[k],
+                      "scores": {"accuracy": v}} for k, v in enumerate(values)}
+
+
+def test_identical_variants_differ_by_an_interval_containing_zero():
+    values = [1.0, 0.0, 1.0, 1.0, 0.0, 1.0, 0.0, 1.0] * 5
+    a = Variant("a", "ra", "h", {}, {"vqa_closed": records(values)})
+    b = Variant("b", "rb", "h", {}, {"vqa_closed": records(values)})
+    rows = compare_variants([a, b], resamples=500)
+    diff = next(r for r in rows if r.variant == "b").diff
+    assert diff.low <= 0 <= diff.high and not diff.excludes_zero()
+
+
+def test_a_clearly_better_variant_excludes_zero_and_per_type_rows_exist():
+    qtypes = ["plane", "location"] * 20
+    a = Variant("a", "ra", "h", {}, {"vqa_closed": records([0.0] * 40, qtypes)})
+    b = Variant("b", "rb", "h", {}, {"vqa_closed": records([1.0, 1.0, 1.0, 0.0] * 10, qtypes)})
+    base = Variant("[baseline] majority", "", "h", {}, {"vqa_closed": records([0.5] * 40, qtypes)},
+                   baseline=True)
+    rows = compare_variants([a, b, base], resamples=500)
+    overall = next(r for r in rows if r.variant == "b" and r.metric == "accuracy")
+    assert overall.diff.excludes_zero() and overall.diff.mean == pytest.approx(0.75)
+    location = next(r for r in rows if r.variant == "b" and r.metric == "accuracy/location")
+    assert location.n == 20 and location.value.mean == pytest.approx(0.5)
+    table = markdown(rows, [a, b, base], "a")
+    assert "accuracy/location" in table and "| [baseline] majority |" in table
+    assert " *" in table
+    assert csv_text(rows, [a, b, base]).splitlines()[0].startswith("variant,task,metric,n,mean")
+
+
+def test_unknown_reference_variant_is_named():
+    a = Variant("a", "ra", "h", {}, {"vqa_closed": records([1.0, 0.0])})
+    with pytest.raises(ValueError, match="no such variant"):
+        compare_variants([a], reference="zzz")
+
+
+def test_pareto_front_keeps_cheaper_or_better_points():
+    points = [(1.0, 0.5), (2.0, 0.4), (3.0, 0.7), (0.5, 0.2), (4.0, 0.7)]
+    assert pareto_front(points) == [3, 0, 2]

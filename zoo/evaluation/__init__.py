@@ -1,0 +1,13 @@
+"""M3D-Bench evaluation (DESIGN.md section 8; REFERENCE.md C).
+
+Metric modules (one concept each): :mod:`.text` (BLEU, ROUGE, METEOR, BERTScore), :mod:`.vqa`
+(closed-choice parsing), :mod:`.grounding` (REC boxes), :mod:`.segmentation` (Dice),
+:mod:`.retrieval` (recall@k), :mod:`.classification` (accuracy, AUROC), :mod:`.judge` (LLM judge
+over an OpenAI-compatible endpoint). :mod:`.tasks` registers one evaluator per task in
+``zoo.TASKS``; :mod:`.runner` evaluates a model on a data source's test split and writes per-item
+records (jsonl) for paired comparisons.
+"""
+
+from zoo.evaluation.base import TaskResult, mean_scores
+
+__all__ = ["TaskResult", "mean_scores"]

@@ -1,0 +1,30 @@
+"""Measured cost of a model (DESIGN.md section 10): FLOPs of one training forward on one sample,
+counted by ``torch.utils.flop_counter.FlopCounterMode`` (matrix multiplies and convolutions;
+elementwise operations are not counted)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+
+def flops_per_sample(model: Any, sample: dict[str, Any]) -> int:
+    """FLOPs of ``model(model.collate([sample]))`` (forward only, no gradients)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    was_training = model.training
+    model.eval()
+    try:
+        batch = model.collate([sample])
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            model(batch)
+    finally:
+        model.train(was_training)
+    return int(counter.get_total_flops())
+
+
+def visual_tokens(model: Any) -> int | None:
+    """Image tokens the model feeds its LM (``num_image_tokens``), when it has that notion."""
+    value = getattr(model, "num_image_tokens", None)
+    return int(value) if value is not None else None

@@ -1,0 +1,34 @@
+"""REC scoring (box from text) with :mod:`zoo.boxes` and the fixed-box baseline.
+
+Per item: ``iou`` (true 3D IoU), ``iou_m3d`` (M3D as coded: intersection over the enclosing box),
+``hit@0.5`` (true IoU >= 0.5). An output without a parsable box scores 0 on all three. Only items
+whose target is present (the sample has a ``box``) are scored, as in M3D-Bench.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+from zoo.boxes import box_iou, box_iou_m3d, parse_box
+
+
+def rec_scores(prediction: str, target: Sequence[float]) -> dict[str, float]:
+    box = parse_box(prediction)
+    iou = box_iou(box, target)
+    return {"iou": iou, "iou_m3d": box_iou_m3d(box, target), "hit@0.5": float(iou >= 0.5),
+            "parsed": float(box is not None)}
+
+
+def mean_box(boxes: Sequence[Sequence[float]]) -> list[float]:
+    """Coordinate-wise mean of training boxes (the REC baseline's single guess)."""
+    if not boxes:
+        raise ValueError("mean_box: no training boxes to average (the train split has no REC "
+                         "items with a present target)")
+    return [sum(b[i] for b in boxes) / len(boxes) for i in range(6)]
+
+
+def format_box_text(box: Sequence[float]) -> str:
+    """A baseline's REC output for ``box`` (tagged box text that :func:`parse_box` reads)."""
+    from zoo.boxes import format_box
+
+    return format_box([min(1.0, max(0.0, v)) for v in box])
