@@ -11,6 +11,7 @@ COMPONENT_MODULES: tuple[str, ...] = (
     "zoo.data.synth",
     "zoo.data.m3d",
     "zoo.data.medical",
+    "zoo.evaluation.tasks",
     # encoders: native 3D ViTs, slice-inflated 2D towers, TGH-MoE, 3D backbones, bridges
     "encoders.vit3d",
     "encoders.backbones2d",
@@ -44,7 +45,10 @@ COMPONENT_MODULES: tuple[str, ...] = (
     "heads.segvol_inference",
     # recipes
     "recipes.lamed",
+    "recipes.lamed_seg",
     "recipes.clip3d",
     "recipes.tghmoe",
     "recipes.segvol",
+    "recipes.med3dinsight",
+    "recipes.med3dinsight_finetune",
 )
