@@ -68,7 +68,7 @@ class Perceiver(nn.Module):
     def forward(self, visual: VisualTokens) -> VisualTokens:
         check_input(visual, self.in_dim, "perceiver")
         media = visual.tokens
-        x = self.latents.to(media.dtype).expand(media.shape[0], -1, -1)
+        x = self.latents.to(media.dtype).repeat(media.shape[0], 1, 1)
         for attn, ff in self.layers:
             x = x + attn(media, x)
             x = x + ff(x)

@@ -111,3 +111,14 @@ def test_perceiver_any_token_count_and_gradients():
     with torch.device("meta"):
         full = CONNECTORS.build("perceiver", in_dim=768, out_dim=4096)
     assert full.num_out_tokens(2048, (8, 16, 16)) == 32 and len(full.layers) == 6
+
+
+def test_perceiver_runs_under_the_flop_counter():
+    """Cost accounting counts FLOPs with module tracking; the latents must not enter a submodule
+    as a grad-less view of a parameter (that broke FlopCounterMode's backward hooks)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    connector = CONNECTORS.build("test_perceiver", in_dim=8, out_dim=8)
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        connector(VisualTokens(torch.randn(1, 4, 8)))
+    assert counter.get_total_flops() > 0
