@@ -159,12 +159,12 @@ class TeacherCache:
                              "texts: they must match")
         paths = [self._path(self.key(*k, text=t)) for k, t in zip(keys, texts)]
         found = [self._load(p) for p in paths]
-        todo = [i for i, f in enumerate(found) if f is None]
-        self.hits += len(keys) - len(todo)
-        self.misses += len(todo)
-        if todo:
-            out = self.teacher(slices[todo], [texts[i] for i in todo])
-            for j, i in enumerate(todo):
+        to_compute = [i for i, f in enumerate(found) if f is None]
+        self.hits += len(keys) - len(to_compute)
+        self.misses += len(to_compute)
+        if to_compute:
+            out = self.teacher(slices[to_compute], [texts[i] for i in to_compute])
+            for j, i in enumerate(to_compute):
                 found[i] = (out.image[j], out.text[j])
                 self._save(paths[i], out.image[j], out.text[j])
         device = slices.device
