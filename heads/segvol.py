@@ -41,6 +41,10 @@ IGNORED_SEGVOL_KEYS = (re.compile(r"prompt_encoder\.mask_downscaling\."),
                        re.compile(r"image_encoder\..*\.(norm_cross_attn|cross_attn)\."))
 WRAPPER_PREFIXES = ("module.", "model.")
 SEGVOL_PARTS = ("image_encoder.", "prompt_encoder.", "mask_decoder.", "text_encoder.")
+# Decoder parameters a single-mask output uses (relative to the head): the IoU head and the three
+# multimask hypernetworks get no gradient from it, so recipes keep them frozen (unused trainable
+# parameters also break DDP).
+SINGLE_MASK_DECODER = r"mask_decoder\.(?!iou_prediction_head\.|output_hypernetworks_mlps\.[1-9])"
 
 
 def _triple(value: Sequence[int], name: str) -> Size3:

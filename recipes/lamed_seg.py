@@ -17,6 +17,7 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor, nn
 
+from heads.segvol import SINGLE_MASK_DECODER
 from zoo.types import VisualTokens
 
 
@@ -130,6 +131,6 @@ def trainable_head_patterns(prefix: str, own_encoder: bool) -> tuple[str, ...]:
     gradient from a text-only prompt and stay frozen."""
     p = prefix.replace(".", r"\.")
     patterns: Sequence[str] = (
-        p + r"mask_decoder\.(?!iou_prediction_head\.|output_hypernetworks_mlps\.[1-9])",
+        p + SINGLE_MASK_DECODER,
         p + r"prompt_encoder\.no_mask_embed\.")
     return tuple(patterns) + ((p + r"image_encoder\.",) if own_encoder else ())

@@ -20,6 +20,7 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import nn
 
+from heads.segvol import SINGLE_MASK_DECODER
 from zoo.registry import RECIPES
 from zoo.types import MaskOutput, Stage, StepOutput, ZooModel, check_volume
 
@@ -116,9 +117,7 @@ def segvol(head: Callable[..., Any], encoder: Callable[..., Any] | None = None,
     (SegVol's optimiser settings are not restated in its paper: these defaults are a choice)."""
     shared = encoder() if encoder is not None else None
     built = head(image_size=tuple(int(s) for s in image_size), share_encoder=shared is not None)
-    # the IoU head and the three multimask hypernetworks take no part in the single-mask loss:
-    # they stay frozen (unused trainable parameters also break DDP)
-    decoder = r"heads\.mask_decoder\.(?!iou_prediction_head\.|output_hypernetworks_mlps\.[1-9])"
+    decoder = r"heads\." + SINGLE_MASK_DECODER
     prompt = r"heads\.prompt_encoder\." if prompt_mix else r"heads\.prompt_encoder\.no_mask_embed\."
     trainable = (decoder, prompt, r"heads\.text_encoder\.dim_align\.",
                  r"encoder\." if shared else r"heads\.image_encoder\.")

@@ -166,19 +166,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resamples", type=int, default=2000, help="bootstrap resamples")
     p.set_defaults(func=cmd_compare)
 
-    for name, helptext, runner in _LATER_COMMANDS:
+    for name, helptext, runner in _PASSTHROUGH_COMMANDS:
         p = sub.add_parser(name, help=helptext)
         p.add_argument("args", nargs=argparse.REMAINDER)
         p.set_defaults(func=runner)
     return parser
-
-
-def _not_yet(issue: str) -> Callable[[argparse.Namespace], int]:
-    def run(args: argparse.Namespace) -> int:
-        print(f"zoo {args.command}: not implemented yet ({issue})", file=sys.stderr)
-        return EXIT_CONFIG
-
-    return run
 
 
 def _run_data(args: argparse.Namespace) -> int:
@@ -193,7 +185,8 @@ def _run_bench(args: argparse.Namespace) -> int:
     return bench_main(args.args)
 
 
-_LATER_COMMANDS: list[tuple[str, str, Callable[[argparse.Namespace], int]]] = [
+# commands with their own argparse front end: everything after the name is handed to it
+_PASSTHROUGH_COMMANDS: list[tuple[str, str, Callable[[argparse.Namespace], int]]] = [
     ("data", "synthesise, prepare and check data sets", _run_data),
     ("bench", "cost and speed benchmarks", _run_bench),
 ]
