@@ -201,6 +201,23 @@ class LaMed(ZooModel):
         return decode_generated(self.lm.tokenizer, ids), masks
 
     @torch.no_grad()
+    def answer_logprob(self, samples: list[dict[str, Any]]) -> Tensor:
+        """``(B,)`` sum of the log-probabilities of each sample's answer tokens (and eos) given
+        its image and prompt, under teacher forcing; closed VQA ranks the choices by it. Eval
+        mode; the previous mode is restored."""
+        batch = self.collator(samples)
+        was_training = self.training
+        self.eval()
+        try:
+            logits = self.lm(self.embed_inputs(batch)[0], batch["attention_mask"]).logits
+        finally:
+            self.train(was_training)
+        targets = batch["labels"][:, 1:]
+        logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
+        picked = logp.gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+        return (picked * (targets != -100)).sum(1)
+
+    @torch.no_grad()
     def generate(self, batch_or_samples: Any, max_new_tokens: int = 64, **gen_kwargs: Any) -> list[str]:
         """Greedy answers for a list of samples (or a batch made by ``generation_collator``).
 
@@ -233,13 +250,15 @@ def flat_stats(stats: dict[str, Any], prefix: str = "router/") -> dict[str, floa
 def lamed_stages(align_lr: float, instruct_lr: float, epochs: float, batch_size: int,
                  warmup_ratio: float, align_tasks: Sequence[str], instruct_tasks: Sequence[str],
                  train_lm: str, has_bridge: bool = False,
-                 seg_part: Sequence[str] = ()) -> dict[str, Stage]:
+                 seg_part: Sequence[str] = (), freeze_in_align: bool = True) -> dict[str, Stage]:
     """``align`` and ``instruct`` stages; ``seg_part`` (the [SEG] path's patterns) joins
-    ``instruct``."""
+    ``instruct``. ``freeze_in_align=False`` trains the encoder and the LM (per ``train_lm``) in
+    ``align`` too."""
     lm_part = {"lora": (LORA_PATTERN,), "full": (r"lm\.",), "frozen": ()}[train_lm]
     new = (r"bridge\.", r"connector\.") if has_bridge else (r"connector\.",)
+    align = new + EMBED_PATTERNS if freeze_in_align else (r"encoder\.",) + new + EMBED_PATTERNS + lm_part
     return {
-        "align": Stage("align", trainable=new + EMBED_PATTERNS, tasks=tuple(align_tasks),
+        "align": Stage("align", trainable=align, tasks=tuple(align_tasks),
                        lr=align_lr, epochs=epochs, warmup_ratio=warmup_ratio, batch_size=batch_size),
         "instruct": Stage("instruct",
                           trainable=((r"encoder\.",) + new + EMBED_PATTERNS + lm_part
@@ -295,7 +314,8 @@ def lamed(encoder: Callable[..., Any], connector: Callable[..., Any], lm: Callab
           instruct_lr: float = 5e-5, epochs: float = 3.0, batch_size: int = 2,
           warmup_ratio: float = 0.03, align_tasks: Sequence[str] = ("caption",),
           instruct_tasks: Sequence[str] = (), head: Callable[..., Any] | None = None,
-          share_encoder: bool | None = None, seg_dropout: float = 0.1) -> LaMed:
+          share_encoder: bool | None = None, seg_dropout: float = 0.1,
+          freeze_in_align: bool = True) -> LaMed:
     """M3D-LaMed: ``encoder`` (+ optional token-reducing ``bridge``) and ``connector`` into
     ``lm`` (factories from the config).
 
@@ -307,6 +327,10 @@ def lamed(encoder: Callable[..., Any], connector: Callable[..., Any], lm: Callab
     ``head`` (a SegVol head factory, e.g. ``head=test_segvol``) adds the ``[SEG]`` path: the
     projector MLP (dropout ``seg_dropout``) and ``heads["seg"]``, trained in ``instruct``.
     ``share_encoder`` (None: the head's own option) feeds the recipe encoder's tokens to it.
+
+    ``freeze_in_align`` (M3D: true, the encoder and LLM come pretrained): false trains the encoder
+    and the LM in ``align`` as well, every embedding row included; for components that start from
+    random weights, whose frozen features would carry nothing to align to.
     """
     lora = {"r": lora_r, "alpha": lora_alpha, "dropout": lora_dropout, "target": lora_target}
     vision, middle, projector, language_model = build_parts(encoder, connector, lm, bridge,
@@ -318,6 +342,7 @@ def lamed(encoder: Callable[..., Any], connector: Callable[..., Any], lm: Callab
             "heads.seg.", own_encoder=not seg_head.share_encoder)
     stages = lamed_stages(align_lr, instruct_lr, epochs, batch_size, warmup_ratio, align_tasks,
                           instruct_tasks, train_lm, has_bridge=middle is not None,
-                          seg_part=seg_part)
+                          seg_part=seg_part, freeze_in_align=freeze_in_align)
     return LaMed(vision, projector, language_model, image_size, stages, template, max_length,
+                 train_new_rows_only_in=("align",) if freeze_in_align else (),
                  bridge=middle, head=seg_head, seg_dropout=seg_dropout)

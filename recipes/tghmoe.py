@@ -50,10 +50,12 @@ def tghmoe(encoder: Callable[..., Any], connector: Callable[..., Any], lm: Calla
            lora_r: int = 16, lora_alpha: int = 32, lora_dropout: float = 0.05,
            lora_target: str | None = None, shared_lr: float = 5e-5, specific_lr: float = 5e-5,
            epochs: float = 3.0, batch_size: int = 2, warmup_ratio: float = 0.03,
-           freeze_shared: bool = False) -> TGHMoELaMed:
+           freeze_shared: bool = False, shared_tasks: Sequence[str] = (),
+           specific_tasks: Sequence[str] = ()) -> TGHMoELaMed:
     """TGH-MoE: ``encoder`` (built with ``prompt_dim`` = LLM hidden size when it takes one, e.g.
     ``tghmoe``) + optional ``bridge`` (e.g. ``text_slice_weighting``, Med-2E3's sibling strategy,
-    with a dense ``slice2d`` encoder) + ``connector`` into ``lm``."""
+    with a dense ``slice2d`` encoder) + ``connector`` into ``lm``. ``shared_tasks`` /
+    ``specific_tasks``: each stage's training tasks (empty: every task the data offers)."""
     lora = {"r": lora_r, "alpha": lora_alpha, "dropout": lora_dropout, "target": lora_target}
     lm_module = lm()
     if bridge is not None and _accepts(bridge, "prompt_dim"):
@@ -65,11 +67,11 @@ def tghmoe(encoder: Callable[..., Any], connector: Callable[..., Any], lm: Calla
     new = ((r"bridge\.",) if middle is not None else ()) + (r"connector\.",)
     everything = (r"encoder\.",) + new + EMBED_PATTERNS + lm_part
     stages = {
-        "shared": Stage("shared", trainable=everything, lr=shared_lr, epochs=epochs,
-                        warmup_ratio=warmup_ratio, batch_size=batch_size),
+        "shared": Stage("shared", trainable=everything, tasks=tuple(shared_tasks), lr=shared_lr,
+                        epochs=epochs, warmup_ratio=warmup_ratio, batch_size=batch_size),
         "specific": Stage("specific", trainable=EXPERT_PATTERNS + lm_part if freeze_shared
-                          else everything, lr=specific_lr, epochs=epochs,
-                          warmup_ratio=warmup_ratio, batch_size=batch_size),
+                          else everything, tasks=tuple(specific_tasks), lr=specific_lr,
+                          epochs=epochs, warmup_ratio=warmup_ratio, batch_size=batch_size),
     }
     return TGHMoELaMed(vision, projector, language_model, image_size, stages, template,
                        max_length, train_new_rows_only_in=(), bridge=middle)

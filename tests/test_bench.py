@@ -73,3 +73,14 @@ def test_cli_checks_its_options(tmp_path):
 def test_memory_arithmetic_fits_80_gb():
     body, total = memory_arithmetic(vit_saved_bytes=6 * 2**30)
     assert "LLaMA-2-7B" in body and 13 < total < 80
+
+
+def test_sweep_timing_runs_the_command_and_names_a_failure():
+    import sys
+
+    from zoo.bench.e2e import sweep_wall_seconds
+
+    quiet = lambda *a: None  # noqa: E731
+    assert sweep_wall_seconds(["pass"], command=[sys.executable, "-c"], log=quiet) > 0
+    with pytest.raises(RuntimeError, match="exited with 3"):
+        sweep_wall_seconds(["raise SystemExit(3)"], command=[sys.executable, "-c"], log=quiet)

@@ -162,3 +162,34 @@ def test_models_without_a_method_are_skipped_not_zeroed():
     for task in (seg, retrieval, rec):
         result = task(Nothing(), _seg_samples(), EvalContext())
         assert result.skipped and not result.metrics and result.note
+
+
+class FakeChooser:
+    """Generates ``"A."`` always; its likelihood prefers the full answer naming ``sagittal``."""
+
+    training = False
+
+    def generate(self, samples, max_new_tokens=16):
+        return ["A." for _ in samples]
+
+    def answer_logprob(self, samples):
+        return torch.tensor([0.0 if s["answer"].endswith("sagittal") else -5.0 for s in samples])
+
+
+def test_closed_vqa_likelihood_accuracy_ranks_the_full_answers():
+    from zoo.evaluation.tasks import EvalContext, most_likely_choices, vqa_closed
+
+    def item(i, choices, answer):
+        return {"prompt": "plane?", "choices": choices, "answer": answer, "task": "vqa_closed",
+                "meta": {"id": str(i), "question_type": "plane"}}
+
+    samples = [item(0, ["axial", "sagittal", "coronal", "NA"], "B. sagittal"),
+               item(1, ["sagittal", "axial", "coronal", "oblique"], "B. axial")]
+    assert most_likely_choices(FakeChooser(), samples, EvalContext(batch_size=3)) == ["B", "A"]
+    train = [item(9, ["axial", "sagittal", "coronal", "NA"], "A. axial")]
+    result = vqa_closed(FakeChooser(), samples, EvalContext(train_items=train, batch_size=3))
+    assert [r["scores"]["accuracy_ll"] for r in result.records] == [1.0, 0.0]
+    assert [r["scores"]["accuracy"] for r in result.records] == [0.0, 0.0]
+    assert result.metrics["accuracy_ll/plane"] == pytest.approx(0.5)
+    # the majority baseline ("axial") commits to one choice: its accuracy_ll is its accuracy
+    assert [r["scores"]["accuracy_ll"] for r in result.baseline_records] == [0.0, 1.0]

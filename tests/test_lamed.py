@@ -92,3 +92,32 @@ def test_wrong_volume_rank_is_named():
 def test_bad_train_lm_value_is_named():
     with pytest.raises(ValueError, match="train_lm"):
         build_lamed(train_lm="half")
+
+
+def test_answer_logprob_is_the_summed_token_log_likelihood():
+    torch.manual_seed(0)
+    model = build_lamed(train_lm="full")
+    model.eval()
+    batch = model.collate(samples(1))
+    answer_tokens = int((batch["labels"] != -100).sum())
+    loss = model(batch).loss.detach()  # HF mean cross-entropy over the answer tokens
+    logprob = model.answer_logprob(samples(1))
+    assert logprob.shape == (1,)
+    assert float(logprob[0]) == pytest.approx(-float(loss) * answer_tokens, rel=1e-4)
+
+
+def test_freeze_in_align_false_trains_encoder_and_every_row_in_align():
+    torch.manual_seed(0)
+    model = build_lamed(train_lm="full", freeze_in_align=False)
+    model.apply_stage("align")
+    before = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    out = model(model.collate(samples()))
+    out.loss.backward()
+    opt.step()
+    changed = {k for k in before if not torch.equal(before[k], model.state_dict()[k])}
+    assert any(k.startswith("encoder.") for k in changed)
+    assert any(k.startswith("lm.") and "layers" in k for k in changed)
+    embed = next(k for k in changed if "embed_tokens" in k)
+    moved = (before[embed] != model.state_dict()[embed]).any(dim=1).nonzero().flatten().tolist()
+    assert set(moved) - set(model.lm.special_ids.values())  # old rows move too

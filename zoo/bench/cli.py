@@ -1,4 +1,4 @@
-"""``zoo bench [--quick] [--out FILE] [--check [--strict]]``."""
+"""``zoo bench [--quick] [--out FILE] [--check [--strict]] [--sweep [OVERRIDES]]``."""
 
 from __future__ import annotations
 
@@ -19,6 +19,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="relative slowdown flagged by --check (default 0.3 = 30%%)")
     p.add_argument("--budget-gflop", type=float, default=None,
                    help="time cases up to this fwd+bwd GFLOP (default 50; 2 with --quick)")
+    p.add_argument("--sweep", nargs="*", default=None, metavar="OVERRIDE",
+                   help="also time `zoo sweep` with these overrides (none: the default sweep)")
     return p
 
 
@@ -30,7 +32,7 @@ def main(argv: list[str]) -> int:
         raise ValueError("--strict only applies with --check")
     recorded = report.read_metrics(args.out) if args.check else None
     result = run_bench(out=None if args.check else args.out, quick=args.quick,
-                       time_budget_gflop=args.budget_gflop)
+                       time_budget_gflop=args.budget_gflop, sweep=args.sweep)
     if recorded is None:
         return 0
     found = report.regressions(recorded, result["metrics"], threshold=args.threshold)

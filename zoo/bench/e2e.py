@@ -61,3 +61,20 @@ def train_step_seconds(overrides: Sequence[str], steps: int = 3, batch_size: int
     return {"stage": name, "seconds": statistics.median(times), "batch_size": batch_size,
             "trainable": sum(p.numel() for p in params),
             "total": sum(p.numel() for p in model.parameters())}
+
+
+def sweep_wall_seconds(overrides: Sequence[str] = (), command: Sequence[str] | None = None,
+                       log: Any = print) -> float:
+    """Wall seconds of ``zoo sweep`` (the default experiment unless ``overrides`` say otherwise),
+    run as a child process with its output passed through; raises if the sweep fails."""
+    import subprocess
+    import sys
+
+    argv = list(command or [sys.executable, "-m", "zoo", "sweep"]) + list(overrides)
+    log(f"timing: {' '.join(argv)}")
+    start = time.perf_counter()
+    done = subprocess.run(argv, check=False)
+    seconds = time.perf_counter() - start
+    if done.returncode:
+        raise RuntimeError(f"`{' '.join(argv)}` exited with {done.returncode} after {seconds:.0f} s")
+    return seconds

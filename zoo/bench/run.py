@@ -10,7 +10,7 @@ stays within a few minutes on a 2-core CPU.
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 
@@ -145,8 +145,10 @@ def gpu_section(device: torch.device) -> tuple[str, dict[str, float]]:
 def run_bench(out: str | None = "docs/BENCHMARKS.md", quick: bool = False,
               time_budget_gflop: float | None = None, repeats: int = 2,
               sections: tuple[str, ...] = ("components", "scaling", "vit3d", "prepare", "e2e"),
-              log: Any = print) -> dict[str, Any]:
-    """Run the benchmark; returns ``{"metrics": flat dict, "sections": [(title, markdown)]}``."""
+              log: Any = print, sweep: Sequence[str] | None = None) -> dict[str, Any]:
+    """Run the benchmark; returns ``{"metrics": flat dict, "sections": [(title, markdown)]}``.
+    ``sweep``: overrides of a ``zoo sweep`` whose wall time joins the end-to-end section
+    (``[]`` = the default sweep; ``None`` = not run)."""
     from zoo.registry import load_manifest
 
     load_manifest()
@@ -216,8 +218,16 @@ def run_bench(out: str | None = "docs/BENCHMARKS.md", quick: bool = False,
             metrics[f"e2e/{name}/step_s"] = res["seconds"]
             rows.append([name, res["stage"], res["batch_size"], res["seconds"],
                          f"{res['trainable']:,}", f"{res['total']:,}", " ".join(overrides)])
-        rows.append(["default sweep", "", "", "not measured by `zoo bench` (it trains and "
-                     "evaluates every variant; time `zoo sweep` itself)", "", "", ""])
+        if sweep is None:
+            rows.append(["default sweep", "", "", "not run (use `zoo bench --sweep`)", "", "",
+                         ""])
+        else:
+            from zoo.bench.e2e import sweep_wall_seconds
+
+            seconds = sweep_wall_seconds(sweep, log=log)
+            metrics["e2e/sweep/wall_s"] = seconds
+            rows.append(["`zoo sweep` wall time (s)", "all", "", seconds, "", "",
+                         " ".join(sweep) or "(default)"])
         add("End to end: seconds per training step",
             report.table(["config", "stage", "batch", "s / step", "trainable", "params",
                           "overrides"], rows))

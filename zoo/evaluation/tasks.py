@@ -115,13 +115,19 @@ def reg(model: Any, samples: list[dict], ctx: EvalContext) -> TaskResult:
 
 @TASKS.register
 def vqa_closed(model: Any, samples: list[dict], ctx: EvalContext) -> TaskResult:
-    """Closed VQA: strict letter accuracy and M3D's substring rule, per question type; baseline:
-    the train split's majority answer per question type."""
+    """Closed VQA: strict letter accuracy and M3D's substring rule on the greedy output, per
+    question type; for models with ``answer_logprob`` also ``accuracy_ll`` (the most likely of
+    the four full answers); baseline: the train split's majority answer per question type."""
     if not can_generate(model):
         return _no_generate("vqa_closed", model)
     predictions = generate_all(model, samples, ctx, "vqa_closed")
-    records = [record(s, p, s["answer"], vqa.closed_scores(p, s["answer"], s["choices"]))
-               for s, p in zip(samples, predictions)]
+    ranked = most_likely_choices(model, samples, ctx) if hasattr(model, "answer_logprob") else None
+    records = []
+    for i, (s, p) in enumerate(zip(samples, predictions)):
+        scores = vqa.closed_scores(p, s["answer"], s["choices"])
+        if ranked is not None:
+            scores["accuracy_ll"] = float(ranked[i] == vqa.answer_letter(s["answer"], s["choices"]))
+        records.append(record(s, p, s["answer"], scores))
     result = TaskResult("vqa_closed", records, mean_scores(records, by_type=True))
     train = [i for i in ctx.train_items if i["task"] == "vqa_closed"]
     if train:
@@ -129,10 +135,28 @@ def vqa_closed(model: Any, samples: list[dict], ctx: EvalContext) -> TaskResult:
         base = []
         for s in samples:
             guess = vqa.majority_prediction(majority, s["meta"].get("question_type"), s["choices"])
-            base.append(record(s, guess, s["answer"], vqa.closed_scores(guess, s["answer"],
-                                                                         s["choices"])))
+            scores = vqa.closed_scores(guess, s["answer"], s["choices"])
+            if ranked is not None:  # the baseline commits to one choice: same under either rule
+                scores["accuracy_ll"] = scores["accuracy"]
+            base.append(record(s, guess, s["answer"], scores))
         result.baseline, result.baseline_records = "majority answer per question type", base
     return result
+
+
+def most_likely_choices(model: Any, samples: list[dict], ctx: EvalContext) -> list[str]:
+    """Per closed item, the letter of the choice whose full answer ``"{letter}. {text}"`` has the
+    highest log-likelihood under ``model.answer_logprob`` (multiple-choice scoring; ``NA``
+    choices are not candidates)."""
+    options = [(i, letter, {**s, "answer": f"{letter}. {choice}"}) for i, s in enumerate(samples)
+               for letter, choice in zip(vqa.LETTERS, s["choices"]) if choice != "NA"]
+    scores: list[float] = []
+    for chunk in batches([o[2] for o in options], ctx.batch_size):
+        scores += model.answer_logprob(chunk).tolist()
+    best: dict[int, tuple[str, float]] = {}
+    for (i, letter, _), score in zip(options, scores):
+        if i not in best or score > best[i][1]:
+            best[i] = (letter, score)
+    return [best[i][0] for i in range(len(samples))]
 
 
 @TASKS.register
