@@ -65,3 +65,10 @@ def test_unknown_kind_is_named(capsys):
 def test_bad_builder_argument_is_one_line(capsys):
     code, _, err = run(capsys, "params", "encoder.depth=-1")
     assert code == 2 and len(err.strip().splitlines()) == 1 and "depth" in err
+
+
+def test_pass_through_commands_receive_a_leading_option(capsys):
+    from zoo.cli import main
+
+    assert main(["bench", "--strict"]) == 2  # bench's own parser saw --strict
+    assert "--strict only applies with --check" in capsys.readouterr().err
