@@ -84,3 +84,13 @@ def test_sweep_timing_runs_the_command_and_names_a_failure():
     assert sweep_wall_seconds(["pass"], command=[sys.executable, "-c"], log=quiet) > 0
     with pytest.raises(RuntimeError, match="exited with 3"):
         sweep_wall_seconds(["raise SystemExit(3)"], command=[sys.executable, "-c"], log=quiet)
+
+
+@pytest.mark.parametrize("name", ["lamed/small", "tghmoe/small"])
+def test_end_to_end_configs_build(name):
+    from zoo.bench.e2e import E2E_CONFIGS
+    from zoo.build import build_on_meta
+    from zoo.config import compose
+
+    model = build_on_meta(compose(E2E_CONFIGS[name]))
+    assert sum(p.numel() for p in model.parameters()) > 0

@@ -22,7 +22,8 @@ E2E_CONFIGS: dict[str, list[str]] = {
                     "encoder.num_heads=6", "encoder.mlp_dim=1536"],
     "tghmoe/tiny": ["recipe=tghmoe", "encoder=test_tghmoe", "data=test_synth"],
     "tghmoe/small": ["recipe=tghmoe", "data=test_synth", "encoder=tghmoe",
-                     "encoder.backbone=timm:vit_small_patch16_224", "encoder.slice_size=64"],
+                     "encoder.backbone=timm:vit_small_patch16_224", "~encoder.backbone_kwargs",
+                     "encoder.slice_size=64"],
 }
 
 

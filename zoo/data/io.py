@@ -37,12 +37,11 @@ def check_array(array: np.ndarray, path: str | Path, *, rank: int | None = None,
                               f"(shape {tuple(array.shape)})")
     if not np.issubdtype(array.dtype, np.number) and array.dtype != np.bool_:
         raise DataError(path, f"non-numeric dtype {array.dtype}")
-    if np.issubdtype(array.dtype, np.floating):
+    lo, hi = float(array.min()), float(array.max())  # NaN and inf propagate into these
+    if not (np.isfinite(lo) and np.isfinite(hi)):
         finite = np.isfinite(array)
-        if not finite.all():
-            bad = "NaN" if np.isnan(array).any() else "infinite"
-            raise DataError(path, f"{bad} voxel values ({int((~finite).sum())} voxels)")
-    lo, hi = float(array.min()), float(array.max())
+        bad = "NaN" if np.isnan(array).any() else "infinite"
+        raise DataError(path, f"{bad} voxel values ({int((~finite).sum())} voxels)")
     if lo == hi:
         raise DataError(path, f"empty volume (every voxel is {lo})")
     if unit_range and (lo < -1e-4 or hi > 1 + 1e-4):
