@@ -105,7 +105,9 @@ def _ct_volume(shape: tuple[int, int, int], seed: int = 0) -> tuple[np.ndarray, 
 
 def plain_monai_prepare(array: np.ndarray, affine: np.ndarray, size: tuple[int, int, int],
                         window: tuple[float, float]) -> np.ndarray:
-    """The reference pipeline: one MONAI Compose (orient, window, crop, resize) and a transpose."""
+    """The reference pipeline: one MONAI Compose (orient, window, crop, resize), then the same
+    contiguous (1, D, H, W) array the zoo writes (a lazy transposed view would defer that copy to
+    whoever saves or batches it)."""
     from monai import transforms as mt
     from monai.data import MetaTensor
 
@@ -117,7 +119,7 @@ def plain_monai_prepare(array: np.ndarray, affine: np.ndarray, size: tuple[int, 
         mt.Resize(spatial_size=(w, h, d), mode="trilinear"),
     ])
     img = MetaTensor(torch.from_numpy(array)[None], affine=torch.from_numpy(affine))
-    return pipeline(img).numpy().transpose(0, 3, 2, 1)
+    return np.ascontiguousarray(pipeline(img).numpy().transpose(0, 3, 2, 1))
 
 
 def prepare_vs_monai(shape: tuple[int, int, int] = (256, 256, 96), rounds: int = 3
