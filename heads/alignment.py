@@ -16,6 +16,12 @@
   ``L = - sum_i (r_i / m) log(P_ii / r_i)``, ``r_i = sum_j P_ij``.
 - :class:`Med3DInsightLoss`: the pretraining objective, alignment to the slice-image and the
   slice-text teacher embeddings (one metric each) plus ``recon_weight * MSE`` reconstruction.
+
+Both losses take the 3D side as ``(B, E)`` (sample ``a``'s own embedding, compared with every
+teacher embedding ``y_b``) or as a grid ``(B, B, E)`` where ``x[a, b]`` is volume ``a`` embedded
+under teacher sample ``b``'s plane and slice index: then every pair, positive or negative, shares
+the teacher's plane and index, so the loss cannot be lowered by plane/index information alone
+(the recipe's ``negatives="condition"``).
 """
 
 from __future__ import annotations
@@ -28,17 +34,21 @@ from torch import Tensor, nn
 from zoo.types import StepOutput
 
 
-def _pair(x: Tensor, y: Tensor) -> None:
-    if x.dim() != 2 or y.dim() != 2 or x.shape != y.shape:
-        raise ValueError(f"alignment needs two (B, E) embeddings of equal shape, got "
+def _grid(x: Tensor, y: Tensor) -> Tensor:
+    """Check the shapes and return the 3D side as a ``(B, B, E)`` grid, ``grid[a, b]`` to be
+    compared with ``y[b]``: a ``(B, E)`` ``x`` is repeated along ``b``, a grid is returned as is."""
+    b = y.shape[0] if y.dim() == 2 else -1
+    if y.dim() != 2 or x.shape not in ((b, y.shape[1]), (b, b, y.shape[1])):
+        raise ValueError(f"alignment needs x (B, E) or (B, B, E) and y (B, E), got "
                          f"{tuple(x.shape)} and {tuple(y.shape)}")
-    if x.shape[0] < 2:
-        raise ValueError(f"alignment needs a batch of at least 2 pairs, got {x.shape[0]}")
+    if b < 2:
+        raise ValueError(f"alignment needs a batch of at least 2 pairs, got {b}")
+    return x if x.dim() == 3 else x.unsqueeze(1).expand(-1, b, -1)
 
 
 class InfoNCELoss(nn.Module):
     """Symmetric InfoNCE with a fixed temperature t: ``(CE(S, I) + CE(S^T, I)) / 2`` with
-    ``S = x y^T / t`` on L2-normalised embeddings."""
+    ``S_ab = cos(x_a, y_b) / t`` (``cos(x[a, b], y_b) / t`` for a grid ``x``)."""
 
     def __init__(self, temperature: float = 0.07) -> None:
         super().__init__()
@@ -47,9 +57,9 @@ class InfoNCELoss(nn.Module):
         self.temperature = temperature
 
     def forward(self, x: Tensor, y: Tensor) -> Tensor:
-        _pair(x, y)
-        logits = F.normalize(x, dim=-1) @ F.normalize(y, dim=-1).T / self.temperature
-        target = torch.arange(x.shape[0], device=x.device)
+        grid = F.normalize(_grid(x, y), dim=-1)
+        logits = (grid * F.normalize(y, dim=-1).unsqueeze(0)).sum(-1) / self.temperature
+        target = torch.arange(y.shape[0], device=y.device)
         return (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
 
 
@@ -77,17 +87,17 @@ class PartialOTLoss(nn.Module):
         return self.dim * torch.softmax(self.theta, dim=0)
 
     def cost(self, x: Tensor, y: Tensor) -> Tensor:
-        """``(B, B)`` cost ``sum_k w_k (x_ik - y_jk)^2`` between L2-normalised embeddings."""
-        x, y = F.normalize(x, dim=-1), F.normalize(y, dim=-1)
-        diff = x.unsqueeze(1) - y.unsqueeze(0)
+        """``(B, B)`` cost ``sum_k w_k (x_ak - y_bk)^2`` between L2-normalised embeddings
+        (``x[a, b]`` in place of ``x_a`` for a grid ``x``)."""
+        diff = F.normalize(_grid(x, y), dim=-1) - F.normalize(y, dim=-1).unsqueeze(0)
         return (diff.square() * self.metric()).sum(-1)
 
     def plan(self, x: Tensor, y: Tensor) -> Tensor:
         """The partial entropic transport plan ``(B, B)`` (total mass ``mass``), differentiable."""
-        _pair(x, y)
-        if x.shape[1] != self.dim:
+        _grid(x, y)
+        if y.shape[1] != self.dim:
             raise ValueError(f"PartialOTLoss built for dim {self.dim}, got embeddings of width "
-                             f"{x.shape[1]}")
+                             f"{y.shape[1]}")
         cost = self.cost(x.float(), y.float()).double()
         b = cost.shape[0]
         marginal = torch.full((b,), 1.0 / b, dtype=cost.dtype, device=cost.device)
@@ -109,8 +119,9 @@ class PartialOTLoss(nn.Module):
 class Med3DInsightLoss(nn.Module):
     """Alignment to the slice-image and slice-text embeddings plus weighted reconstruction MSE.
 
-    ``kind="ot"`` (journal) or ``"contrastive"`` (conference). ``forward(embedding (B, E),
-    image_emb (B, E), text_emb (B, E) or None, recon_loss scalar or None) -> StepOutput``.
+    ``kind="ot"`` (journal) or ``"contrastive"`` (conference). ``forward(embedding (B, E) or
+    grid (B, B, E), image_emb (B, E), text_emb (B, E) or None, recon_loss scalar or None) ->
+    StepOutput``.
     """
 
     def __init__(self, dim: int, kind: str = "ot", epsilon: float = 0.03, mass: float = 0.95,

@@ -206,18 +206,29 @@ TEST_CLIP = dict(embed_dim=16,
 
 
 @HEADS.register
-def test_teacher(seed: int = 0) -> SliceTeacher:
+def test_teacher(seed: int = 0, pool_type: str = "tok") -> SliceTeacher:
     """Tiny random CLIP built in-process (16-d space, 32 px input, one layer per tower) with
-    open_clip's offline BPE tokenizer; ``seed`` fixes the weights (and the identity)."""
+    open_clip's offline BPE tokenizer; ``seed`` fixes the weights (and the identity).
+
+    ``pool_type``: how the image tower pools its tokens (open_clip's ``vision_cfg.pool_type``).
+    ``"tok"`` (class token, CLIP's and BiomedCLIP's choice) is the default; in this random
+    one-layer tower the class token barely depends on the image (slices of different synthetic
+    cases at the same plane and index reach a mean cosine of 0.997, measured in
+    docs/med3dinsight.md). ``"avg"`` (mean of the patch tokens) keeps the image's content (mean
+    cosine 0.83), a stand-in for a trained teacher whose embeddings tell cases apart.
+    """
     import open_clip
     from open_clip.model import CLIPTextCfg, CLIPVisionCfg
 
+    if pool_type not in ("tok", "avg"):
+        raise ValueError(f"test_teacher pool_type must be 'tok' or 'avg', got {pool_type!r}")
+    spec = {**TEST_CLIP, "vision_cfg": {**TEST_CLIP["vision_cfg"], "pool_type": pool_type}}
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = open_clip.CLIP(TEST_CLIP["embed_dim"], CLIPVisionCfg(**TEST_CLIP["vision_cfg"]),
-                               CLIPTextCfg(**TEST_CLIP["text_cfg"]))
-    tokenizer = open_clip.SimpleTokenizer(context_length=TEST_CLIP["text_cfg"]["context_length"])
-    identity = _sha256_text(json.dumps(TEST_CLIP, sort_keys=True) + f"|seed={seed}")
-    return SliceTeacher(model, tokenizer, identity, TEST_CLIP["embed_dim"],
-                        TEST_CLIP["vision_cfg"]["image_size"],
+        model = open_clip.CLIP(spec["embed_dim"], CLIPVisionCfg(**spec["vision_cfg"]),
+                               CLIPTextCfg(**spec["text_cfg"]))
+    tokenizer = open_clip.SimpleTokenizer(context_length=spec["text_cfg"]["context_length"])
+    identity = _sha256_text(json.dumps(spec, sort_keys=True) + f"|seed={seed}")
+    return SliceTeacher(model, tokenizer, identity, spec["embed_dim"],
+                        spec["vision_cfg"]["image_size"],
                         open_clip.OPENAI_DATASET_MEAN, open_clip.OPENAI_DATASET_STD)

@@ -15,6 +15,14 @@ teacher embeddings ``(B, E)`` of the slice and its text come from a :class:`Teac
 with ``align`` partial entropic OT (journal) or InfoNCE (conference), see
 :class:`heads.alignment.Med3DInsightLoss`. The teacher is frozen and never trainable.
 
+Negatives (``negatives=``): ``"batch"`` (the paper's) compares each 3D embedding, made under its
+own sample's plane and index, with every teacher embedding of the batch; a random batch mixes
+planes and indices that PSAT receives as input, so part of the loss is lowered by the condition
+alone. ``"condition"`` embeds every volume of the batch under every sample's plane and index
+(``grid (B, B, E)``, ``grid[a, b] = PSAT(encoder(volume_a), plane_b, index_b)``, one encoder pass,
+B^2 PSAT rows) and aligns ``grid[:, b]`` with teacher embedding ``b``: positives and negatives
+then share the condition, as in slice-to-volume retrieval, and only case content separates them.
+
 Only the encoder is kept for the downstream recipe :mod:`recipes.med3dinsight_finetune`
 (``init_from=`` the pretraining run's checkpoint).
 """
@@ -33,6 +41,8 @@ from heads.teacher2d import TeacherCache
 from zoo.build import on_meta
 from zoo.registry import HEADS, RECIPES
 from zoo.types import PLANES, Conditioning, Stage, StepOutput, VisualTokens, ZooModel
+
+NEGATIVES = ("batch", "condition")
 
 
 def pad_to_multiple(volume: Tensor, multiple: int) -> Tensor:
@@ -78,8 +88,11 @@ class Med3DInsight(ZooModel):
     def __init__(self, encoder: nn.Module, bridge: nn.Module, teacher: nn.Module | None,
                  recon: nn.Module | None, objective: Med3DInsightLoss, stages: dict[str, Stage],
                  cache_dir: str | Path, cache_namespace: str = "", pad_multiple: int = 32,
-                 teacher_size: int = 224) -> None:
+                 teacher_size: int = 224, negatives: str = "batch") -> None:
         super().__init__()
+        if negatives not in NEGATIVES:
+            raise ValueError(f"negatives must be one of {NEGATIVES}, got {negatives!r}")
+        self.negatives = negatives
         self.encoder, self.bridge = encoder, bridge
         parts: dict[str, nn.Module] = {"objective": objective}
         if teacher is not None:
@@ -125,11 +138,20 @@ class Med3DInsight(ZooModel):
         batch["case"] = [case_key(s) for s in samples]
         return batch
 
-    def embed(self, image: Tensor, plane: Tensor, slice_index: Tensor) -> tuple[Tensor, Any]:
-        """3D embedding ``(B, E)`` (PSAT query 0 projected) and the encoder's tokens."""
-        visual = self.encoder(image)
-        cond = Conditioning(plane=plane.to(image.device), slice_index=slice_index.to(image.device))
-        return self.bridge(visual, cond).extras["embedding"], visual
+    def condition(self, visual: VisualTokens, plane: Tensor, slice_index: Tensor) -> Tensor:
+        """PSAT query 0 projected, ``(B, E)``, for tokens ``(B, N, C)`` under ``(B,)`` planes and
+        slice indices."""
+        device = visual.tokens.device
+        cond = Conditioning(plane=plane.to(device), slice_index=slice_index.to(device))
+        return self.bridge(visual, cond).extras["embedding"]
+
+    def condition_grid(self, visual: VisualTokens, plane: Tensor, slice_index: Tensor) -> Tensor:
+        """``(B, B, E)``: ``[a, b]`` = volume ``a``'s tokens under sample ``b``'s plane and index."""
+        n = visual.tokens.shape[0]
+        tokens = visual.tokens.repeat_interleave(n, dim=0)  # row a * n + b: volume a, condition b
+        grid = self.condition(VisualTokens(tokens, visual.grid, {}), plane.repeat(n),
+                              slice_index.repeat(n))
+        return grid.reshape(n, n, -1)
 
     def teacher_targets(self, batch: dict[str, Any]) -> tuple[Tensor, Tensor]:
         """Cached teacher embeddings ``(B, E)`` of the slices and of their texts."""
@@ -137,7 +159,9 @@ class Med3DInsight(ZooModel):
 
     def forward(self, batch: dict[str, Any]) -> StepOutput:
         image = batch["image"]
-        emb, visual = self.embed(image, batch["plane"], batch["slice_index"])
+        visual = self.encoder(image)
+        project = self.condition_grid if self.negatives == "condition" else self.condition
+        emb = project(visual, batch["plane"], batch["slice_index"])
         recon_loss = (self.heads["recon"](visual, target=image).loss
                       if "recon" in self.heads else None)
         if emb.shape[0] < 2:  # a last validation batch of one: alignment needs a batch
@@ -280,7 +304,7 @@ def med3dinsight(encoder: Callable[..., Any], bridge: Callable[..., Any],
                  cache_dir: str = "runs/teacher_cache", cache_namespace: str = "",
                  pad_multiple: int = 32, teacher_dim: int | None = None, lr: float = 1e-5,
                  weight_decay: float = 1e-5, epochs: float = 100.0, batch_size: int = 10,
-                 warmup_ratio: float = 0.0) -> Med3DInsight:
+                 warmup_ratio: float = 0.0, negatives: str = "batch") -> Med3DInsight:
     """Med3DInsight pretraining: ``encoder`` + ``bridge`` (PSAT) against the frozen teacher
     ``head`` (``biomedclip_teacher`` / ``test_teacher``).
 
@@ -291,6 +315,8 @@ def med3dinsight(encoder: Callable[..., Any], bridge: Callable[..., Any],
     No head (``~head`` on the command line) with ``teacher_dim`` builds without a teacher, on the
     meta device only (parameter counts when the teacher's files are absent). Defaults: Adam
     1e-5 (the Trainer's AdamW), weight decay 1e-5, batch 10, 100 epochs (the authors' code).
+    ``negatives``: ``"batch"`` (the paper's in-batch negatives) or ``"condition"`` (every
+    volume of the batch embedded under each sample's plane and index; see the module docstring).
     """
     if head is None:
         if not on_meta() or teacher_dim is None:
@@ -320,5 +346,5 @@ def med3dinsight(encoder: Callable[..., Any], bridge: Callable[..., Any],
                                 weight_decay=weight_decay, epochs=epochs,
                                 warmup_ratio=warmup_ratio, batch_size=batch_size)}
     return Med3DInsight(vision, psat, teacher, decoder, objective, stages, cache_dir,
-                        cache_namespace, pad_multiple)
+                        cache_namespace, pad_multiple, negatives=negatives)
 

@@ -68,9 +68,30 @@ def test_pretraining_objective_sums_its_parts(kind):
     assert out.loss.item() == pytest.approx(sum(out.logs.values()), rel=1e-5)
 
 
+@pytest.mark.parametrize("loss", [InfoNCELoss(0.07), PartialOTLoss(16, num_iters=50)])
+def test_a_grid_of_one_embedding_per_row_equals_the_plain_loss(loss):
+    x, y = pairs()
+    grid = x.unsqueeze(1).expand(-1, 8, -1)  # x[a] under every teacher's condition
+    torch.testing.assert_close(loss(grid, y), loss(x, y))
+
+
+@pytest.mark.parametrize("loss", [InfoNCELoss(0.07), PartialOTLoss(16, num_iters=50)])
+def test_grid_negatives_are_compared_with_their_own_teacher(loss):
+    # same diagonal (positives); off the diagonal grid[a, b] is compared with y[b]: negatives that
+    # resemble their teacher (hard) must cost more than negatives pointing away from it (easy)
+    x, y = pairs()
+    eye = torch.eye(8, dtype=torch.bool)[..., None]
+    positives = x.unsqueeze(1).expand(-1, 8, -1)
+    hard = torch.where(eye, positives, y.unsqueeze(0) + 0.3 * torch.randn(8, 8, 16))
+    easy = torch.where(eye, positives, -y.unsqueeze(0))
+    assert loss(easy, y) < loss(hard, y)
+
+
 def test_alignment_errors():
-    with pytest.raises(ValueError, match="equal shape"):
+    with pytest.raises(ValueError, match=r"x \(B, E\) or \(B, B, E\)"):
         PartialOTLoss(16)(torch.randn(4, 16), torch.randn(5, 16))
+    with pytest.raises(ValueError, match=r"\(B, B, E\)"):
+        InfoNCELoss()(torch.randn(4, 5, 16), torch.randn(4, 16))
     with pytest.raises(ValueError, match="dim 16"):
         PartialOTLoss(16)(torch.randn(4, 8), torch.randn(4, 8))
     with pytest.raises(ValueError, match="mass"):

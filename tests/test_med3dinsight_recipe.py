@@ -11,6 +11,7 @@ from zoo.build import build_model, build_on_meta
 from zoo.config import compose
 from zoo.jobs import build_data
 from zoo.training import Trainer
+from zoo.types import VisualTokens
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -76,6 +77,27 @@ def test_collate_converts_planes_and_pads(pretrained):
     vqa = data.dataset("train", tasks=["vqa_closed"])[0]
     with pytest.raises(ValueError, match="has no 'slice'"):
         model.collate([vqa])
+
+
+def test_condition_negatives_embed_every_volume_under_every_condition(tmp_path):
+    cfg = pretrain_cfg(tmp_path, "recipe.negatives=condition")
+    model, data = build_model(cfg).eval(), build_data(cfg)
+    samples = [data.dataset("train", tasks=["slice"])[i] for i in (0, 10, 20)]
+    batch = model.collate(samples)
+    visual = model.encoder(batch["image"])
+    grid = model.condition_grid(visual, batch["plane"], batch["slice_index"])
+    assert grid.shape == (3, 3, 16)
+    for a in range(3):
+        alone = VisualTokens(visual.tokens[a:a + 1].expand(3, -1, -1), visual.grid, {})
+        own = model.condition(alone, batch["plane"], batch["slice_index"])  # volume a, each b
+        torch.testing.assert_close(grid[a], own)
+    out = model.train()(batch)
+    out.loss.backward()
+    assert torch.isfinite(out.loss) and {"align_image", "align_text", "recon"} <= set(out.logs)
+    assert any(p.grad is not None and p.grad.abs().sum() > 0
+               for p in model.encoder.parameters())
+    with pytest.raises(ValueError, match="negatives must be one of"):
+        build_model(pretrain_cfg(tmp_path, "recipe.negatives=shuffled"))
 
 
 def test_finetune_loads_pretrained_encoder_and_trains(pretrained, tmp_path):

@@ -29,6 +29,25 @@ def test_embeddings_are_normalised_and_the_teacher_frozen(teacher):
     assert again.identity == teacher.identity != teacher2d.test_teacher(seed=1).identity
 
 
+def test_average_pooling_teacher_tells_similar_slices_apart(teacher):
+    avg = teacher2d.test_teacher(pool_type="avg")
+    assert avg.identity != teacher.identity  # separate caches
+    torch.testing.assert_close(avg.embed_texts(TEXTS), teacher.embed_texts(TEXTS))  # same weights
+    base = torch.rand(1, 1, 32, 32) * 0.2 + 0.4
+    varied = base.clone()
+    varied[..., 8:16, 8:16] = 1.0  # a bright structure in one quarter of the slice
+    pair = torch.cat([base, varied])
+
+    def distance(t):  # 1 - cosine of the two slices' embeddings
+        e = t.embed_images(pair).double()
+        return float(1 - e[0] @ e[1])
+
+    # the random class token hardly sees the change (measured 1.3e-4); the patch mean does (1e-2)
+    assert distance(avg) > 10 * distance(teacher)
+    with pytest.raises(ValueError, match="pool_type"):
+        teacher2d.test_teacher(pool_type="max")
+
+
 def test_grey_slices_become_three_normalised_channels(teacher):
     x = teacher.preprocess(torch.full((2, 1, 20, 50), 0.5))
     assert x.shape == (2, 3, 32, 32)
