@@ -256,7 +256,9 @@ def lamed_stages(align_lr: float, instruct_lr: float, epochs: float, batch_size:
     ``align`` too."""
     lm_part = {"lora": (LORA_PATTERN,), "full": (r"lm\.",), "frozen": ()}[train_lm]
     new = (r"bridge\.", r"connector\.") if has_bridge else (r"connector\.",)
-    align = new + EMBED_PATTERNS if freeze_in_align else (r"encoder\.",) + new + EMBED_PATTERNS + lm_part
+    align = new + EMBED_PATTERNS
+    if not freeze_in_align:
+        align = (r"encoder\.",) + align + lm_part
     return {
         "align": Stage("align", trainable=align, tasks=tuple(align_tasks),
                        lr=align_lr, epochs=epochs, warmup_ratio=warmup_ratio, batch_size=batch_size),

@@ -23,7 +23,8 @@ from typing import Any, Sequence
 from zoo.stats import Interval, bootstrap_ci, paired_bootstrap
 
 # metrics shown in the markdown table per task (all metrics go to the csv)
-HEADLINE = {"vqa_closed": ("accuracy", "accuracy_m3d", "accuracy_ll"), "vqa_open": ("bleu1", "rougeL", "meteor"),
+HEADLINE = {"vqa_closed": ("accuracy", "accuracy_m3d", "accuracy_ll"),
+            "vqa_open": ("bleu1", "rougeL", "meteor"),
             "caption": ("bleu1", "rougeL", "meteor", "bertscore_f1"),
             "reg": ("bleu1", "rougeL"), "rec": ("iou", "iou_m3d", "hit@0.5"),
             "seg": ("dice", "dice_soft"), "refseg": ("dice", "dice_soft"),
