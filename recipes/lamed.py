@@ -66,6 +66,7 @@ class LaMed(ZooModel):
                                                      for_generation=True)
         self._new_rows_only_in = set(train_new_rows_only_in)
         self._row_hooks: list[Any] = []
+        self._masked_rows: dict[int, int] = {}  # id(weight) -> rows the gradient mask lets move
         self.heads = torch.nn.ModuleDict({"seg": head}) if head is not None else None
         self.seg_projector = (SegProjector(lm.hidden_size, head.embed_dim, seg_dropout)
                               if head is not None else None)
@@ -78,17 +79,26 @@ class LaMed(ZooModel):
         names = super().apply_stage(stage)
         for hook in self._row_hooks:
             hook.remove()
-        self._row_hooks = []
+        self._row_hooks, self._masked_rows = [], {}
         if stage.name in self._new_rows_only_in:
             hf_model = self.lm.model
             matrices = {id(m.weight): m.weight for m in (hf_model.get_input_embeddings(),
                                                           hf_model.get_output_embeddings())}
-            for weight in matrices.values():
+            rows = sorted(set(self.lm.special_ids.values()))
+            for key, weight in matrices.items():
                 if weight.requires_grad:
                     mask = torch.zeros(weight.shape[0], 1, dtype=weight.dtype, device=weight.device)
-                    mask[list(self.lm.special_ids.values())] = 1
+                    mask[rows] = 1
                     self._row_hooks.append(weight.register_hook(lambda g, m=mask: g * m))
+                    self._masked_rows[key] = len(rows)
         return names
+
+    def trainable_numel(self, param: torch.nn.Parameter) -> int:
+        """Only the new token rows of a row-masked embedding matrix count as trainable."""
+        rows = self._masked_rows.get(id(param))
+        if rows is None or not param.requires_grad:
+            return super().trainable_numel(param)
+        return rows * param.shape[1]
 
     # -------------------------------------------------------------- data
     def collate(self, samples: list[dict[str, Any]]) -> dict[str, Any]:

@@ -121,3 +121,17 @@ def test_freeze_in_align_false_trains_encoder_and_every_row_in_align():
     embed = next(k for k in changed if "embed_tokens" in k)
     moved = (before[embed] != model.state_dict()[embed]).any(dim=1).nonzero().flatten().tolist()
     assert set(moved) - set(model.lm.special_ids.values())  # old rows move too
+
+
+def test_parameter_report_counts_only_the_new_rows_in_align():
+    from zoo.params import parameter_report
+
+    model = build_lamed(train_lm="full")
+    model.apply_stage("align")
+    lm = parameter_report(model)["components"]["lm"]
+    hidden = model.lm.hidden_size
+    hf = model.lm.model
+    matrices = {id(hf.get_input_embeddings().weight), id(hf.get_output_embeddings().weight)}
+    assert lm["trainable"] == len(matrices) * len(set(model.lm.special_ids.values())) * hidden
+    model.apply_stage("instruct")  # the whole LM trains: every entry counts again
+    assert parameter_report(model)["components"]["lm"]["trainable"] == lm["total"]

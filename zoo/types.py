@@ -228,3 +228,8 @@ class ZooModel(nn.Module):
             raise ValueError(f"stage {stage.name!r}: trainable pattern(s) {unused} match no "
                              f"parameter of {type(self).__name__}")
         return trainable
+
+    def trainable_numel(self, param: nn.Parameter) -> int:
+        """How many entries of ``param`` the current stage can change (parameter counts): all of
+        them when it requires grad; recipes that mask gradients override this."""
+        return param.numel() if param.requires_grad else 0
