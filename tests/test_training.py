@@ -75,6 +75,15 @@ def test_resume_after_kill_equals_uninterrupted(tmp_path, kill_stage, kill_step)
         torch.testing.assert_close(resumed.state_dict()[key], value, rtol=0, atol=1e-6)
 
 
+def test_max_steps_per_stage_mapping(tmp_path):
+    cfg = trainer_cfg(tmp_path, max_steps={"warmup": 3, "full": 2}, validate=False)
+    results = Trainer(ToyModel(), ToyData(), cfg, seed=0).fit()
+    assert [r.steps for r in results] == [3, 2]
+    with pytest.raises(ValueError, match="no step count for stage 'full'"):
+        Trainer(ToyModel(), ToyData(), trainer_cfg(tmp_path / "b", max_steps={"warmup": 1}),
+                seed=0).fit()
+
+
 def test_unknown_stage_is_named(tmp_path):
     with pytest.raises(ValueError, match="unknown stage"):
         Trainer(ToyModel(), ToyData(), trainer_cfg(tmp_path, stages=["nope"]), seed=0).fit()

@@ -15,6 +15,7 @@ uninterrupted run.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 import resource
 import time
 from dataclasses import dataclass, field
@@ -103,8 +104,16 @@ class Trainer:
                           collate_fn=self.model.collate, num_workers=int(self.cfg.num_workers))
 
     def _total_steps(self, stage: Stage, loader: DataLoader) -> tuple[int, int]:
+        """(optimiser steps of ``stage``, steps per epoch). ``trainer.max_steps``: one number for
+        every stage, or a mapping ``{stage name: steps}``; unset = the stage's epochs."""
         per_epoch = max(1, len(loader) // int(self.cfg.grad_accum))
-        total = self.cfg.max_steps or math.ceil(stage.epochs * per_epoch)
+        steps = self.cfg.max_steps
+        if isinstance(steps, Mapping):
+            if stage.name not in steps:
+                raise ValueError(f"trainer.max_steps={dict(steps)} names no step count for stage "
+                                 f"{stage.name!r} (stages: {list(self.model.stages)})")
+            steps = steps[stage.name]
+        total = steps or math.ceil(stage.epochs * per_epoch)
         return int(total), per_epoch
 
     def _load_weights(self, folder: Path) -> None:
