@@ -194,11 +194,11 @@ _PASSTHROUGH_COMMANDS: list[tuple[str, str, Callable[[argparse.Namespace], int]]
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    if argv and argv[0] in {name for name, _, _ in _PASSTHROUGH_COMMANDS}:
+    runners = {name: runner for name, _, runner in _PASSTHROUGH_COMMANDS}
+    if argv and argv[0] in runners:
         # hand everything after the name over untouched (argparse's REMAINDER drops a leading
         # option such as `zoo bench --quick`)
-        args = argparse.Namespace(command=argv[0], args=argv[1:],
-                                  func=dict((n, f) for n, _, f in _PASSTHROUGH_COMMANDS)[argv[0]])
+        args = argparse.Namespace(command=argv[0], args=argv[1:], func=runners[argv[0]])
     else:
         args = build_parser().parse_args(argv)
     try:
