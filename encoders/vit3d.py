@@ -35,6 +35,7 @@ from zoo.registry import ENCODERS, suggest
 from zoo.types import Conditioning, Grid, VisualTokens, check_volume
 
 POS_EMBED_TYPES = ("learnable", "sincos", "none")
+ATTN_IMPLS = ("sdpa", "xformers")
 POS_KEY = "patch_embedding.position_embeddings"
 # Parameters of MONAI's ViT that this encoder does not have (MONAI >= 1.4 builds an unused
 # cross-attention norm in every block; ``classification=True`` adds a head). They are dropped when
@@ -111,22 +112,45 @@ class PatchEmbedding(nn.Module):
         return self.dropout(self.patch_embeddings(x) + self.position(grid))
 
 
-class SelfAttention(nn.Module):
-    """Multi-head self-attention with a fused qkv projection (MONAI ``SABlock`` key names)."""
+def xformers_attention() -> Any:
+    """``xformers.ops.memory_efficient_attention``, or an ImportError saying how to install it."""
+    try:
+        from xformers.ops import memory_efficient_attention
+    except ImportError as err:
+        raise ImportError("attn_impl='xformers' needs xformers 0.0.35 (CUDA only): "
+                          "pip install medzoo3d[xformers], or use attn_impl='sdpa'") from err
+    return memory_efficient_attention
 
-    def __init__(self, hidden_size: int, num_heads: int, qkv_bias: bool, dropout: float) -> None:
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention with a fused qkv projection (MONAI ``SABlock`` key names).
+
+    ``attn_impl``: ``"sdpa"`` (``scaled_dot_product_attention``, any device) or ``"xformers"``
+    (``xformers.ops.memory_efficient_attention``, CUDA only)."""
+
+    def __init__(self, hidden_size: int, num_heads: int, qkv_bias: bool, dropout: float,
+                 attn_impl: str = "sdpa") -> None:
         super().__init__()
         self.num_heads, self.head_dim = num_heads, hidden_size // num_heads
         self.dropout = dropout
+        self.xformers = xformers_attention() if attn_impl == "xformers" else None
         self.qkv = nn.Linear(hidden_size, 3 * hidden_size, bias=qkv_bias)
         self.out_proj = nn.Linear(hidden_size, hidden_size)
         self.drop_output = nn.Dropout(dropout)
 
     def forward(self, x: Tensor) -> Tensor:
         b, n, c = x.shape
-        q, k, v = self.qkv(x).view(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        x = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0)
-        return self.drop_output(self.out_proj(x.transpose(1, 2).reshape(b, n, c)))
+        p = self.dropout if self.training else 0.0
+        qkv = self.qkv(x).view(b, n, 3, self.num_heads, self.head_dim)
+        if self.xformers is not None:
+            if not x.is_cuda:
+                raise RuntimeError(f"attn_impl='xformers' runs on CUDA only, got input on "
+                                   f"{x.device} (use attn_impl='sdpa')")
+            x = self.xformers(*qkv.unbind(2), p=p)  # (B, N, H, D) in and out
+        else:
+            q, k, v = qkv.permute(2, 0, 3, 1, 4)  # (B, H, N, D)
+            x = F.scaled_dot_product_attention(q, k, v, dropout_p=p).transpose(1, 2)
+        return self.drop_output(self.out_proj(x.reshape(b, n, c)))
 
 
 class MLP(nn.Module):
@@ -147,10 +171,10 @@ class Block(nn.Module):
     """Pre-norm transformer block: ``x + attn(norm1(x))``, then ``x + mlp(norm2(x))``."""
 
     def __init__(self, hidden_size: int, num_heads: int, mlp_dim: int, qkv_bias: bool,
-                 dropout: float) -> None:
+                 dropout: float, attn_impl: str = "sdpa") -> None:
         super().__init__()
         self.norm1 = nn.LayerNorm(hidden_size)
-        self.attn = SelfAttention(hidden_size, num_heads, qkv_bias, dropout)
+        self.attn = SelfAttention(hidden_size, num_heads, qkv_bias, dropout, attn_impl)
         self.norm2 = nn.LayerNorm(hidden_size)
         self.mlp = MLP(hidden_size, mlp_dim, dropout)
 
@@ -164,7 +188,8 @@ class ViT3D(nn.Module):
 
     ``img_size`` is the volume size the position table was made for (the training size of a
     checkpoint); any other size whose sides are multiples of ``patch_size`` also runs, with the
-    table resampled trilinearly over the patch grid.
+    table resampled trilinearly over the patch grid. ``attn_impl`` picks the attention kernel
+    (:data:`ATTN_IMPLS`; ``"xformers"`` needs the ``xformers`` extra and CUDA inputs).
     """
 
     def __init__(self, img_size: Sequence[int] = (32, 256, 256),
@@ -172,7 +197,7 @@ class ViT3D(nn.Module):
                  hidden_size: int = 768, depth: int = 12, num_heads: int = 12,
                  mlp_dim: int = 3072, qkv_bias: bool = False, cls_token: bool = True,
                  dropout: float = 0.0, pos_embed: str = "learnable",
-                 grad_checkpointing: bool = False) -> None:
+                 grad_checkpointing: bool = False, attn_impl: str = "sdpa") -> None:
         super().__init__()
         self.img_size = _triple(img_size, "img_size")
         self.patch_size = _triple(patch_size, "patch_size")
@@ -187,6 +212,9 @@ class ViT3D(nn.Module):
         if pos_embed not in POS_EMBED_TYPES:
             raise ValueError(f"pos_embed={pos_embed!r} is not one of {POS_EMBED_TYPES}."
                              f"{suggest(str(pos_embed), POS_EMBED_TYPES)}")
+        if attn_impl not in ATTN_IMPLS:
+            raise ValueError(f"attn_impl={attn_impl!r} is not one of {ATTN_IMPLS}."
+                             f"{suggest(str(attn_impl), ATTN_IMPLS)}")
         if pos_embed == "sincos" and hidden_size % 6:
             raise ValueError(f"pos_embed='sincos' needs hidden_size divisible by 6, got {hidden_size}")
         self.in_channels, self.out_dim, self.depth = in_channels, hidden_size, depth
@@ -194,8 +222,8 @@ class ViT3D(nn.Module):
         self.patch_embedding = PatchEmbedding(in_channels, self.patch_size, self.grid,
                                               hidden_size, pos_embed, dropout)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, hidden_size)) if cls_token else None
-        self.blocks = nn.ModuleList(Block(hidden_size, num_heads, mlp_dim, qkv_bias, dropout)
-                                    for _ in range(depth))
+        self.blocks = nn.ModuleList(Block(hidden_size, num_heads, mlp_dim, qkv_bias, dropout,
+                                          attn_impl) for _ in range(depth))
         self.norm = nn.LayerNorm(hidden_size)
         self.grad_checkpointing = bool(grad_checkpointing)
         self.apply(_init_weights)
@@ -346,14 +374,15 @@ def vit3d(img_size: Sequence[int] = (32, 256, 256), patch_size: Sequence[int] = 
           in_channels: int = 1, hidden_size: int = 768, depth: int = 12, num_heads: int = 12,
           mlp_dim: int = 3072, qkv_bias: bool = False, cls_token: bool = True,
           dropout: float = 0.0, pos_embed: str = "learnable", checkpoint: str | None = None,
-          checkpoint_prefix: str | None = None, grad_checkpointing: bool = False) -> ViT3D:
+          checkpoint_prefix: str | None = None, grad_checkpointing: bool = False,
+          attn_impl: str = "sdpa") -> ViT3D:
     """Native 3D ViT with every hyper-parameter exposed (defaults: M3D's ViT-B, see
     :func:`vit3d_base_m3d`); ``checkpoint`` loads a MONAI-ViT-layout state dict (skipped when
-    building on the meta device)."""
+    building on the meta device); ``attn_impl``: ``"sdpa"`` or ``"xformers"`` (CUDA only)."""
     model = ViT3D(img_size=img_size, patch_size=patch_size, in_channels=in_channels,
                   hidden_size=hidden_size, depth=depth, num_heads=num_heads, mlp_dim=mlp_dim,
                   qkv_bias=qkv_bias, cls_token=cls_token, dropout=dropout, pos_embed=pos_embed,
-                  grad_checkpointing=grad_checkpointing)
+                  grad_checkpointing=grad_checkpointing, attn_impl=attn_impl)
     if checkpoint and not on_meta():
         model.load_checkpoint(checkpoint, checkpoint_prefix)
     return model

@@ -94,3 +94,11 @@ def test_end_to_end_configs_build(name):
 
     model = build_on_meta(compose(E2E_CONFIGS[name]))
     assert sum(p.numel() for p in model.parameters()) > 0
+
+
+def test_gpu_section_skips_cleanly_without_cuda():
+    from zoo.bench.run import GPU_SKIPPED, gpu_section, gpu_variants
+
+    body, metrics = gpu_section(torch.device("cpu"))
+    assert body.startswith(GPU_SKIPPED) and "torch.compile" in body and metrics == {}
+    assert gpu_variants()[:2] == ["eager", "compiled"]

@@ -124,3 +124,40 @@ def test_ddp_two_processes_equal_one_process(tmp_path):
         results[procs] = torch.load(out, weights_only=True)
     for key, value in results[1].items():
         torch.testing.assert_close(results[2][key], value, rtol=1e-4, atol=1e-5)
+
+
+def test_compile_matches_eager_and_keeps_checkpoint_keys(tmp_path):
+    from safetensors.torch import load_file
+    from torch._dynamo.utils import counters
+
+    counters.clear()
+    torch.manual_seed(0)
+    init = weights(ToyModel())
+    runs = {}
+    for name, option in (("eager", None), ("compiled", {"backend": "aot_eager"})):
+        model = ToyModel()
+        model.load_state_dict(init)
+        cfg = trainer_cfg(tmp_path / name, stages=["full"], max_steps=3, validate=False,
+                          compile=option)
+        loss = Trainer(model, ToyData(), cfg, seed=0).fit()[-1].train_loss
+        saved = load_file(str(tmp_path / name / "checkpoints" / "full-final" / "model.safetensors"))
+        runs[name] = loss, weights(model), saved
+    assert counters["frames"]["ok"] > 0  # dynamo did compile the forward
+    assert runs["compiled"][0] == pytest.approx(runs["eager"][0], rel=1e-5)
+    assert list(runs["compiled"][1]) == list(init)  # no "_orig_mod." prefix
+    assert set(runs["compiled"][2]) == set(runs["eager"][2])
+    for key, value in runs["eager"][1].items():
+        torch.testing.assert_close(runs["compiled"][1][key], value, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("value,match", [
+    ("fastest", r"trainer.compile.mode='fastest' is not one of"),
+    ("max-autotun", "Did you mean: max-autotune"),
+    ({"backend": "aot_eagr"}, "Did you mean: aot_eager"),
+    ({"mode": "max-autotune", "backend": "aot_eager"}, "needs backend inductor"),
+    ({"modes": "default"}, r"unknown key\(s\) \['modes'\]"),
+    (3, "expected null, true, a mode"),
+])
+def test_bad_compile_option_is_named(tmp_path, value, match):
+    with pytest.raises(ValueError, match=match):
+        Trainer(ToyModel(), ToyData(), trainer_cfg(tmp_path, compile=value), seed=0)

@@ -1,3 +1,4 @@
+import importlib.util
 import math
 
 import pytest
@@ -208,3 +209,40 @@ def test_sincos_position_embedding_is_fixed():
     model = ViT3D(**dict(TINY, hidden_size=48), depth=1, pos_embed="sincos")
     table = model.patch_embedding.position_embeddings
     assert not table.requires_grad and math.isclose(float(table.abs().max()), 1.0, rel_tol=1e-6)
+
+
+def test_attn_impl_is_validated():
+    with pytest.raises(ValueError, match="attn_impl='xformer' is not one of .*Did you mean: "
+                                         "xformers"):
+        ENCODERS.build("test_vit3d", attn_impl="xformer")
+
+
+def test_xformers_missing_or_off_cuda_raises(monkeypatch):
+    import sys
+    import types
+
+    monkeypatch.setitem(sys.modules, "xformers", None)  # import fails as if not installed
+    with pytest.raises(ImportError, match=r"pip install medzoo3d\[xformers\]"):
+        ENCODERS.build("vit3d_base_m3d", attn_impl="xformers")
+    fake = types.ModuleType("xformers.ops")
+    fake.memory_efficient_attention = lambda q, k, v, p=0.0: q
+    monkeypatch.setitem(sys.modules, "xformers", types.ModuleType("xformers"))
+    monkeypatch.setitem(sys.modules, "xformers.ops", fake)
+    model = ENCODERS.build("test_vit3d", attn_impl="xformers")
+    with pytest.raises(RuntimeError, match="CUDA only, got input on cpu"):
+        model(torch.randn(1, 1, 32, 64, 64))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available() or importlib.util.find_spec("xformers") is None,
+                    reason="needs CUDA and xformers")
+def test_xformers_matches_sdpa_on_cuda():
+    x = torch.randn(2, 1, 32, 64, 64, device="cuda")
+    results = []
+    for impl in ("sdpa", "xformers"):
+        torch.manual_seed(1)
+        model = ENCODERS.build("test_vit3d", attn_impl=impl).cuda()
+        out = model(x)
+        (out.tokens.square().mean() + out.extras["cls"].sum()).backward()
+        results.append((out.tokens, torch.cat([p.grad.flatten() for p in model.parameters()])))
+    torch.testing.assert_close(results[1][0], results[0][0], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(results[1][1], results[0][1], atol=1e-4, rtol=1e-3)

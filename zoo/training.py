@@ -10,6 +10,10 @@ Resuming: checkpoints (see :mod:`zoo.checkpoint`) record the stage and optimiser
 ``trainer.resume=true`` the loop reloads the newest one and continues on the same data order (the
 sampler's permutation depends only on the seed and the epoch), reaching the same weights as an
 uninterrupted run.
+
+``trainer.compile`` (see :func:`compile_options`) compiles the model's forward in place with
+``nn.Module.compile`` before Accelerate wraps it, so parameter names and checkpoints are those of
+the eager model.
 """
 
 from __future__ import annotations
@@ -27,7 +31,10 @@ from omegaconf import DictConfig
 from torch.utils.data import DataLoader, Sampler
 
 from zoo import checkpoint
+from zoo.registry import suggest
 from zoo.types import Stage, ZooModel
+
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
 class EpochPermutation(Sampler[int]):
@@ -54,6 +61,39 @@ def peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: kilobytes
 
 
+def compile_options(value: Any) -> dict[str, str] | None:
+    """``trainer.compile`` as keyword arguments of ``nn.Module.compile``; None = eager.
+
+    ``null``/``false``: eager. ``true`` or a mode name (:data:`COMPILE_MODES`): inductor in that
+    mode. A mapping ``{mode: ..., backend: ...}``, both optional: any backend of
+    ``torch.compiler.list_backends(exclude_tags=())`` (``aot_eager`` needs no C compiler);
+    modes belong to inductor.
+    """
+    if value is None or value is False:
+        return None
+    if value is True:
+        value = {}
+    elif isinstance(value, str):
+        value = {"mode": value}
+    if not isinstance(value, Mapping):
+        raise ValueError(f"trainer.compile={value!r}: expected null, true, a mode "
+                         f"{COMPILE_MODES} or {{mode: ..., backend: ...}}")
+    unknown = sorted(set(value) - {"mode", "backend"})
+    if unknown:
+        raise ValueError(f"trainer.compile: unknown key(s) {unknown}; allowed: mode, backend")
+    mode, backend = value.get("mode"), value.get("backend", "inductor")
+    if mode is not None and mode not in COMPILE_MODES:
+        raise ValueError(f"trainer.compile.mode={mode!r} is not one of {COMPILE_MODES}."
+                         f"{suggest(str(mode), COMPILE_MODES)}")
+    backends = torch.compiler.list_backends(exclude_tags=())
+    if backend not in backends:
+        raise ValueError(f"trainer.compile.backend={backend!r} is not one of {backends}."
+                         f"{suggest(str(backend), backends)}")
+    if mode is not None and backend != "inductor":
+        raise ValueError(f"trainer.compile.mode={mode!r} needs backend inductor, got {backend!r}")
+    return {"backend": backend} if mode is None else {"backend": backend, "mode": mode}
+
+
 @dataclass
 class StageResult:
     stage: str
@@ -77,6 +117,7 @@ class Trainer:
         self.model, self.data, self.cfg, self.seed, self.run = model, data, cfg, seed, run
         self.on_log = on_log
         self.root = Path(cfg.output_dir) / "checkpoints"
+        self.compile = compile_options(cfg.get("compile"))
 
     # ---------------------------------------------------------------- stage plumbing
     def _accelerator(self) -> Any:
@@ -135,6 +176,8 @@ class Trainer:
         done: list[str] = list(resume[1]["done_stages"]) if resume else []
         if resume and resume[1]["stage"] in done:
             self._load_weights(resume[0])  # a finished stage: weights only, next stage starts fresh
+        if self.compile is not None:
+            self.model.compile(**self.compile)  # in place: state-dict keys stay the eager ones
         results = []
         for name in stages:
             if name in done:

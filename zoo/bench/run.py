@@ -106,39 +106,54 @@ def memory_arithmetic(vit_saved_bytes: int, lora_params: int = 4_194_304,
     return body, total / gb
 
 
+def gpu_variants() -> list[str]:
+    """Variants of the GPU section: eager, ``nn.Module.compile()`` (inductor), and xformers
+    attention when it is importable."""
+    import importlib.util
+
+    return ["eager", "compiled"] + (["xformers"] if importlib.util.find_spec("xformers") else [])
+
+
 def gpu_section(device: torch.device) -> tuple[str, dict[str, float]]:
-    """bf16-autocast training step of vit3d_base_m3d on CUDA: time, MFU, peak memory."""
+    """bf16-autocast training step of vit3d_base_m3d on CUDA per variant: time, MFU, peak memory."""
     if device.type != "cuda":
         return GPU_SKIPPED + ": bf16 autocast, SDPA flash/efficient kernels, torch.compile, " \
-               "model FLOPs utilisation and measured peak memory need a CUDA device.", {}
+               "xformers, model FLOPs utilisation and measured peak memory need a CUDA device.", {}
+    from encoders.vit3d import vit3d_base_m3d
     from zoo.bench.cases import encoder_cases
+    from zoo.bench.cost import time_call
 
     case = next(c for c in encoder_cases("full") if c.name == "vit3d_base_m3d")
     flops = meta_cost(case.factory).flops_fwd_bwd
     name = torch.cuda.get_device_name(device)
     peak = next((v for k, v in BF16_PEAK_TFLOPS.items() if k in name), None)
-    with device:
-        model, args = case.factory()
     rows, metrics = [], {}
-    for batch in (1, 8):
-        x = args[0].repeat(batch, 1, 1, 1, 1)
-        torch.cuda.reset_peak_memory_stats(device)
+    for variant in gpu_variants():
+        with device:
+            model = vit3d_base_m3d(attn_impl="xformers" if variant == "xformers" else "sdpa")
+            volume = torch.randn(1, 1, *case.size)
+        if variant == "compiled":
+            model.compile()
+        for batch in (1, 8):
+            x = volume.repeat(batch, 1, 1, 1, 1)
+            torch.cuda.reset_peak_memory_stats(device)
 
-        def step() -> None:
-            with torch.autocast("cuda", dtype=torch.bfloat16):
-                loss = model(x).tokens.float().square().mean()
-            loss.backward()
-            model.zero_grad(set_to_none=True)
+            def step() -> None:
+                with torch.autocast("cuda", dtype=torch.bfloat16):
+                    loss = model(x).tokens.float().square().mean()
+                loss.backward()
+                model.zero_grad(set_to_none=True)
 
-        from zoo.bench.cost import time_call
-
-        seconds = time_call(step, repeats=5, warmup=2, device=device)
-        mfu = flops * batch / seconds / (peak * 1e12) if peak else None
-        rows.append([batch, seconds, batch / seconds, f"{mfu:.1%}" if mfu else "unknown peak",
-                     torch.cuda.max_memory_allocated(device) / 2**20])
-        metrics[f"gpu/vit3d_base_m3d/b{batch}/fwd_bwd_s"] = seconds
-    body = f"{name}, bf16 autocast, SDPA\n\n" + report.table(
-        ["batch", "fwd+bwd (s)", "vol/s", "MFU", "peak (MB)"], rows)
+            seconds = time_call(step, repeats=5, warmup=2, device=device)  # warm-up compiles
+            mfu = flops * batch / seconds / (peak * 1e12) if peak else None
+            rows.append([variant, batch, seconds, batch / seconds,
+                         f"{mfu:.1%}" if mfu else "unknown peak",
+                         torch.cuda.max_memory_allocated(device) / 2**20])
+            metrics[f"gpu/vit3d_base_m3d/{variant}/b{batch}/fwd_bwd_s"] = seconds
+        del model
+        torch.cuda.empty_cache()
+    body = f"{name}, bf16 autocast, SDPA unless the variant says xformers\n\n" + report.table(
+        ["variant", "batch", "fwd+bwd (s)", "vol/s", "MFU", "peak (MB)"], rows)
     return body, metrics
 
 
