@@ -151,6 +151,13 @@ class LaMed(ZooModel):
                 logs["seg_loss"] = float(seg_loss.detach())
         return StepOutput(loss, logs)
 
+    def text_loss(self, samples: list[dict[str, Any]]) -> Tensor:
+        """LM loss on the samples' text alone, every token a label, no image (language-model
+        pretraining before the multimodal stages: zoo/lm_warmup.py)."""
+        batch = self.collator.text_batch(samples)
+        return self.lm(self.lm.embed(batch["input_ids"]), batch["attention_mask"],
+                       labels=batch["labels"]).loss
+
     # -------------------------------------------------------------- [SEG]
     def _head_tokens(self, image: Tensor, visual: VisualTokens, rows: list[int]) -> VisualTokens:
         """Image tokens for the SegVol head on ``rows``: the encoder's (shared) or its own."""

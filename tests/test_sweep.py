@@ -71,6 +71,8 @@ def test_miniature_sweep_end_to_end(tmp_path, monkeypatch, capsys):
     children = tracker.child_runs(folder.name)
     assert sorted(r.data.tags["zoo.variant"] for r in children) == ["vit3d_sequence_pool",
                                                                     "vit3d_spatial_pool"]
+    warmups = sorted(r.data.tags["zoo.lm_warmup"] for r in children)
+    assert warmups[0] + " (cached)" == warmups[1]  # the second job reuses the first's LM warm-up
     run = children[0]
     assert "test/vqa_closed/accuracy" in run.data.metrics
     assert "test/vqa_closed/baseline/accuracy" in run.data.metrics

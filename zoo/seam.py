@@ -82,12 +82,13 @@ class ImageTextCollator:
         self.for_generation = for_generation
 
     # ------------------------------------------------------------ text
-    def prompt_text(self, prompt: str | None) -> str:
-        """The template filled with ``prompt`` and ``num_image_tokens`` image tokens."""
+    def prompt_text(self, prompt: str | None, with_image: bool = True) -> str:
+        """The template filled with ``prompt`` and ``num_image_tokens`` image tokens (none with
+        ``with_image=False``)."""
         before, after = self.template.split(IMAGE_PLACEHOLDER)
         prompt = prompt or ""
-        text = (before.replace(PROMPT_FIELD, prompt) + self.image_token * self.num_image_tokens
-                + after.replace(PROMPT_FIELD, prompt))
+        image = self.image_token * self.num_image_tokens if with_image else ""
+        text = before.replace(PROMPT_FIELD, prompt) + image + after.replace(PROMPT_FIELD, prompt)
         if self.chat_template:
             text = self.tokenizer.apply_chat_template([{"role": "user", "content": text}],
                                                       tokenize=False, add_generation_prompt=True)
@@ -130,6 +131,29 @@ class ImageTextCollator:
         if self.add_eos:
             answer_ids.append(self.tokenizer.eos_token_id)
         return prompt_ids + answer_ids, len(prompt_ids)
+
+    def text_batch(self, samples: list[dict[str, Any]]) -> dict[str, Tensor]:
+        """Text-only language-model batch: the template without image tokens, the answer and eos;
+        every token is a label (pretraining on text). ``input_ids`` / ``attention_mask`` /
+        ``labels`` ``(B, T)``, right-padded, cut to ``max_length``."""
+        if not samples:
+            raise ValueError("cannot collate an empty list of samples")
+        rows = []
+        for i, s in enumerate(samples):
+            if not isinstance(s.get("answer"), str):
+                raise ValueError(f"sample {i} (task {s.get('task')!r}) has no answer string")
+            ids = self._encode(self.prompt_text(s.get("prompt"), with_image=False)
+                               + self.answer_separator + s["answer"])
+            rows.append((ids + [self.tokenizer.eos_token_id] if self.add_eos else ids)
+                        [:self.max_length])
+        width = max(len(ids) for ids in rows)
+        input_ids = torch.full((len(rows), width), self.tokenizer.pad_token_id, dtype=torch.long)
+        attention = torch.zeros((len(rows), width), dtype=torch.long)
+        for row, ids in enumerate(rows):
+            input_ids[row, :len(ids)] = torch.tensor(ids, dtype=torch.long)
+            attention[row, :len(ids)] = 1
+        return {"input_ids": input_ids, "attention_mask": attention,
+                "labels": input_ids.masked_fill(attention == 0, IGNORE_INDEX)}
 
     # ------------------------------------------------------------ batch
     def __call__(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
