@@ -4,7 +4,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from zoo.compare import (Variant, compare_variants, csv_text, load_variants, markdown,
+from zoo.compare import (Variant, baseline_rows, compare_variants, csv_text, load_variants, markdown,
                          pareto_front, short_names)
 
 
@@ -59,6 +59,21 @@ def test_a_clearly_better_variant_excludes_zero_and_per_type_rows_exist():
     assert "accuracy/location" in table and "| [baseline] majority |" in table
     assert " *" in table
     assert csv_text(rows, [a, b, base]).splitlines()[0].startswith("variant,task,metric,n,mean")
+
+
+def test_each_variant_is_compared_with_the_baseline_on_its_headline_metrics():
+    a = Variant("a", "ra", "h", {}, {"vqa_closed": records([0.0, 1.0] * 20)})
+    b = Variant("b", "rb", "h", {}, {"vqa_closed": records([1.0] * 40)})
+    base = Variant("[baseline] majority", "", "h", {}, {"vqa_closed": records([0.0, 1.0] * 20)},
+                   baseline=True)
+    against = baseline_rows([a, b, base], resamples=500)
+    assert [(r.variant, r.metric) for r in against] == [("a", "accuracy"), ("b", "accuracy")]
+    diff = {r.variant: r.diff for r in against}
+    assert diff["a"].mean == 0 and not diff["a"].excludes_zero()  # identical to the baseline
+    assert diff["b"].mean == pytest.approx(0.5) and diff["b"].excludes_zero()
+    table = markdown(compare_variants([a, b, base], resamples=500), [a, b, base], "a", against)
+    section = table.split("each variant against the baseline")[1]
+    assert "| b | 1.000 [1.000, 1.000] Δ +0.500" in section and section.count(" *") == 1
 
 
 def test_unknown_reference_variant_is_named():

@@ -171,6 +171,18 @@ def compare_variants(variants: list[Variant], reference: str | None = None,
     return rows
 
 
+def baseline_rows(variants: list[Variant], resamples: int = 2000, seed: int = 0) -> list[Row]:
+    """Paired differences of every model variant to each baseline (an evaluator's, e.g. the
+    majority answer) on that baseline's tasks, headline metrics only (no per-type split)."""
+    rows = []
+    for base in [v for v in variants if v.baseline]:
+        pair = [v for v in variants if not v.baseline] + [base]
+        rows += [r for r in compare_variants(pair, base.name, resamples, seed)
+                 if r.diff is not None and r.task in base.records
+                 and r.metric in HEADLINE.get(r.task, ())]
+    return rows
+
+
 def _cell(row: Row) -> str:
     text = f"{row.value.mean:.3f} [{row.value.low:.3f}, {row.value.high:.3f}]"
     if row.diff is not None:
@@ -189,7 +201,8 @@ def _fmt_cost(key: str, value: float | None) -> str:
     return f"{value:.1f}"
 
 
-def markdown(rows: list[Row], variants: list[Variant], reference: str) -> str:
+def markdown(rows: list[Row], variants: list[Variant], reference: str,
+             against_baseline: Sequence[Row] = ()) -> str:
     out = [f"Reference variant for paired differences (Δ): **{reference}**. Cells: mean "
            "[95 % bootstrap interval]; Δ = paired difference to the reference on the same items "
            "[95 % paired bootstrap interval]; * = the interval excludes zero.", ""]
@@ -206,6 +219,15 @@ def markdown(rows: list[Row], variants: list[Variant], reference: str) -> str:
             if any((name, m) in table for m in wanted):
                 out.append(f"| {name} | " + " | ".join(_cell(table[(name, m)]) if (name, m) in table
                                                         else "-" for m in wanted) + " |")
+        out.append("")
+    for task in sorted({r.task for r in against_baseline}):
+        metrics = list(dict.fromkeys(r.metric for r in against_baseline if r.task == task))
+        table = {(r.variant, r.metric): r for r in against_baseline if r.task == task}
+        out += [f"### {task}: each variant against the baseline (Δ = variant - baseline, paired)",
+                "", "| variant | " + " | ".join(metrics) + " |", "|---|" + "---|" * len(metrics)]
+        for name in dict.fromkeys(r.variant for r in against_baseline if r.task == task):
+            out.append(f"| {name} | " + " | ".join(_cell(table[(name, m)]) if (name, m) in table
+                                                    else "-" for m in metrics) + " |")
         out.append("")
     out += ["### cost", "", "| variant | " + " | ".join(label for _, label in COSTS) + " |",
             "|---|" + "---|" * len(COSTS)]
@@ -309,7 +331,7 @@ def run_compare(parent: str | None = None, run_ids: Sequence[str] = (), referenc
     variants = load_variants(client, runs)
     rows = compare_variants(variants, reference, resamples=resamples)
     ref_name = reference or next(v.name for v in variants if not v.baseline)
-    text = markdown(rows, variants, ref_name)
+    text = markdown(rows, variants, ref_name, baseline_rows(variants, resamples))
     out = Path(out_dir or Path("runs") / "compare" / (parent or runs[0].info.run_id))
     out.mkdir(parents=True, exist_ok=True)
     (out / "comparison.md").write_text(text)
