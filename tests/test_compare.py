@@ -5,15 +5,16 @@ from types import SimpleNamespace
 import pytest
 
 from zoo.compare import (Variant, baseline_rows, compare_variants, csv_text, load_variants, markdown,
-                         pareto_front, short_names)
+                         merge_repeats, pareto_front, repeat_groups, short_names)
 
 
-def fake_run(run_id, split, variant=None, **tags):
+def fake_run(run_id, split, variant=None, params=None, **tags):
     all_tags = {"zoo.split_hash": split, **{f"zoo.{k}": v for k, v in tags.items()}}
     if variant:
         all_tags["zoo.variant"] = variant
     return SimpleNamespace(info=SimpleNamespace(run_id=run_id, run_name=run_id, start_time=0),
-                           data=SimpleNamespace(tags=all_tags, metrics={"params.total": 10.0}))
+                           data=SimpleNamespace(tags=all_tags, metrics={"params.total": 10.0},
+                                                params=params or {"run": run_id}))
 
 
 def test_runs_with_different_split_hashes_are_refused():
@@ -74,6 +75,25 @@ def test_each_variant_is_compared_with_the_baseline_on_its_headline_metrics():
     table = markdown(compare_variants([a, b, base], resamples=500), [a, b, base], "a", against)
     section = table.split("each variant against the baseline")[1]
     assert "| b | 1.000 [1.000, 1.000] Δ +0.500" in section and section.count(" *") == 1
+
+
+def test_runs_that_differ_only_in_seed_are_one_variant_scored_by_the_mean_over_seeds():
+    def params(seed, connector="pool"):
+        return {"seed": seed, "trainer.output_dir": f"out/{seed}", "connector": connector}
+
+    runs = [fake_run("r1", "h", "pool", params("0")), fake_run("r2", "h", "mlp", params("0", "mlp")),
+            fake_run("r3", "h", "pool", params("1"))]
+    assert [[r.info.run_id for r in g] for g in repeat_groups(runs)] == [["r1", "r3"], ["r2"]]
+    seed0 = Variant("pool", "r1", "h", {"cost.train_seconds": 10.0},
+                    {"vqa_closed": records([1.0, 0.0, 1.0]), "caption": records([0.5])})
+    seed1 = Variant("pool", "r3", "h", {"cost.train_seconds": 20.0},
+                    {"vqa_closed": records([0.0, 0.0])})
+    merged = merge_repeats([seed0, seed1])
+    assert merged.repeats == 2 and merged.run_id == "r1,r3" and list(merged.records) == ["vqa_closed"]
+    scores = {i: r["scores"]["accuracy"] for i, r in merged.records["vqa_closed"].items()}
+    assert scores == {"i0": 0.5, "i1": 0.0}  # items both seeds have, mean over the seeds
+    assert merged.costs == {"cost.train_seconds": 15.0}
+    assert "| pool | 2 |" in markdown(compare_variants([merged], resamples=100), [merged], "pool")
 
 
 def test_unknown_reference_variant_is_named():

@@ -33,6 +33,7 @@ COSTS = (("params.total", "params"), ("params.trainable", "trainable"),
          ("cost.visual_tokens", "visual tokens"), ("cost.flops_per_sample", "FLOPs/sample"),
          ("cost.train_seconds", "train s"), ("cost.peak_memory_mb", "peak MB"))
 BASELINE_PREFIX = "[baseline] "
+REPEAT_KEYS = ("seed", "trainer.output_dir")  # logged params in which repeats of a variant differ
 
 
 @dataclass
@@ -43,6 +44,7 @@ class Variant:
     costs: dict[str, float]
     records: dict[str, dict[str, dict]] = field(default_factory=dict)  # task -> id -> record
     baseline: bool = False
+    repeats: int = 1  # runs (seeds) averaged into this variant
 
 
 @dataclass
@@ -80,8 +82,42 @@ def _read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+def repeat_groups(runs: Sequence[Any]) -> list[list[Any]]:
+    """Runs grouped by configuration, in first-seen order: runs whose logged config differs only
+    in ``seed`` (and the output folder) repeat one variant."""
+    groups: dict[tuple, list[Any]] = {}
+    for run in runs:
+        params = getattr(run.data, "params", None) or {"run": run.info.run_id}
+        key = tuple(sorted((k, v) for k, v in params.items() if k not in REPEAT_KEYS))
+        groups.setdefault(key, []).append(run)
+    return list(groups.values())
+
+
+def merge_repeats(parts: list[Variant]) -> Variant:
+    """One variant from runs that repeat it with other seeds: on the items every repeat has, each
+    score is the mean over the repeats (the item stays the unit of the paired bootstrap); costs
+    are means."""
+    if len(parts) == 1:
+        return parts[0]
+    records = {}
+    for task in sorted(set.intersection(*(set(p.records) for p in parts))):
+        ids = sorted(set.intersection(*(set(p.records[task]) for p in parts)))
+        records[task] = {}
+        for i in ids:
+            rows = [p.records[task][i] for p in parts]
+            keys = sorted(set.intersection(*(set(r["scores"]) for r in rows)))
+            values = {k: [r["scores"][k] for r in rows] for k in keys}
+            records[task][i] = {**rows[0], "scores": {
+                k: None if None in v else sum(v) / len(v) for k, v in values.items()}}
+    costs = {k: sum(p.costs[k] for p in parts) / len(parts)
+             for k in set.intersection(*(set(p.costs) for p in parts))}
+    return Variant(parts[0].name, ",".join(p.run_id for p in parts), parts[0].split_hash, costs,
+                   records, repeats=len(parts))
+
+
 def load_variants(client: Any, runs: Sequence[Any]) -> list[Variant]:
-    """Variants (and the evaluators' baselines, once) of finished runs, split hashes checked."""
+    """Variants (and the evaluators' baselines, once) of finished runs, split hashes checked;
+    runs that repeat a configuration with other seeds are averaged into one variant."""
     if not runs:
         raise ValueError("compare: no runs to compare")
     hashes = {r.info.run_id: r.data.tags.get("zoo.split_hash", "unknown") for r in runs}
@@ -90,23 +126,27 @@ def load_variants(client: Any, runs: Sequence[Any]) -> list[Variant]:
         raise ValueError(f"compare: runs were evaluated on different splits ({listing}); paired "
                          "comparisons need the same test items")
     variants, baselines = [], {}
-    for run, name in zip(runs, short_names(runs)):
-        costs = {k: float(run.data.metrics[k]) for k, _ in COSTS if k in run.data.metrics}
-        variant = Variant(name, run.info.run_id, hashes[run.info.run_id], costs)
-        with tempfile.TemporaryDirectory() as tmp:
-            try:
-                folder = Path(client.download_artifacts(run.info.run_id, "eval", tmp))
-            except Exception:  # no eval artifacts: the run contributes costs only
-                folder = None
-            for path in sorted(folder.glob("*.jsonl")) if folder else []:
-                records = _read_jsonl(path)
-                if path.name.endswith(".baseline.jsonl"):
-                    task = path.name[:-len(".baseline.jsonl")]
-                    tag = run.data.tags.get(f"zoo.eval.{task}.baseline", "baseline")
-                    baselines.setdefault((task, tag), {r["id"]: r for r in records})
-                else:
-                    variant.records[path.stem] = {r["id"]: r for r in records}
-        variants.append(variant)
+    groups = repeat_groups(runs)
+    for group, name in zip(groups, short_names([g[0] for g in groups])):
+        parts = []
+        for run in group:
+            costs = {k: float(run.data.metrics[k]) for k, _ in COSTS if k in run.data.metrics}
+            variant = Variant(name, run.info.run_id, hashes[run.info.run_id], costs)
+            with tempfile.TemporaryDirectory() as tmp:
+                try:
+                    folder = Path(client.download_artifacts(run.info.run_id, "eval", tmp))
+                except Exception:  # no eval artifacts: the run contributes costs only
+                    folder = None
+                for path in sorted(folder.glob("*.jsonl")) if folder else []:
+                    records = _read_jsonl(path)
+                    if path.name.endswith(".baseline.jsonl"):
+                        task = path.name[:-len(".baseline.jsonl")]
+                        tag = run.data.tags.get(f"zoo.eval.{task}.baseline", "baseline")
+                        baselines.setdefault((task, tag), {r["id"]: r for r in records})
+                    else:
+                        variant.records[path.stem] = {r["id"]: r for r in records}
+            parts.append(variant)
+        variants.append(merge_repeats(parts))
     for (task, tag), records in baselines.items():
         variants.append(Variant(f"{BASELINE_PREFIX}{tag}", "", variants[0].split_hash, {},
                                 {task: records}, baseline=True))
@@ -205,7 +245,8 @@ def markdown(rows: list[Row], variants: list[Variant], reference: str,
              against_baseline: Sequence[Row] = ()) -> str:
     out = [f"Reference variant for paired differences (Δ): **{reference}**. Cells: mean "
            "[95 % bootstrap interval]; Δ = paired difference to the reference on the same items "
-           "[95 % paired bootstrap interval]; * = the interval excludes zero.", ""]
+           "[95 % paired bootstrap interval]; * = the interval excludes zero. A variant run with "
+           "several seeds (cost table) scores each item by its mean over the seeds.", ""]
     names = [v.name for v in variants]
     for task in sorted({r.task for r in rows}):
         metrics = list(dict.fromkeys(r.metric for r in rows if r.task == task))
@@ -229,12 +270,12 @@ def markdown(rows: list[Row], variants: list[Variant], reference: str,
             out.append(f"| {name} | " + " | ".join(_cell(table[(name, m)]) if (name, m) in table
                                                     else "-" for m in metrics) + " |")
         out.append("")
-    out += ["### cost", "", "| variant | " + " | ".join(label for _, label in COSTS) + " |",
-            "|---|" + "---|" * len(COSTS)]
+    out += ["### cost", "", "| variant | seeds | " + " | ".join(label for _, label in COSTS)
+            + " |", "|---|---|" + "---|" * len(COSTS)]
     for v in variants:
         if not v.baseline:
-            out.append(f"| {v.name} | " + " | ".join(_fmt_cost(k, v.costs.get(k))
-                                                      for k, _ in COSTS) + " |")
+            out.append(f"| {v.name} | {v.repeats} | " + " | ".join(_fmt_cost(k, v.costs.get(k))
+                                                                   for k, _ in COSTS) + " |")
     return "\n".join(out) + "\n"
 
 
