@@ -41,6 +41,13 @@ def test_vit3d_matches_monai_in_the_side_by_side():
     assert set(res["seconds"]) == {"monai", "monai_sdpa", "vit3d"}
 
 
+def test_zoo_preparation_equals_the_plain_monai_pipeline():
+    from zoo.bench.compare import prepare_vs_monai
+
+    res = prepare_vs_monai((64, 64, 24), rounds=1)  # the zoo crops before windowing: same output
+    assert res["max_abs_diff"] < 1e-6 and set(res["seconds"]) == {"zoo", "monai"}
+
+
 def test_report_roundtrip_and_regressions(tmp_path):
     path = report.write(tmp_path / "B.md", [("T", report.table(["a", "b"], [(1, 2.5)]))],
                         {"x/fwd_s": 1.0, "x/flops_fwd_bwd": 10}, {"cpu": "test"})

@@ -80,13 +80,17 @@ def preprocess(array: np.ndarray, affine: np.ndarray, spec: PrepSpec, name: str 
         steps.append(mt.Spacing(pixdim=(w, h, d), mode="bilinear"))
     if spec.modality == "ct":
         lo, hi = spec.hu_window()
+        # crop before windowing: the windowed voxel is > 0 exactly where HU > lo, so the box is
+        # the same and the pointwise window runs on the cropped voxels only
+        if spec.crop_foreground:
+            steps.append(mt.CropForeground(select_fn=lambda x: x > lo, allow_smaller=True))
         steps.append(mt.ScaleIntensityRange(a_min=lo, a_max=hi, b_min=0.0, b_max=1.0, clip=True))
     else:
         lo, hi = spec.percentiles
         steps.append(mt.ScaleIntensityRangePercentiles(lower=lo, upper=hi, b_min=0.0, b_max=1.0,
                                                        clip=True))
-    if spec.crop_foreground:
-        steps.append(mt.CropForeground(select_fn=lambda x: x > 0, allow_smaller=True))
+        if spec.crop_foreground:
+            steps.append(mt.CropForeground(select_fn=lambda x: x > 0, allow_smaller=True))
     d, h, w = spec.size
     steps.append(mt.Resize(spatial_size=(w, h, d), mode="trilinear"))
     out = mt.Compose(steps)(img)
