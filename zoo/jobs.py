@@ -69,8 +69,8 @@ def run_training(cfg: DictConfig, parent: Run | None = None,
 
             warm = warm_up_lm(model, data, cfg.lm_warmup, int(cfg.seed))
             if run is not None:
-                run.log_metrics({"lm_warmup/seconds": warm["seconds"],
-                                 **({"lm_warmup/loss": warm["loss"]} if warm["loss"] else {})})
+                run.log_metrics({"lm_warmup/seconds": warm["seconds"], **(
+                    {"lm_warmup/loss": warm["loss"]} if warm["loss"] is not None else {})})
                 run.set_tags({"zoo.lm_warmup": warm["key"] + (" (cached)" if warm["cached"] else "")})
         mix = TaskMix(data, list(cfg.train_tasks)) if cfg.get("train_tasks") else data
         trainer = Trainer(model, mix, cfg.trainer, seed=int(cfg.seed), run=run)
