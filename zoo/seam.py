@@ -146,14 +146,20 @@ class ImageTextCollator:
                                + self.answer_separator + s["answer"])
             rows.append((ids + [self.tokenizer.eos_token_id] if self.add_eos else ids)
                         [:self.max_length])
+        input_ids, attention = self._pad(rows, left=False)
+        return {"input_ids": input_ids, "attention_mask": attention,
+                "labels": input_ids.masked_fill(attention == 0, IGNORE_INDEX)}
+
+    def _pad(self, rows: list[list[int]], left: bool) -> tuple[Tensor, Tensor]:
+        """``(input_ids, attention_mask)`` ``(B, T)`` of token lists padded to the longest."""
         width = max(len(ids) for ids in rows)
         input_ids = torch.full((len(rows), width), self.tokenizer.pad_token_id, dtype=torch.long)
         attention = torch.zeros((len(rows), width), dtype=torch.long)
         for row, ids in enumerate(rows):
-            input_ids[row, :len(ids)] = torch.tensor(ids, dtype=torch.long)
-            attention[row, :len(ids)] = 1
-        return {"input_ids": input_ids, "attention_mask": attention,
-                "labels": input_ids.masked_fill(attention == 0, IGNORE_INDEX)}
+            span = slice(width - len(ids), width) if left else slice(0, len(ids))
+            input_ids[row, span] = torch.tensor(ids, dtype=torch.long)
+            attention[row, span] = 1
+        return input_ids, attention
 
     # ------------------------------------------------------------ batch
     def __call__(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
@@ -171,17 +177,11 @@ class ImageTextCollator:
             warnings.warn(f"ImageTextCollator: answers of samples {cut} were cut to fit "
                           f"max_length={self.max_length}", stacklevel=2)
             encoded = [(ids[:self.max_length], n) for ids, n in encoded]
-        width = max(len(ids) for ids, _ in encoded)
-        batch_size = len(samples)
-        input_ids = torch.full((batch_size, width), self.tokenizer.pad_token_id, dtype=torch.long)
-        attention = torch.zeros((batch_size, width), dtype=torch.long)
-        labels = torch.full((batch_size, width), IGNORE_INDEX, dtype=torch.long)
-        for row, (ids, n_prompt) in enumerate(encoded):
-            span = slice(width - len(ids), width) if self.for_generation else slice(0, len(ids))
-            input_ids[row, span] = torch.tensor(ids, dtype=torch.long)
-            attention[row, span] = 1
-            if not self.for_generation:
-                labels[row, n_prompt:len(ids)] = torch.tensor(ids[n_prompt:], dtype=torch.long)
+        input_ids, attention = self._pad([ids for ids, _ in encoded], left=self.for_generation)
+        labels = torch.full_like(input_ids, IGNORE_INDEX)
+        if not self.for_generation:  # right-padded: the answer follows the prompt from column 0
+            for row, (ids, n_prompt) in enumerate(encoded):
+                labels[row, n_prompt:len(ids)] = input_ids[row, n_prompt:len(ids)]
         keys = dict.fromkeys(k for s in samples for k in s)  # union: mixed seg / text batches
         batch: dict[str, Any] = {k: [s.get(k) for s in samples] for k in keys}
         batch["image"] = torch.stack([s["image"] for s in samples])
