@@ -71,6 +71,28 @@ def test_registered_test_synth_caches_by_parameters(tmp_path):
     assert len(list(tmp_path.glob("synth-*"))) == 2
 
 
+def test_lesion_scale_enlarges_abdominal_lesions_in_their_part_and_keeps_the_default_key():
+    from zoo.data.synth import params_key
+
+    assert params_key(6, (16, 32, 32), 0, "both") == params_key(6, (16, 32, 32), 0, "both", 1.0)
+    assert params_key(6, (16, 32, 32), 0, "both") != params_key(6, (16, 32, 32), 0, "both", 2.0)
+    grown = 0
+    for i in range(40):
+        small, big = (P.generate_case(i, 0, (16, 32, 32), "abdomen", scale) for scale in (1.0, 2.0))
+        if not small.findings:
+            continue
+        lesion = len(small.classes)
+        grown += int((big.labels == lesion).sum() > (small.labels == lesion).sum())
+        assert big.findings[0].part == small.findings[0].part
+        centre = _physical_centroid(big)
+        organ = {"liver": -0.15, "spleen": -0.12, "kidney": 0.32, "lung": -0.72}[small.findings[0].organ]
+        upper = big.findings[0].part == "upper"  # the organ centres jitter by up to 0.04
+        assert centre["s"] < organ + 0.05 if upper else centre["s"] > organ - 0.05, big.case_id
+    assert grown >= 30
+    with pytest.raises(ValueError, match="lesion_scale"):
+        P.generate_case(0, 0, (16, 32, 32), "abdomen", 0.0)
+
+
 def _physical_centroid(case):
     coords = np.argwhere(case.labels == len(case.classes)).mean(0)
     axes = P.PLANE_AXES[case.plane]

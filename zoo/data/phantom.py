@@ -134,7 +134,8 @@ def _u(rng: np.random.Generator, lo: float, hi: float) -> float:
     return float(rng.uniform(lo, hi))
 
 
-def _abdomen(c: _Canvas, rng: np.random.Generator, lesion: dict | None) -> list[Finding]:
+def _abdomen(c: _Canvas, rng: np.random.Generator, lesion: dict | None,
+             lesion_scale: float = 1.0) -> list[Finding]:
     ids = {name: i + 1 for i, name in enumerate(ABDOMEN_CLASSES)}
     j = lambda: _u(rng, -0.04, 0.04)  # noqa: E731  (small anatomical jitter)
     body_r = {"a": 0.78 + j(), "l": 0.94 + j()}
@@ -163,9 +164,10 @@ def _abdomen(c: _Canvas, rng: np.random.Generator, lesion: dict | None) -> list[
     key = f"{side} {organ}" if organ in ("kidney", "lung") else organ
     center, radii = organs[key]
     frac = _u(rng, 0.3, 0.45) if kind == "calcification" else _u(rng, 0.45, 0.7)
-    rad = frac * min(radii.values())
+    rad = frac * min(radii.values()) * lesion_scale
     lcenter = dict(center)
-    offset = radii["s"] - rad * 1.05
+    # the centre stays inside the named part however large the lesion (lesion_scale > 1)
+    offset = max(radii["s"] - rad * 1.05, 0.25 * radii["s"])
     lcenter["s"] = center["s"] + (-1 if part == "upper" else 1) * min(0.5 * radii["s"], offset)
     extents = EXTENT_MM["abdomen"]
     mask = c.ellipsoid(lcenter, {"s": rad, "a": rad, "l": rad})
@@ -266,12 +268,16 @@ def cq500_flags(findings: list[Finding], flags: dict[str, Any], fracture: str | 
 
 
 def generate_case(index: int, seed: int = 0, size: tuple[int, int, int] = (32, 64, 64),
-                  family: str = "abdomen") -> Case:
+                  family: str = "abdomen", lesion_scale: float = 1.0) -> Case:
     """Generate case ``index`` of the benchmark with ``seed`` (deterministic, platform independent).
 
     Plane, phase, lesion organ/kind, side and part are drawn from a per-case generator seeded by
     ``(seed, index, family)``; each is uniform, so answer sets are balanced in expectation.
+    ``lesion_scale`` multiplies the radius of abdominal lesions (a difficulty knob for location
+    questions; head findings keep their size).
     """
+    if not lesion_scale > 0:
+        raise ValueError(f"lesion_scale must be > 0, got {lesion_scale!r}")
     if family not in FAMILIES:
         raise ValueError(f"family must be one of {FAMILIES}, got {family!r}")
     if len(size) != 3 or min(size) < 8:
@@ -287,7 +293,7 @@ def generate_case(index: int, seed: int = 0, size: tuple[int, int, int] = (32, 6
             lesion = {"organ": ABDOMEN_LESION_ORGANS[int(rng.integers(4))],
                       "kind": ABDOMEN_LESION_KINDS[int(rng.integers(3))],
                       "side": SIDES[int(rng.integers(2))], "part": PARTS[int(rng.integers(2))]}
-        findings = _abdomen(canvas, rng, lesion)
+        findings = _abdomen(canvas, rng, lesion, lesion_scale)
     else:
         bleed = None
         if rng.random() < 0.85:

@@ -105,7 +105,8 @@ def write_case(case: P.Case, out: Path) -> dict[str, Any]:
 
 
 def write_benchmark(out: str | Path, cases: int = 200, size: Sequence[int] = (32, 64, 64),
-                    seed: int = 0, family: str = "both", progress: bool = False) -> Path:
+                    seed: int = 0, family: str = "both", progress: bool = False,
+                    lesion_scale: float = 1.0) -> Path:
     """Generate the benchmark into ``out`` (created; must not hold another benchmark)."""
     from zoo.data.splits import assign_split
 
@@ -118,7 +119,7 @@ def write_benchmark(out: str | Path, cases: int = 200, size: Sequence[int] = (32
     from tqdm.auto import tqdm
 
     for fam, index in tqdm(plan, desc="synth", unit="case", disable=not progress):
-        case = P.generate_case(index, seed, size, fam)
+        case = P.generate_case(index, seed, size, fam, lesion_scale)
         rows = write_case(case, out)
         tables["cap"].append(rows["cap"])
         tables["vqa"] += rows["vqa"]
@@ -150,29 +151,37 @@ def write_benchmark(out: str | Path, cases: int = 200, size: Sequence[int] = (32
     (out / "labels.csv").write_text(_csv_text(("image", "label", "patient_id"), tables["labels"]))
     if tables["cq500"]:
         (out / "cq500_labels.csv").write_text(_csv_text(list(tables["cq500"][0]), tables["cq500"]))
-    params = {"cases": cases, "size": list(size), "seed": seed, "family": family,
-              "version": GENERATOR_VERSION}
+    params = generator_params(cases, size, seed, family, lesion_scale)
     (out / "synth.json").write_text(json.dumps(params, indent=1, sort_keys=True) + "\n")
     return out
 
 
-def params_key(cases: int, size: Sequence[int], seed: int, family: str) -> str:
-    blob = json.dumps({"cases": cases, "size": [int(s) for s in size], "seed": seed,
-                       "family": family, "version": GENERATOR_VERSION}, sort_keys=True)
+def generator_params(cases: int, size: Sequence[int], seed: int, family: str,
+                     lesion_scale: float = 1.0) -> dict[str, Any]:
+    """The parameters recorded in ``synth.json`` (``lesion_scale`` only when not 1, so the
+    default benchmark and its cache key are those of earlier versions)."""
+    params = {"cases": cases, "size": [int(s) for s in size], "seed": seed, "family": family,
+              "version": GENERATOR_VERSION}
+    return params if lesion_scale == 1.0 else {**params, "lesion_scale": float(lesion_scale)}
+
+
+def params_key(cases: int, size: Sequence[int], seed: int, family: str,
+               lesion_scale: float = 1.0) -> str:
+    blob = json.dumps(generator_params(cases, size, seed, family, lesion_scale), sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
 def ensure_benchmark(cache_dir: str | Path, cases: int, size: Sequence[int], seed: int,
-                     family: str) -> Path:
+                     family: str, lesion_scale: float = 1.0) -> Path:
     """The cached benchmark folder ``<cache_dir>/synth-<hash>``, generated atomically if absent."""
     cache_dir = Path(cache_dir)
-    target = cache_dir / f"synth-{params_key(cases, size, seed, family)}"
+    target = cache_dir / f"synth-{params_key(cases, size, seed, family, lesion_scale)}"
     if (target / "synth.json").is_file():
         return target
     cache_dir.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".synth-", dir=cache_dir))
     try:
-        write_benchmark(tmp, cases, size, seed, family)
+        write_benchmark(tmp, cases, size, seed, family, lesion_scale=lesion_scale)
         try:
             tmp.rename(target)
         except OSError:  # another process won the race
@@ -208,12 +217,14 @@ def read_synth(root: Path, manifest: str | Path | None = None) -> DataSource:
 
 @DATASETS.register
 def synth(root: str | None = None, cases: int = 200, size: Sequence[int] = (32, 64, 64),
-          seed: int = 0, family: str = "both", cache_dir: str = "runs/data") -> DataSource:
+          seed: int = 0, family: str = "both", cache_dir: str = "runs/data",
+          lesion_scale: float = 1.0) -> DataSource:
     """Built-in synthetic CT phantom benchmark (abdomen + head), generated deterministically into
-    ``<cache_dir>/synth-<hash>`` unless ``root`` names an existing benchmark folder."""
+    ``<cache_dir>/synth-<hash>`` unless ``root`` names an existing benchmark folder;
+    ``lesion_scale`` enlarges abdominal lesions (see :func:`zoo.data.phantom.generate_case`)."""
     if root is not None:
         return read_synth(Path(root))
-    return read_synth(ensure_benchmark(cache_dir, cases, size, seed, family))
+    return read_synth(ensure_benchmark(cache_dir, cases, size, seed, family, lesion_scale))
 
 
 @DATASETS.register
