@@ -115,6 +115,28 @@ def merge_repeats(parts: list[Variant]) -> Variant:
                    records, repeats=len(parts))
 
 
+def _load_run(client: Any, run: Any, name: str, split_hash: str,
+              baselines: dict[tuple[str, str], dict]) -> Variant:
+    """One run's costs and per-item eval records; evaluator baselines go to ``baselines`` (the
+    first run's copy per task is kept)."""
+    costs = {k: float(run.data.metrics[k]) for k, _ in COSTS if k in run.data.metrics}
+    variant = Variant(name, run.info.run_id, split_hash, costs)
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            folder = Path(client.download_artifacts(run.info.run_id, "eval", tmp))
+        except Exception:  # no eval artifacts: the run contributes costs only
+            folder = None
+        for path in sorted(folder.glob("*.jsonl")) if folder else []:
+            records = _read_jsonl(path)
+            if path.name.endswith(".baseline.jsonl"):
+                task = path.name[:-len(".baseline.jsonl")]
+                tag = run.data.tags.get(f"zoo.eval.{task}.baseline", "baseline")
+                baselines.setdefault((task, tag), {r["id"]: r for r in records})
+            else:
+                variant.records[path.stem] = {r["id"]: r for r in records}
+    return variant
+
+
 def load_variants(client: Any, runs: Sequence[Any]) -> list[Variant]:
     """Variants (and the evaluators' baselines, once) of finished runs, split hashes checked;
     runs that repeat a configuration with other seeds are averaged into one variant."""
@@ -128,25 +150,8 @@ def load_variants(client: Any, runs: Sequence[Any]) -> list[Variant]:
     variants, baselines = [], {}
     groups = repeat_groups(runs)
     for group, name in zip(groups, short_names([g[0] for g in groups])):
-        parts = []
-        for run in group:
-            costs = {k: float(run.data.metrics[k]) for k, _ in COSTS if k in run.data.metrics}
-            variant = Variant(name, run.info.run_id, hashes[run.info.run_id], costs)
-            with tempfile.TemporaryDirectory() as tmp:
-                try:
-                    folder = Path(client.download_artifacts(run.info.run_id, "eval", tmp))
-                except Exception:  # no eval artifacts: the run contributes costs only
-                    folder = None
-                for path in sorted(folder.glob("*.jsonl")) if folder else []:
-                    records = _read_jsonl(path)
-                    if path.name.endswith(".baseline.jsonl"):
-                        task = path.name[:-len(".baseline.jsonl")]
-                        tag = run.data.tags.get(f"zoo.eval.{task}.baseline", "baseline")
-                        baselines.setdefault((task, tag), {r["id"]: r for r in records})
-                    else:
-                        variant.records[path.stem] = {r["id"]: r for r in records}
-            parts.append(variant)
-        variants.append(merge_repeats(parts))
+        variants.append(merge_repeats([_load_run(client, run, name, hashes[run.info.run_id],
+                                                 baselines) for run in group]))
     for (task, tag), records in baselines.items():
         variants.append(Variant(f"{BASELINE_PREFIX}{tag}", "", variants[0].split_hash, {},
                                 {task: records}, baseline=True))
@@ -241,6 +246,18 @@ def _fmt_cost(key: str, value: float | None) -> str:
     return f"{value:.1f}"
 
 
+def _table(title: str, rows: list[Row], names: list[str], metrics: list[str]) -> list[str]:
+    """Markdown lines of one table: a row per variant that has any of ``metrics``."""
+    cells = {(r.variant, r.metric): r for r in rows}
+    out = [f"### {title}", "", "| variant | " + " | ".join(metrics) + " |",
+           "|---|" + "---|" * len(metrics)]
+    for name in names:
+        if any((name, m) in cells for m in metrics):
+            out.append(f"| {name} | " + " | ".join(_cell(cells[(name, m)]) if (name, m) in cells
+                                                    else "-" for m in metrics) + " |")
+    return out + [""]
+
+
 def markdown(rows: list[Row], variants: list[Variant], reference: str,
              against_baseline: Sequence[Row] = ()) -> str:
     out = [f"Reference variant for paired differences (Δ): **{reference}**. Cells: mean "
@@ -249,27 +266,16 @@ def markdown(rows: list[Row], variants: list[Variant], reference: str,
            "several seeds (cost table) scores each item by its mean over the seeds.", ""]
     names = [v.name for v in variants]
     for task in sorted({r.task for r in rows}):
-        metrics = list(dict.fromkeys(r.metric for r in rows if r.task == task))
+        task_rows = [r for r in rows if r.task == task]
+        metrics = list(dict.fromkeys(r.metric for r in task_rows))
         wanted = [m for m in metrics if is_headline(task, m)] or metrics[:3]
-        table = {(r.variant, r.metric): r for r in rows if r.task == task}
-        n = max(r.n for r in rows if r.task == task)
-        out += [f"### {task} ({n} test items)", "",
-                "| variant | " + " | ".join(wanted) + " |",
-                "|---|" + "---|" * len(wanted)]
-        for name in names:
-            if any((name, m) in table for m in wanted):
-                out.append(f"| {name} | " + " | ".join(_cell(table[(name, m)]) if (name, m) in table
-                                                        else "-" for m in wanted) + " |")
-        out.append("")
+        n = max(r.n for r in task_rows)
+        out += _table(f"{task} ({n} test items)", task_rows, names, wanted)
     for task in sorted({r.task for r in against_baseline}):
-        metrics = list(dict.fromkeys(r.metric for r in against_baseline if r.task == task))
-        table = {(r.variant, r.metric): r for r in against_baseline if r.task == task}
-        out += [f"### {task}: each variant against the baseline (Δ = variant - baseline, paired)",
-                "", "| variant | " + " | ".join(metrics) + " |", "|---|" + "---|" * len(metrics)]
-        for name in dict.fromkeys(r.variant for r in against_baseline if r.task == task):
-            out.append(f"| {name} | " + " | ".join(_cell(table[(name, m)]) if (name, m) in table
-                                                    else "-" for m in metrics) + " |")
-        out.append("")
+        task_rows = [r for r in against_baseline if r.task == task]
+        out += _table(f"{task}: each variant against the baseline (Δ = variant - baseline, "
+                      "paired)", task_rows, list(dict.fromkeys(r.variant for r in task_rows)),
+                      list(dict.fromkeys(r.metric for r in task_rows)))
     out += ["### cost", "", "| variant | seeds | " + " | ".join(label for _, label in COSTS)
             + " |", "|---|---|" + "---|" * len(COSTS)]
     for v in variants:
