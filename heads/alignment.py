@@ -26,7 +26,6 @@ the teacher's plane and index, so the loss cannot be lowered by plane/index info
 
 from __future__ import annotations
 
-import ot
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -104,6 +103,8 @@ class PartialOTLoss(nn.Module):
         # the log-domain solver needs m as a tensor on the torch backend; clamp against rounding
         mass = torch.minimum(torch.tensor(self.mass, dtype=cost.dtype, device=cost.device),
                              marginal.sum())
+        import ot  # POT; imported here so the registry loads without it (slow, large)
+
         return ot.partial.entropic_partial_wasserstein(
             marginal, marginal, cost, reg=self.epsilon, m=mass, numItermax=self.num_iters,
             stopThr=self.tol, method="sinkhorn_log")

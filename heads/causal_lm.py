@@ -277,13 +277,21 @@ def _from_pretrained(path: Path, dtype: torch.dtype | None) -> nn.Module:
                                                 attn_implementation="sdpa", **kwargs)
 
 
+def set_gradient_checkpointing(model: nn.Module, enable: bool = True) -> None:
+    """Turn non-reentrant gradient checkpointing of a Hugging Face model on or off (transformers
+    5.x renamed ``gradient_checkpointing_*`` to ``activation_checkpointing_*``)."""
+    new_api = hasattr(model, "activation_checkpointing_enable")
+    if enable:
+        (model.activation_checkpointing_enable if new_api
+         else model.gradient_checkpointing_enable)({"use_reentrant": False})
+    else:
+        (model.activation_checkpointing_disable if new_api
+         else model.gradient_checkpointing_disable)()
+
+
 def _finish(model: nn.Module, tokenizer: Any, gradient_checkpointing: bool) -> CausalLM:
     if gradient_checkpointing:
-        # transformers 5.x renamed gradient_checkpointing_enable to activation_checkpointing_enable
-        if hasattr(model, "activation_checkpointing_enable"):
-            model.activation_checkpointing_enable({"use_reentrant": False})
-        else:
-            model.gradient_checkpointing_enable({"use_reentrant": False})
+        set_gradient_checkpointing(model)
     return CausalLM(model, tokenizer)
 
 

@@ -104,8 +104,43 @@ def test_end_to_end_configs_build(name):
 
 
 def test_gpu_section_skips_cleanly_without_cuda():
-    from zoo.bench.run import GPU_SKIPPED, gpu_section, gpu_variants
+    from zoo.bench.gpu import GPU_SKIPPED, gpu_section, gpu_variants
 
     body, metrics = gpu_section(torch.device("cpu"))
     assert body.startswith(GPU_SKIPPED) and "torch.compile" in body and metrics == {}
-    assert gpu_variants()[:2] == ["eager", "compiled"]
+    assert gpu_variants()[:4] == ["fp32", "eager", "compiled", "compiled-cudagraphs"]
+
+
+def test_gpu_encoder_rows_run_the_same_code_on_cpu():
+    from encoders.vit3d import test_vit3d
+    from zoo.bench.gpu import encoder_rows
+
+    rows, metrics, kernels = encoder_rows(lambda impl: test_vit3d(attn_impl=impl), (32, 64, 64),
+                                          10**9, torch.device("cpu"), batches=(1, 2),
+                                          variants=["fp32", "eager"], peaks=(None, 1.0),
+                                          repeats=1)
+    assert [r[:2] for r in rows] == [["fp32", 1], ["fp32", 2], ["eager", 1], ["eager", 2]]
+    for variant, batch, seconds, rate, tflops, mfu_sheet, mfu_measured, peak in rows:
+        assert seconds > 0 and rate == pytest.approx(batch / seconds)
+        assert tflops == pytest.approx(1e-3 * batch / seconds)
+        assert mfu_sheet == "-" and mfu_measured == f"{tflops:.1%}" and peak == "-"
+    assert set(metrics) == {f"gpu/vit3d_base_m3d/{v}/b{b}/fwd_bwd_s" for v in ("fp32", "eager")
+                            for b in (1, 2)}
+    assert kernels == {"fp32": [], "eager": []}  # the profiler's kernel list is CUDA-only
+
+
+def test_lamed_step_fills_the_context_and_toggles_checkpointing():
+    from zoo.bench.gpu import lamed_step
+
+    results = lamed_step(["recipe=lamed", "recipe.max_length=128"], torch.device("cpu"), steps=1)
+    assert [r["checkpointing"] for r in results] == [True, False]
+    for r in results:
+        assert r["tokens"] == 128 and r["batch_size"] == 1 and r["seconds"] > 0
+        assert 0 < r["trainable"] < r["total"] and r["peak_mb"] is None
+
+
+def test_bench_sections_are_validated():
+    from zoo.bench.run import run_bench
+
+    with pytest.raises(ValueError, match="unknown bench section 'gpux'. Did you mean: gpu"):
+        run_bench(out=None, sections=("gpux",))

@@ -1,10 +1,11 @@
-"""``zoo bench [--quick] [--out FILE] [--check [--strict]] [--sweep [OVERRIDES]]``."""
+"""``zoo bench [--quick] [--out FILE] [--sections A,B] [--check [--strict]] [--sweep [OVERRIDES]]``."""
 
 from __future__ import annotations
 
 import argparse
 
 from zoo.bench import report
+from zoo.bench.run import SECTIONS, run_bench
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -19,20 +20,21 @@ def build_parser() -> argparse.ArgumentParser:
                    help="relative slowdown flagged by --check (default 0.3 = 30%%)")
     p.add_argument("--budget-gflop", type=float, default=None,
                    help="time cases up to this fwd+bwd GFLOP (default 50; 2 with --quick)")
+    p.add_argument("--sections", default=",".join(SECTIONS),
+                   help=f"comma-separated sections to run (default: all of {','.join(SECTIONS)})")
     p.add_argument("--sweep", nargs="*", default=None, metavar="OVERRIDE",
                    help="also time `zoo sweep` with these overrides (none: the default sweep)")
     return p
 
 
 def main(argv: list[str]) -> int:
-    from zoo.bench.run import run_bench
-
     args = build_parser().parse_args(argv)
     if args.strict and not args.check:
         raise ValueError("--strict only applies with --check")
     recorded = report.read_metrics(args.out) if args.check else None
     result = run_bench(out=None if args.check else args.out, quick=args.quick,
-                       time_budget_gflop=args.budget_gflop, sweep=args.sweep)
+                       time_budget_gflop=args.budget_gflop, sweep=args.sweep,
+                       sections=tuple(s.strip() for s in args.sections.split(",") if s.strip()))
     if recorded is None:
         return 0
     found = report.regressions(recorded, result["metrics"], threshold=args.threshold)

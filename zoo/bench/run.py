@@ -17,10 +17,9 @@ import torch
 from zoo.bench import report
 from zoo.bench.cases import Case, component_cases, scaling_cases
 from zoo.bench.cost import measure, meta_cost
+from zoo.bench.gpu import GPU_SKIPPED, gpu_section
 
-GPU_SKIPPED = "not measured here (no GPU lent)"
-# Dense bf16 peak of common training GPUs (TFLOP/s), for model FLOPs utilisation.
-BF16_PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0, "A10": 125.0}
+SECTIONS = ("components", "scaling", "vit3d", "prepare", "e2e", "gpu", "memory")
 LLAMA2_7B_PARAMS = 6_738_415_616
 
 
@@ -81,10 +80,10 @@ def scaling_plot(rows: list[list[Any]], path: str) -> str | None:
     return path
 
 
-def memory_arithmetic(vit_saved_bytes: int, lora_params: int = 4_194_304,
+def memory_arithmetic(vit_saved_bytes: int, lora_params: int = 39_976_960,
                       connector_params: int = 19_931_136, vit_params: int = 87_389_184,
                       text_tokens: int = 256, visual_tokens: int = 256) -> tuple[str, float]:
-    """GB estimate for ViT-B + LLaMA-2-7B (LoRA r=8 on q/v) at batch 1, bf16 weights, AdamW fp32
+    """GB estimate for ViT-B + LLaMA-2-7B (LoRA r=16, the recipe's default targets) at batch 1, bf16 weights, AdamW fp32
     states for trainable parameters, gradient checkpointing in both towers. Arithmetic only."""
     gb = 1e9
     seq = text_tokens + visual_tokens
@@ -92,7 +91,10 @@ def memory_arithmetic(vit_saved_bytes: int, lora_params: int = 4_194_304,
         ("LLaMA-2-7B weights, bf16 (frozen)", LLAMA2_7B_PARAMS * 2),
         ("ViT-B + connector trainable: fp32 weight + grad + AdamW m, v (16 B/param)",
          (vit_params + connector_params) * 16),
-        ("LoRA r=8 on q, v of 32 layers: 16 B/param", lora_params * 16),
+        ("LoRA r=16 on the recipe's default targets of 32 layers: 16 B/param",
+         lora_params * 16),
+        ("input embeddings + LM head, trainable for the new special tokens' rows: full-matrix "
+         "bf16 grad + AdamW m, v (6 B/param)", 2 * 32000 * 4096 * 6),
         ("ViT activations, checkpointed: 12 block inputs (bf16) + one block recomputed "
          "(meta count / 12, fp32 math-attention upper bound)",
          12 * 2049 * 768 * 2 + vit_saved_bytes / 12),
@@ -106,66 +108,19 @@ def memory_arithmetic(vit_saved_bytes: int, lora_params: int = 4_194_304,
     return body, total / gb
 
 
-def gpu_variants() -> list[str]:
-    """Variants of the GPU section: eager, ``nn.Module.compile()`` (inductor), and xformers
-    attention when it is importable."""
-    import importlib.util
-
-    return ["eager", "compiled"] + (["xformers"] if importlib.util.find_spec("xformers") else [])
-
-
-def gpu_section(device: torch.device) -> tuple[str, dict[str, float]]:
-    """bf16-autocast training step of vit3d_base_m3d on CUDA per variant: time, MFU, peak memory."""
-    if device.type != "cuda":
-        return GPU_SKIPPED + ": bf16 autocast, SDPA flash/efficient kernels, torch.compile, " \
-               "xformers, model FLOPs utilisation and measured peak memory need a CUDA device.", {}
-    from encoders.vit3d import vit3d_base_m3d
-    from zoo.bench.cases import encoder_cases
-    from zoo.bench.cost import time_call
-
-    case = next(c for c in encoder_cases("full") if c.name == "vit3d_base_m3d")
-    flops = meta_cost(case.factory).flops_fwd_bwd
-    name = torch.cuda.get_device_name(device)
-    peak = next((v for k, v in BF16_PEAK_TFLOPS.items() if k in name), None)
-    rows, metrics = [], {}
-    for variant in gpu_variants():
-        with device:
-            model = vit3d_base_m3d(attn_impl="xformers" if variant == "xformers" else "sdpa")
-            volume = torch.randn(1, 1, *case.size)
-        if variant == "compiled":
-            model.compile()
-        for batch in (1, 8):
-            x = volume.repeat(batch, 1, 1, 1, 1)
-            torch.cuda.reset_peak_memory_stats(device)
-
-            def step() -> None:
-                with torch.autocast("cuda", dtype=torch.bfloat16):
-                    loss = model(x).tokens.float().square().mean()
-                loss.backward()
-                model.zero_grad(set_to_none=True)
-
-            seconds = time_call(step, repeats=5, warmup=2, device=device)  # warm-up compiles
-            mfu = flops * batch / seconds / (peak * 1e12) if peak else None
-            rows.append([variant, batch, seconds, batch / seconds,
-                         f"{mfu:.1%}" if mfu else "unknown peak",
-                         torch.cuda.max_memory_allocated(device) / 2**20])
-            metrics[f"gpu/vit3d_base_m3d/{variant}/b{batch}/fwd_bwd_s"] = seconds
-        del model
-        torch.cuda.empty_cache()
-    body = f"{name}, bf16 autocast, SDPA unless the variant says xformers\n\n" + report.table(
-        ["variant", "batch", "fwd+bwd (s)", "vol/s", "MFU", "peak (MB)"], rows)
-    return body, metrics
-
-
 def run_bench(out: str | None = "docs/BENCHMARKS.md", quick: bool = False,
               time_budget_gflop: float | None = None, repeats: int = 2,
-              sections: tuple[str, ...] = ("components", "scaling", "vit3d", "prepare", "e2e"),
+              sections: Sequence[str] = SECTIONS,
               log: Any = print, sweep: Sequence[str] | None = None) -> dict[str, Any]:
     """Run the benchmark; returns ``{"metrics": flat dict, "sections": [(title, markdown)]}``.
     ``sweep``: overrides of a ``zoo sweep`` whose wall time joins the end-to-end section
     (``[]`` = the default sweep; ``None`` = not run)."""
-    from zoo.registry import load_manifest
+    from zoo.registry import load_manifest, suggest
 
+    unknown = [name for name in sections if name not in SECTIONS]
+    if unknown:
+        raise ValueError(f"unknown bench section {unknown[0]!r}.{suggest(unknown[0], SECTIONS)} "
+                         f"Sections: {', '.join(SECTIONS)}")
     load_manifest()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     budget = time_budget_gflop if time_budget_gflop is not None else (2.0 if quick else 50.0)
@@ -246,16 +201,18 @@ def run_bench(out: str | None = "docs/BENCHMARKS.md", quick: bool = False,
         add("End to end: seconds per training step",
             report.table(["config", "stage", "batch", "s / step", "trainable", "params",
                           "overrides"], rows))
-    gpu_body, gpu_metrics = gpu_section(device)
-    metrics.update(gpu_metrics)
-    add("GPU", gpu_body)
-    from zoo.bench.cases import encoder_cases
+    if "gpu" in sections:
+        gpu_body, gpu_metrics = gpu_section(device)
+        metrics.update(gpu_metrics)
+        add("GPU", gpu_body)
+    if "memory" in sections:
+        from zoo.bench.cases import encoder_cases
 
-    vit_full = next(c for c in encoder_cases("full") if c.name == "vit3d_base_m3d")
-    body, total = memory_arithmetic(meta_cost(vit_full.factory).saved_bytes)
-    add("Memory: full M3D configuration at batch 1 (arithmetic)",
-        body + f"\n\nAbout {total:.0f} GB of 80 GB. Measured peak on a GPU: "
-        + ("see the GPU section." if device.type == "cuda" else GPU_SKIPPED + "."))
+        vit_full = next(c for c in encoder_cases("full") if c.name == "vit3d_base_m3d")
+        body, total = memory_arithmetic(meta_cost(vit_full.factory).saved_bytes)
+        add("Memory: full M3D configuration at batch 1 (arithmetic)",
+            body + f"\n\nAbout {total:.0f} GB of 80 GB. Measured peak on a GPU: "
+            + ("see the GPU section." if device.type == "cuda" else GPU_SKIPPED + "."))
     metrics["wall_s"] = time.perf_counter() - start
     info = report.machine()
     if out:
