@@ -3,6 +3,8 @@ and does the connector's layout matter? A diagnostic beside ``zoo sweep experime
 (where no variant learns location through the LM; docs/evaluation.md).
 
     python experiments/location_readout.py [OVERRIDES] [--expose-steps N] [--read-steps N]
+                                           [--save FILE]
+    python experiments/location_readout.py --pool FILE [FILE ...]   # seeds pooled per item
 
 For every variant of the experiment's sweep (default ``experiment=location_layout``):
 
@@ -17,6 +19,8 @@ For every variant of the experiment's sweep (default ``experiment=location_layou
    against the majority answer, and paired against the first variant.
 
 Prints a Markdown table and one JSON line. Every variant gets the same seed, steps and rates.
+``--save`` writes the results with per-item scores; ``--pool`` reads several such files (e.g. one
+per seed, same items) and prints the table of the per-item means, as ``zoo compare`` pools seeds.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import json
 import re
 import sys
 import time
+from pathlib import Path
 from typing import Any, Sequence
 
 import torch
@@ -142,7 +147,24 @@ def run_variant(name: str, overrides: list[str], expose_steps: int, read_steps: 
     log(f"{name}: exposed {sum(scores['exposed']) / len(truth):.3f}, read "
         f"{sum(scores['read']) / len(truth):.3f} on {len(truth)} items ({seconds:.0f} s)")
     return {"name": name, "items": len(truth), "read_loss": loss, "seconds": seconds,
-            "scores": scores}
+            "ids": [s["meta"]["id"] for s in samples], "scores": scores}
+
+
+def pool(runs: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """Per variant, the per-item mean of each score over runs (same variants, same items)."""
+    names = [[r["name"] for r in run] for run in runs]
+    if any(n != names[0] for n in names):
+        raise ValueError(f"runs to pool must have the same variants in order, got {names}")
+    pooled = []
+    for i, first in enumerate(runs[0]):
+        rows = [run[i] for run in runs]
+        if any(r["ids"] != first["ids"] for r in rows):
+            raise ValueError(f"variant {first['name']}: runs to pool scored different test items")
+        pooled.append({**first, "seconds": sum(r["seconds"] for r in rows),
+                       "scores": {k: [sum(vals) / len(rows) for vals in zip(*(r["scores"][k]
+                                                                              for r in rows))]
+                                  for k in first["scores"]}})
+    return pooled
 
 
 def table(results: list[dict[str, Any]]) -> str:
@@ -179,8 +201,20 @@ def main(argv: Sequence[str]) -> int:
     parser = argparse.ArgumentParser(prog="location_readout", description=__doc__.split("\n")[0])
     parser.add_argument("--expose-steps", type=int, default=1500)
     parser.add_argument("--read-steps", type=int, default=1500)
+    parser.add_argument("--save", help="write the results with per-item scores (JSON)")
+    parser.add_argument("--pool", nargs="+", metavar="FILE",
+                        help="print the table of saved runs pooled per item (runs nothing)")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides (experiment=... first)")
     args = parser.parse_args(list(argv))
+    if args.pool:
+        runs = []
+        for path in args.pool:
+            try:
+                runs.append(json.loads(Path(path).read_text())["results"])
+            except (OSError, ValueError, KeyError) as error:
+                raise ValueError(f"{path}: not a location_readout --save file ({error})") from error
+        print(table(pool(runs)))
+        return 0
     experiment = [o for o in args.overrides if o.startswith("experiment=")] \
         or ["experiment=location_layout"]
     rest = [o for o in args.overrides if not o.startswith("experiment=")]
@@ -192,9 +226,11 @@ def main(argv: Sequence[str]) -> int:
                            args.read_steps)
                for v in cfg.sweep.variants if not only or v.name in only]
     print(table(results))
+    if args.save:
+        Path(args.save).write_text(json.dumps({"overrides": base, "results": results}) + "\n")
     print(json.dumps({"expose_steps": args.expose_steps, "read_steps": args.read_steps,
                       "overrides": base, "results": [
-                          {k: v for k, v in r.items() if k != "scores"}
+                          {k: v for k, v in r.items() if k not in ("scores", "ids")}
                           | {f"{k}_accuracy": sum(v) / len(v) for k, v in r["scores"].items()}
                           for r in results]}))
     return 0
