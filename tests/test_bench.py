@@ -118,13 +118,13 @@ def test_gpu_encoder_rows_run_the_same_code_on_cpu():
     rows, metrics, kernels = encoder_rows(lambda impl: test_vit3d(attn_impl=impl), (32, 64, 64),
                                           10**9, torch.device("cpu"), batches=(1, 2),
                                           variants=["fp32", "eager"], peaks=(None, 1.0),
-                                          repeats=1)
+                                          repeats=1, name="test_vit3d")
     assert [r[:2] for r in rows] == [["fp32", 1], ["fp32", 2], ["eager", 1], ["eager", 2]]
     for variant, batch, seconds, rate, tflops, mfu_sheet, mfu_measured, peak in rows:
         assert seconds > 0 and rate == pytest.approx(batch / seconds)
         assert tflops == pytest.approx(1e-3 * batch / seconds)
         assert mfu_sheet == "-" and mfu_measured == f"{tflops:.1%}" and peak == "-"
-    assert set(metrics) == {f"gpu/vit3d_base_m3d/{v}/b{b}/fwd_bwd_s" for v in ("fp32", "eager")
+    assert set(metrics) == {f"gpu/test_vit3d/{v}/b{b}/fwd_bwd_s" for v in ("fp32", "eager")
                             for b in (1, 2)}
     assert kernels == {"fp32": [], "eager": []}  # the profiler's kernel list is CUDA-only
 

@@ -95,8 +95,10 @@ def attention_kernels(step: Callable[[], None], device: torch.device) -> list[st
 def encoder_rows(build: Callable[[str], nn.Module], size: Sequence[int], flops_per_sample: int,
                  device: torch.device, batches: Sequence[int] = (1, 8, 16),
                  variants: Sequence[str] | None = None, peaks: Sequence[float | None] = (),
-                 repeats: int = 5) -> tuple[list[list[Any]], dict[str, float], dict[str, list]]:
-    """Time the encoder's training step per variant and batch on ``device``.
+                 repeats: int = 5, name: str = "vit3d_base_m3d"
+                 ) -> tuple[list[list[Any]], dict[str, float], dict[str, list]]:
+    """Time the encoder's training step per variant and batch on ``device`` (metrics named
+    ``gpu/{name}/{variant}/b{batch}/fwd_bwd_s``).
 
     ``build(attn_impl)`` returns the encoder on the current default device. Returns table rows
     ``[variant, batch, s, vol/s, TFLOP/s, MFU per peak..., peak MB]``, metrics, and the attention
@@ -121,7 +123,7 @@ def encoder_rows(build: Callable[[str], nn.Module], size: Sequence[int], flops_p
                 rows.append([variant, batch, seconds, batch / seconds, tflops,
                              *[f"{tflops / p:.1%}" if p else "-" for p in peaks],
                              _peak_mb(device) or "-"])
-                metrics[f"gpu/vit3d_base_m3d/{variant}/b{batch}/fwd_bwd_s"] = seconds
+                metrics[f"gpu/{name}/{variant}/b{batch}/fwd_bwd_s"] = seconds
                 print(f"gpu bench: {variant} batch {batch}: {seconds:.4f} s", flush=True)
         except Exception as error:  # noqa: BLE001 - one failed variant must not hide the others
             if device.type != "cuda":
