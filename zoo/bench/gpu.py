@@ -229,7 +229,7 @@ def gpu_section(device: torch.device) -> tuple[str, dict[str, float]]:
         "\n".join(f"- {v}: {', '.join(k) or 'none matched'}" for v, k in kernels.items())
     body += ("\n\nFull M3D configuration (`" + " ".join(FULL_M3D_OVERRIDES) + "`, random "
              "weights), instruct stage, bf16 autocast, AdamW step, measured:\n\n" + report.table(
-                 ["gradient checkpointing", "batch", "tokens", "s / step", "peak (GB)",
+                 ["gradient checkpointing", "batch", "tokens", "s / step", "peak (GiB)",
                   "trainable", "params"],
                  [["on" if r["checkpointing"] else "off", r["batch_size"], r["tokens"],
                    r["seconds"], r["peak_mb"] / 1024, f"{r['trainable']:,}", f"{r['total']:,}"]
