@@ -1,4 +1,4 @@
-"""``zoo bench [--quick] [--out FILE] [--sections A,B] [--check [--strict]] [--sweep [OVERRIDES]]``."""
+"""``zoo bench [--quick] [--out FILE] [--sections A,B] [--check [--strict]] [--sweep [...]]``."""
 
 from __future__ import annotations
 

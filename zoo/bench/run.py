@@ -83,8 +83,9 @@ def scaling_plot(rows: list[list[Any]], path: str) -> str | None:
 def memory_arithmetic(vit_saved_bytes: int, lora_params: int = 39_976_960,
                       connector_params: int = 19_931_136, vit_params: int = 87_389_184,
                       text_tokens: int = 256, visual_tokens: int = 256) -> tuple[str, float]:
-    """GB estimate for ViT-B + LLaMA-2-7B (LoRA r=16, the recipe's default targets) at batch 1, bf16 weights, AdamW fp32
-    states for trainable parameters, gradient checkpointing in both towers. Arithmetic only."""
+    """GB estimate for ViT-B + LLaMA-2-7B (LoRA r=16 on the recipe's default targets) at batch 1,
+    bf16 weights, AdamW fp32 states for trainable parameters, gradient checkpointing in both
+    towers. Arithmetic only (docs/BENCHMARKS_GPU.md has the measured peak)."""
     gb = 1e9
     seq = text_tokens + visual_tokens
     items = [
