@@ -62,6 +62,22 @@ def flat_tokens(model: Any, image: torch.Tensor) -> torch.Tensor:
     return model.connector(model.encoder(image)).tokens.flatten(1)
 
 
+def fit(params: list[nn.Parameter], loss_of: Any, n: int, steps: int, lr: float, seed: int,
+        batch_size: int = 8) -> float:
+    """AdamW on ``params`` for ``steps`` batches of indices drawn from ``range(n)`` (seeded);
+    ``loss_of(indices)`` gives the loss. Returns the mean loss of the last 10 steps."""
+    optimizer = torch.optim.AdamW(params, lr=lr)
+    generator = torch.Generator().manual_seed(seed)
+    losses = []
+    for _ in range(steps):
+        loss = loss_of(torch.randint(n, (batch_size,), generator=generator))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        losses.append(float(loss.detach()))
+    return sum(losses[-10:]) / max(len(losses[-10:]), 1)
+
+
 def expose(model: Any, images: torch.Tensor, labels: torch.Tensor, steps: int, seed: int,
            batch_size: int = 8, lr: float = 1e-3) -> nn.Linear:
     """Train encoder + connector + a linear location head; returns the head."""
@@ -71,15 +87,10 @@ def expose(model: Any, images: torch.Tensor, labels: torch.Tensor, steps: int, s
     params = [*head.parameters(), *model.encoder.parameters(), *model.connector.parameters()]
     for p in params:
         p.requires_grad_(True)
-    optimizer = torch.optim.AdamW(params, lr=lr)
-    generator = torch.Generator().manual_seed(seed)
     model.train()
-    for _ in range(steps):
-        pick = torch.randint(len(images), (batch_size,), generator=generator)
-        loss = nn.functional.cross_entropy(head(flat_tokens(model, images[pick])), labels[pick])
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+    fit(params, lambda pick: nn.functional.cross_entropy(head(flat_tokens(model, images[pick])),
+                                                         labels[pick]),
+        len(images), steps, lr, seed, batch_size)
     return head
 
 
@@ -89,18 +100,10 @@ def read(model: Any, samples: list[dict], steps: int, lr: float, seed: int,
     loss of the last 10 steps."""
     for name, p in model.named_parameters():
         p.requires_grad_(name.startswith("lm."))
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
-    generator = torch.Generator().manual_seed(seed)
     model.train()
-    losses = []
-    for _ in range(steps):
-        pick = torch.randint(len(samples), (batch_size,), generator=generator).tolist()
-        loss = model(model.collate([samples[i] for i in pick])).loss
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        losses.append(float(loss.detach()))
-    return sum(losses[-10:]) / len(losses[-10:])
+    return fit([p for p in model.parameters() if p.requires_grad],
+               lambda pick: model(model.collate([samples[i] for i in pick.tolist()])).loss,
+               len(samples), steps, lr, seed, batch_size)
 
 
 def run_variant(name: str, overrides: list[str], expose_steps: int, read_steps: int,
@@ -123,12 +126,12 @@ def run_variant(name: str, overrides: list[str], expose_steps: int, read_steps: 
     if cfg.get("lm_warmup") is not None:
         warm_up_lm(model, data, cfg.lm_warmup, seed, log=log)
     train, test = location_items(data, "train"), location_items(data, "test")
-    images = torch.stack([build_sample(i)["image"] for i in train])
+    read_samples = {i["id"]: build_sample(i)
+                    for i in location_items(data, "train", ("vqa_closed", "vqa_open"))}
+    images = torch.stack([read_samples[i["id"]]["image"] for i in train])
     labels = torch.tensor([location_label(i["answer"]) for i in train])
     head = expose(model, images, labels, expose_steps, seed)
-    read_items = location_items(data, "train", ("vqa_closed", "vqa_open"))
-    loss = read(model, [build_sample(i) for i in read_items], read_steps,
-                float(cfg.budget.lr), seed)
+    loss = read(model, list(read_samples.values()), read_steps, float(cfg.budget.lr), seed)
     model.eval()
     samples = [build_sample(i) for i in test]
     with torch.no_grad():
