@@ -34,11 +34,31 @@ def test_cost_rows_on_tiny_components():
 
 
 def test_vit3d_matches_monai_in_the_side_by_side():
+    from encoders.vit3d import vit3d
     from zoo.bench.compare import vit3d_vs_monai
 
     res = vit3d_vs_monai((32, 64, 64), depth=1, width=32, heads=2, mlp_dim=64, warmup_size=None)
     assert res["max_abs_diff"] < 1e-5
     assert set(res["seconds"]) == {"monai", "monai_sdpa", "vit3d"}
+    # 17 tokens, 1 block: the step's FLOPs and rates are consistent with the times
+    assert res["flops_fwd_bwd"] == meta_cost(lambda: (
+        vit3d(img_size=(32, 64, 64), hidden_size=32, depth=1, num_heads=2, mlp_dim=64),
+        (torch.empty(1, 1, 32, 64, 64),))).flops_fwd_bwd
+    for name, sec in res["seconds"].items():
+        assert res["gflops_per_s"][name] == pytest.approx(res["flops_fwd_bwd"] / sec / 1e9)
+    linear = res["kernel_gflops_per_s"]["linear"]
+    assert res["ceiling_vs_monai"] == pytest.approx(
+        res["seconds"]["monai"] * linear * 1e9 / res["flops_fwd_bwd"])
+
+
+def test_kernel_rates_count_the_flops_of_each_kernel(monkeypatch):
+    from zoo.bench import compare
+
+    monkeypatch.setattr(compare, "time_call", lambda call, repeats: 0.5)
+    rates = compare.kernel_rates(tokens=16, width=8, heads=2, mlp_dim=32)
+    assert rates["linear"] == pytest.approx(2 * 16 * 8 * 32 / 0.5 / 1e9)
+    # attention fwd (QK^T, PV) = 2 x 2*16*16*8; backward counted by torch as twice that
+    assert rates["attention"] == pytest.approx(3 * 2 * 2 * 16 * 16 * 8 / 0.5 / 1e9)
 
 
 def test_zoo_preparation_equals_the_plain_monai_pipeline():

@@ -5,7 +5,12 @@ zoo's data preparation against a plain MONAI ``Compose`` of the same transforms.
 bias, CLS token, which MONAI adds only with ``classification=True``; the head is removed), copies its weights into ``vit3d`` and times forward+backward of
 three variants in interleaved rounds: MONAI default (einsum attention), MONAI with its blocks' SDPA
 switch (``attn.use_flash_attention = True``) and the zoo's ``vit3d``. It also reports the largest
-absolute difference of the outputs, so the speed-up is at identical numerics.
+absolute difference of the outputs, so the speed-up is at identical numerics. To show how much
+headroom the device leaves, it measures in the same process the rate of the block's two kernel
+kinds at the benchmark's shape (its largest Linear, and SDPA attention forward+backward) and
+reports each variant's achieved GFLOP/s against the Linear rate: the speed-up over MONAI that
+vit3d would reach if its whole step ran at that rate is the ceiling of what a rewrite in PyTorch
+ops could buy on this device.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from zoo.bench.cost import scalar_loss
+from zoo.bench.cost import meta_cost, scalar_loss, time_call
 
 
 def monai_vit(size: tuple[int, int, int], depth: int, width: int = 768, heads: int = 12,
@@ -45,12 +50,44 @@ def _fwd_bwd(model: torch.nn.Module, x: torch.Tensor) -> Callable[[], torch.Tens
     return step
 
 
+def _kernel_calls(tokens: int, width: int, heads: int, mlp_dim: int
+                  ) -> dict[str, Callable[[], Any]]:
+    """The two kernel kinds of a ViT block on tensors of the current default device."""
+    x, w = torch.randn(tokens, width), torch.randn(mlp_dim, width)
+    q, k, v = (torch.randn(1, heads, tokens, width // heads, requires_grad=True) for _ in range(3))
+    grad = torch.randn(1, heads, tokens, width // heads)
+    return {"linear": lambda: torch.nn.functional.linear(x, w),
+            "attention": lambda: torch.nn.functional.scaled_dot_product_attention(
+                q, k, v).backward(grad)}
+
+
+def kernel_rates(tokens: int, width: int, heads: int, mlp_dim: int, repeats: int = 3
+                 ) -> dict[str, float]:
+    """GFLOP/s the CPU gives a ViT block's two kernel kinds at one shape: ``linear`` (the largest
+    projection, ``(tokens, width) -> (tokens, mlp_dim)``, forward) and ``attention``
+    (``scaled_dot_product_attention`` forward+backward on ``(1, heads, tokens, width / heads)``).
+    FLOPs are counted on meta like the model's (the CPU flash kernel is not counted by
+    ``FlopCounterMode``; on meta SDPA runs as matmuls)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.device("meta"):
+        counted = _kernel_calls(tokens, width, heads, mlp_dim)
+    rates = {}
+    for name, call in _kernel_calls(tokens, width, heads, mlp_dim).items():
+        with FlopCounterMode(display=False) as counter:
+            counted[name]()
+        rates[name] = counter.get_total_flops() / time_call(call, repeats=repeats) / 1e9
+    return rates
+
+
 def vit3d_vs_monai(size: tuple[int, int, int] = (32, 256, 256), depth: int = 12, width: int = 768,
                    heads: int = 12, mlp_dim: int = 3072, rounds: int = 1,
                    warmup_size: tuple[int, int, int] | None = (32, 128, 128)) -> dict[str, Any]:
     """Seconds per forward+backward of MONAI default, MONAI+SDPA and vit3d (medians over
-    ``rounds`` interleaved rounds, after one warm-up pass each at ``warmup_size``), the ratios and
-    the max |difference| of vit3d's patch tokens from MONAI's."""
+    ``rounds`` interleaved rounds, after one warm-up pass each at ``warmup_size``), the ratios, the
+    max |difference| of vit3d's patch tokens from MONAI's, the step's FLOPs, each variant's
+    achieved GFLOP/s, the kernel rates of :func:`kernel_rates` and ``ceiling_vs_monai``: MONAI
+    default's time over the time of vit3d's FLOPs at the Linear rate."""
     from encoders.vit3d import IGNORED_CHECKPOINT_PARTS, vit3d
 
     torch.manual_seed(0)
@@ -86,11 +123,19 @@ def vit3d_vs_monai(size: tuple[int, int, int] = (32, 256, 256), depth: int = 12,
             times[name].append(time.perf_counter() - start)
     med = {name: statistics.median(t) for name, t in times.items()}
     diff = float((outs["vit3d"] - outs["monai"]).abs().max())
+    flops = meta_cost(lambda: (vit3d(img_size=size, hidden_size=width, depth=depth,
+                                     num_heads=heads, mlp_dim=mlp_dim),
+                               (torch.empty(1, 1, *size),))).flops_fwd_bwd
+    tokens = zoo.output_layout(size)[0] + 1  # + CLS
+    rates = kernel_rates(tokens, width, heads, mlp_dim)
     return {"size": list(size), "depth": depth, "rounds": rounds,
             "seconds": med, "all_seconds": times,
             "speedup_vs_monai": med["monai"] / med["vit3d"],
             "speedup_vs_monai_sdpa": med["monai_sdpa"] / med["vit3d"],
-            "max_abs_diff": diff}
+            "max_abs_diff": diff, "flops_fwd_bwd": flops,
+            "gflops_per_s": {name: flops / sec / 1e9 for name, sec in med.items()},
+            "kernel_gflops_per_s": rates,
+            "ceiling_vs_monai": med["monai"] * rates["linear"] * 1e9 / flops}
 
 
 def _ct_volume(shape: tuple[int, int, int], seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
