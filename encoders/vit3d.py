@@ -113,12 +113,23 @@ class PatchEmbedding(nn.Module):
 
 
 def xformers_attention() -> Any:
-    """``xformers.ops.memory_efficient_attention``, or an ImportError saying how to install it."""
+    """``xformers.ops.memory_efficient_attention``, or an ImportError saying how to install it.
+
+    An installed xformers whose compiled extension did not load (a wheel built for another torch
+    or CUDA: without it every CUDA kernel is missing) is refused here, with xformers' own account
+    of the mismatch, rather than failing at the first forward with "No operator found"."""
     try:
+        import xformers
         from xformers.ops import memory_efficient_attention
     except ImportError as err:
         raise ImportError("attn_impl='xformers' needs xformers 0.0.35 (CUDA only): "
                           "pip install medzoo3d[xformers], or use attn_impl='sdpa'") from err
+    if not getattr(xformers, "_has_cpp_library", True):
+        cause = getattr(getattr(xformers, "_cpp_lib", None), "_cpp_library_load_exception", None)
+        reason = " ".join(str(cause).split()) if cause else "unknown reason"
+        raise ImportError(f"attn_impl='xformers': xformers is installed but its compiled "
+                          f"extension did not load ({reason[:300]}); install an xformers build "
+                          f"matching torch {torch.__version__}, or use attn_impl='sdpa'")
     return memory_efficient_attention
 
 

@@ -231,6 +231,14 @@ def test_xformers_missing_or_off_cuda_raises(monkeypatch):
     model = ENCODERS.build("test_vit3d", attn_impl="xformers")
     with pytest.raises(RuntimeError, match="CUDA only, got input on cpu"):
         model(torch.randn(1, 1, 32, 64, 64))
+    broken = types.ModuleType("xformers")  # installed, but built for another torch / CUDA
+    broken._has_cpp_library = False
+    broken._cpp_lib = types.SimpleNamespace(_cpp_library_load_exception=OSError(
+        "xFormers was built for:\n    PyTorch 2.10.0+cu128 with CUDA 1208"))
+    monkeypatch.setitem(sys.modules, "xformers", broken)
+    with pytest.raises(ImportError, match=r"extension did not load \(xFormers was built for: "
+                                          r"PyTorch 2\.10\.0\+cu128 with CUDA 1208\); install"):
+        ENCODERS.build("test_vit3d", attn_impl="xformers")
 
 
 @pytest.mark.skipif(not torch.cuda.is_available() or importlib.util.find_spec("xformers") is None,

@@ -226,7 +226,9 @@ def run_bench(out: str | None = "docs/BENCHMARKS.md", quick: bool = False,
         body, total = memory_arithmetic(meta_cost(vit_full.factory).saved_bytes)
         add("Memory: full M3D configuration at batch 1 (arithmetic)",
             body + f"\n\nAbout {total:.0f} GB of 80 GB. Measured peak on a GPU: "
-            + ("see the GPU section." if device.type == "cuda" else GPU_SKIPPED + "."))
+            + ("see the GPU section." if device.type == "cuda" else GPU_SKIPPED
+               + "; `zoo bench --sections gpu,memory --out docs/BENCHMARKS_GPU.md` on a GPU "
+               "measures it (recorded there)."))
     metrics["wall_s"] = time.perf_counter() - start
     info = report.machine()
     if out:
