@@ -149,6 +149,28 @@ def test_gpu_encoder_rows_run_the_same_code_on_cpu():
     assert kernels == {"fp32": [], "eager": []}  # the profiler's kernel list is CUDA-only
 
 
+def test_gpu_bf16_weights_variant_trains_in_bf16_and_bad_variants_are_named():
+    from encoders.vit3d import test_vit3d
+    from zoo.bench.gpu import encoder_rows
+
+    seen = []
+
+    def build(impl):
+        model = test_vit3d(attn_impl=impl)
+        model.register_forward_hook(lambda m, args, out: seen.append(
+            (args[0].dtype, out.tokens.dtype, next(m.parameters()).dtype)))
+        return model
+
+    rows, _, _ = encoder_rows(build, (32, 64, 64), 10**9, torch.device("cpu"), batches=(1,),
+                              variants=["bf16-weights"], repeats=1, name="t")
+    assert rows[0][:2] == ["bf16-weights", 1] and rows[0][2] > 0
+    assert set(seen) == {(torch.bfloat16, torch.bfloat16, torch.bfloat16)}
+    with pytest.raises(ValueError, match="'compiled-bf16-weight'.*Did you mean: "
+                                         "compiled-bf16-weights"):
+        encoder_rows(build, (32, 64, 64), 1, torch.device("cpu"),
+                     variants=["compiled-bf16-weight"])
+
+
 def test_lamed_step_fills_the_context_and_toggles_checkpointing():
     from zoo.bench.gpu import lamed_step
 

@@ -57,15 +57,23 @@ def matmul_tflops(device: torch.device, n: int = 8192, repeats: int = 10) -> flo
     return 2 * n ** 3 / seconds / 1e12
 
 
+VARIANTS = ("fp32", "eager", "compiled", "compiled-cudagraphs", "bf16-weights",
+            "compiled-bf16-weights", "xformers")
+
+
 def gpu_variants() -> list[str]:
-    """``fp32`` (no autocast), ``eager`` (bf16 autocast, SDPA), ``compiled`` (eager +
-    ``nn.Module.compile()``, inductor's default mode), ``compiled-cudagraphs`` (mode
-    ``reduce-overhead``: the step replayed as CUDA graphs), and ``xformers`` attention when it is
-    importable."""
+    """The variants the GPU section times: ``fp32`` (no autocast), ``eager`` (bf16 autocast,
+    SDPA), ``compiled`` (eager + ``nn.Module.compile()``, inductor's default mode),
+    ``compiled-cudagraphs`` (mode ``reduce-overhead``: the step replayed as CUDA graphs),
+    ``compiled-bf16-weights`` (compiled, weights and input in bf16 without autocast: no per-step
+    casts, i.e. pure-bf16 training, which the zoo's trainer does not do: it keeps fp32 master
+    weights under autocast) and ``xformers`` attention when it is importable. ``bf16-weights``
+    (the same, eager) is also accepted by :func:`encoder_rows`."""
     import importlib.util
 
     found = importlib.util.find_spec("xformers") is not None
-    return ["fp32", "eager", "compiled", "compiled-cudagraphs"] + (["xformers"] if found else [])
+    return ["fp32", "eager", "compiled", "compiled-cudagraphs", "compiled-bf16-weights"] + \
+        (["xformers"] if found else [])
 
 
 def training_step(model: nn.Module, x: torch.Tensor, bf16: bool) -> Callable[[], None]:
@@ -103,18 +111,29 @@ def encoder_rows(build: Callable[[str], nn.Module], size: Sequence[int], flops_p
     ``build(attn_impl)`` returns the encoder on the current default device. Returns table rows
     ``[variant, batch, s, vol/s, TFLOP/s, MFU per peak..., peak MB]``, metrics, and the attention
     kernels of each variant's first batch."""
+    from zoo.registry import suggest
+
+    variants = list(variants or gpu_variants())
+    for variant in variants:
+        if variant not in VARIANTS:
+            raise ValueError(f"unknown GPU bench variant {variant!r}.{suggest(variant, VARIANTS)}"
+                             f" Variants: {', '.join(VARIANTS)}")
     rows, metrics, kernels = [], {}, {}
-    for variant in variants or gpu_variants():
+    for variant in variants:
+        bf16_weights = variant.endswith("bf16-weights")
         try:
             with device:
                 torch.manual_seed(0)
                 model = build("xformers" if variant == "xformers" else "sdpa").train()
+            if bf16_weights:
+                model.to(torch.bfloat16)
             if variant.startswith("compiled"):  # one static graph per batch size
                 model.compile(mode="reduce-overhead" if variant.endswith("cudagraphs")
                               else "default", dynamic=False)
             for batch in batches:
-                x = torch.rand(batch, 1, *size, device=device)
-                step = training_step(model, x, bf16=variant != "fp32")
+                x = torch.rand(batch, 1, *size, device=device,
+                               dtype=torch.bfloat16 if bf16_weights else torch.float32)
+                step = training_step(model, x, bf16=variant != "fp32" and not bf16_weights)
                 _reset_peak(device)
                 seconds = time_call(step, repeats=repeats, warmup=2, device=device)  # compiles
                 if variant not in kernels:
