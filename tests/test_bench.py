@@ -19,6 +19,29 @@ def test_meta_flops_of_a_linear_layer():
     assert cost.saved_bytes == 4 * 8 * 4  # addmm keeps its input for the weight gradient
 
 
+def test_cpu_peak_follows_allocations_and_frees_in_time_order():
+    from zoo.bench.cost import cpu_peak_bytes
+
+    def step():
+        a = torch.ones(1000, 1000)
+        b = torch.ones(2000, 1000)
+        del a
+        return b, torch.ones(500, 1000)  # a's 4 MB freed before this: peak is a + b
+
+    assert cpu_peak_bytes(step) == (1000 + 2000) * 1000 * 4
+    assert cpu_peak_bytes(lambda: None) == 0
+
+
+def test_cpu_peak_memory_of_a_linear_step():
+    from zoo.bench.cost import measure
+
+    t = measure(lambda: (nn.Linear(256, 512), (torch.randn(64, 256),)), torch.device("cpu"),
+                repeats=1)
+    state = (256 * 512 + 512 + 64 * 256) * 4
+    # output (64 x 512) + weight and bias gradients at least; the whole step is far below 2 MB
+    assert state + (64 * 512 + 256 * 512 + 512) * 4 <= t.peak_mb * 2**20 < state + 2 * 2**20
+
+
 def test_cost_rows_on_tiny_components():
     cases = [c for c in component_cases(("tiny",)) if c.name in ("test_vit3d", "spatial_pool")]
     metrics = {}
@@ -29,6 +52,7 @@ def test_cost_rows_on_tiny_components():
     assert rows[0][5] == 128 and rows[1][5] == 16  # tokens: 8 x 4 x 4 grid, pooled by 2
     key = "t/encoder/test_vit3d/tiny/32x64x64"
     assert metrics[f"{key}/params"] == 140544 and metrics[f"{key}/fwd_bwd_s"] > 0
+    assert isinstance(rows[0][12], float) and rows[0][12] > 0  # CPU peak memory measured
     skipped = cost_rows(cases[:1], torch.device("cpu"), 0.0, 1, {}, "t")
     assert skipped[0][10] == "meta only"
 

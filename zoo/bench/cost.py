@@ -6,6 +6,9 @@ Counting runs on the ``meta`` device, so full-size models (M3D's ViT-B at 64 x 5
 memory or time. Saved-activation bytes are the tensors autograd keeps for backward (measured with
 ``saved_tensors_hooks``, also on meta): the activation memory of a training step without
 checkpointing. Latency is wall-clock on the current device (median of ``repeats`` after a warm-up).
+Peak memory of forward+backward: CUDA's allocator peak on a GPU; on CPU the module's parameters,
+buffers and inputs plus the peak of the tensor allocations the step makes (``torch.profiler``
+memory events in time order, measured in one extra untimed step).
 """
 
 from __future__ import annotations
@@ -98,11 +101,32 @@ def time_call(fn: Callable[[], Any], repeats: int = 3, warmup: int = 1,
     return statistics.median(times)
 
 
+def cpu_peak_bytes(fn: Callable[[], Any]) -> int:
+    """Peak bytes of CPU tensor memory allocated while ``fn()`` runs, above what was live before
+    it: the running sum of the profiler's allocation (+) and free (-) events in time order."""
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    events = sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events()
+                    if e.name() == "[memory]" and e.device_type() == DeviceType.CPU)
+    live = peak = 0
+    for _, nbytes in events:
+        live += nbytes
+        peak = max(peak, live)
+    return peak
+
+
+def _tensor_bytes(tensors: Any) -> int:
+    return sum(t.numel() * t.element_size() for t in tensors if isinstance(t, Tensor))
+
+
 @dataclass
 class Timing:
     fwd_s: float
     fwd_bwd_s: float | None
-    peak_mb: float | None   # CUDA peak allocated during fwd+bwd; None on CPU
+    peak_mb: float | None   # peak memory of fwd+bwd (see the module docstring); None: not measured
 
 
 def measure(factory: Factory, device: torch.device, repeats: int = 3, warmup: int = 1) -> Timing:
@@ -126,5 +150,11 @@ def measure(factory: Factory, device: torch.device, repeats: int = 3, warmup: in
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     both = time_call(forward_backward, repeats, warmup, device)
-    peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
-    return Timing(fwd, both, peak)
+    if device.type == "cuda":
+        peak = torch.cuda.max_memory_allocated(device)
+    elif device.type == "cpu":
+        state = _tensor_bytes([*module.parameters(), *module.buffers(), *args])
+        peak = state + cpu_peak_bytes(forward_backward)
+    else:
+        peak = None
+    return Timing(fwd, both, peak / 2**20 if peak is not None else None)
