@@ -139,35 +139,40 @@ def nifti(path: Path, seed: int = 0, shape=(20, 24, 12)) -> Path:
     return path
 
 
-def dicom_series(folder: Path, n: int = 6, rows: int = 16, cols: int = 16, skip: int | None = None,
-                 odd_size_at: int | None = None) -> Path:
-    import pydicom
+def write_dicom_slice(path: Path, hu: np.ndarray, position, orientation=(1, 0, 0, 0, 1, 0),
+                      pixel_spacing=(0.7, 0.7)) -> None:
+    """One CT slice file: ``hu`` (rows, cols) stored as uint16 with rescale intercept -1024."""
     from pydicom.dataset import FileDataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.2"
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
+    ds.Rows, ds.Columns = hu.shape
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.PixelSpacing = [float(v) for v in pixel_spacing]
+    ds.ImageOrientationPatient = [float(v) for v in orientation]
+    ds.ImagePositionPatient = [float(v) for v in position]
+    ds.RescaleSlope, ds.RescaleIntercept = 1, -1024
+    ds.PixelData = (np.asarray(hu) + 1024).astype(np.uint16).tobytes()
+    ds.SOPClassUID = meta.MediaStorageSOPClassUID
+    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    ds.save_as(str(path), enforce_file_format=True)
+
+
+def dicom_series(folder: Path, n: int = 6, rows: int = 16, cols: int = 16, skip: int | None = None,
+                 odd_size_at: int | None = None) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)
     for k in range(n):
         if k == skip:
             continue
-        meta = FileMetaDataset()
-        meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.2"
-        meta.MediaStorageSOPInstanceUID = generate_uid()
-        meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        ds = FileDataset(str(folder / f"s{k:03d}.dcm"), {}, file_meta=meta, preamble=b"\0" * 128)
         r = rows + 2 if k == odd_size_at else rows
-        pixels = (rng.random((r, cols)) * 200 + 1000).astype(np.uint16)
-        ds.Rows, ds.Columns = r, cols
-        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
-        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-        ds.PixelSpacing = [0.7, 0.7]
-        ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
-        ds.ImagePositionPatient = [0, 0, 2.5 * k]
-        ds.RescaleSlope, ds.RescaleIntercept = 1, -1024
-        ds.PixelData = pixels.tobytes()
-        ds.SOPClassUID = meta.MediaStorageSOPClassUID
-        ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-        ds.save_as(str(folder / f"s{k:03d}.dcm"), enforce_file_format=True)
+        hu = (rng.random((r, cols)) * 200 + 1000).astype(np.uint16).astype(np.float64) - 1024
+        write_dicom_slice(folder / f"s{k:03d}.dcm", hu, position=(0, 0, 2.5 * k))
     return folder
 
 

@@ -8,6 +8,7 @@ import itertools
 import numpy as np
 import pytest
 
+from tests.test_data_readers import write_dicom_slice
 from zoo.data.prepare import PrepSpec, load_raw, preprocess
 
 CENTER = np.array([5.0, -20.0, 30.0])  # RAS mm: the body is not at the origin
@@ -81,9 +82,6 @@ def test_nifti_marker_lands_in_its_corner(tmp_path, layout):
 def dicom_case(folder, row_cos, col_cos, corner, n_slices=30, size=40, reverse_files=False):
     """A DICOM series (LPS patient coordinates) of the phantom; slices written in file order
     along the normal, or reversed (the reader must sort them)."""
-    from pydicom.dataset import FileDataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
-
     row_cos, col_cos = np.array(row_cos, float), np.array(col_cos, float)
     normal = np.cross(row_cos, col_cos)
     ps, step = 3.6, 5.0  # in-plane spacing, slice step (mm)
@@ -95,23 +93,8 @@ def dicom_case(folder, row_cos, col_cos, corner, n_slices=30, size=40, reverse_f
     for f, k in enumerate(order):
         ipp = first + normal * step * k
         lps = ipp + c[..., None] * ps * row_cos + r[..., None] * ps * col_cos
-        hu = hounsfield(lps * np.array([-1, -1, 1]), corner)
-        meta = FileMetaDataset()
-        meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.2"
-        meta.MediaStorageSOPInstanceUID = generate_uid()
-        meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        ds = FileDataset(str(folder / f"{f:03d}.dcm"), {}, file_meta=meta, preamble=b"\0" * 128)
-        ds.Rows = ds.Columns = size
-        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
-        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-        ds.PixelSpacing = [ps, ps]
-        ds.ImageOrientationPatient = [*row_cos, *col_cos]
-        ds.ImagePositionPatient = [float(v) for v in ipp]
-        ds.RescaleSlope, ds.RescaleIntercept = 1, -1024
-        ds.PixelData = (hu + 1024).astype(np.uint16).tobytes()
-        ds.SOPClassUID = meta.MediaStorageSOPClassUID
-        ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-        ds.save_as(str(folder / f"{f:03d}.dcm"), enforce_file_format=True)
+        write_dicom_slice(folder / f"{f:03d}.dcm", hounsfield(lps * np.array([-1, -1, 1]), corner),
+                          position=ipp, orientation=[*row_cos, *col_cos], pixel_spacing=(ps, ps))
     return folder
 
 
