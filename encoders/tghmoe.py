@@ -18,7 +18,7 @@ group 0, "the shared group") and ``set_routing("specific")`` (hard task routing)
 boundary the recipe calls :meth:`TGHMoEEncoder.init_groups_from_shared` once (not again on resume)
 so every task group starts from the trained shared experts.
 
-Unpublished details are options with documented defaults (REFERENCE.md E): 4 experts per group,
+Unpublished details are options with documented defaults (docs/reference.md E): 4 experts per group,
 top-2, Switch load-balancing loss weight 0.01, MoE and 3D attention in the top quarter of the
 blocks, pooled prompt embedding as router input, five task groups.
 """

@@ -1,4 +1,4 @@
-"""LoRA on a Hugging Face causal LM with regex targets on full module paths (DESIGN.md section 5).
+"""LoRA on a Hugging Face causal LM with regex targets on full module paths (docs/design.md section 5).
 
 Hu et al. 2021, "LoRA: Low-Rank Adaptation of Large Language Models"; M3D-LaMed uses r 16,
 alpha 32, dropout 0.05 on every Linear of the LLM. The target is one regular expression matched

@@ -2,7 +2,7 @@
 
 Tensor contract: ``batch["image"] (B, C, D, H, W)``, ``batch["input_ids"]/["attention_mask"]
 (B, T)`` from the samples' answers (the reports of ``caption`` samples). One stage, ``pretrain``,
-trains everything (REFERENCE.md A: LR 1e-4, weight decay 0.1, cosine). The encoder can be handed
+trains everything (docs/reference.md A: LR 1e-4, weight decay 0.1, cosine). The encoder can be handed
 to LaMed afterwards with ``encoder.checkpoint=`` (weights under ``encoder.``).
 """
 

@@ -4,7 +4,7 @@ Tensor contract: ``batch["image"] (B, C, D, H, W)``; the collator turns each sam
 answer into ``input_ids``/``labels`` with exactly ``num_image_tokens`` ``<im_patch>`` ids, whose
 embeddings are replaced by the connector's output ``(B, num_image_tokens, H_lm)``.
 
-Stages (REFERENCE.md A): ``align`` trains the connector and the new special-token rows only
+Stages (docs/reference.md A): ``align`` trains the connector and the new special-token rows only
 (LR 1e-4, warmup 3 %, cosine); ``instruct`` trains LoRA adapters on the LLM plus the full encoder,
 connector, embeddings and LM head (LR 5e-5), and the ``[SEG]`` path when a SegVol ``head`` is
 given. Freezing, LoRA targets and the image-token count are decided here and only here.

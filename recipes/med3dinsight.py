@@ -1,4 +1,4 @@
-"""Med3DInsight pretraining (REFERENCE.md F): a 3D encoder aligned with a frozen 2D teacher
+"""Med3DInsight pretraining (docs/reference.md F): a 3D encoder aligned with a frozen 2D teacher
 through the Plane-Slice-Aware Transformer (PSAT), plus volume reconstruction.
 
 Batch contract (from ``slice`` samples, see docs/data.md): ``image (B, 1, D, H, W)`` zero-padded

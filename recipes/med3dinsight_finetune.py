@@ -1,4 +1,4 @@
-"""Med3DInsight downstream (REFERENCE.md F): fine-tune a (pretrained) 3D encoder for 3D
+"""Med3DInsight downstream (docs/reference.md F): fine-tune a (pretrained) 3D encoder for 3D
 segmentation or classification; the same recipe without ``init_from`` is the from-scratch
 baseline.
 

@@ -3,7 +3,7 @@ with a text-guided hierarchical mixture of experts, a connector and a causal LM.
 
 Same seam and tensor contract as :mod:`recipes.lamed`; the encoder receives the pooled prompt
 embedding ``(B, H_lm)`` and the task id, and its load-balancing loss joins the LM loss.
-Stages (REFERENCE.md E; learning rates are not published, so they are options):
+Stages (docs/reference.md E; learning rates are not published, so they are options):
 ``shared`` trains everything with task routing off (every task in one expert group), then
 ``specific`` switches to hard task-level routing, initialises every task group from the trained
 shared experts and trains the groups (and, unless ``freeze_shared``, the rest as in ``shared``).

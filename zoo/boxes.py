@@ -1,6 +1,6 @@
 """3D box tokens and box metrics for referring expression comprehension (M3D-Bench REC / REG).
 
-Convention (M3D, REFERENCE.md section B): a box is ``[x1, y1, z1, x2, y2, z2]`` over the volume
+Convention (M3D, docs/reference.md section B): a box is ``[x1, y1, z1, x2, y2, z2]`` over the volume
 axes ``(D, H, W)``, each coordinate divided by that axis length, written with 3 decimals as
 ``<bx_start>[x1, y1, z1, x2, y2, z2]<bx_end>``.
 

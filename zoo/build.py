@@ -2,7 +2,7 @@
 
 Each component group (``encoder``, ``bridge``, ``connector``, ``lm``, ``head``) is instantiated as a
 partial (Hydra ``_partial_``) and passed to the recipe builder, which decides the wiring: widths,
-token counts, freezing and LoRA targets are the recipe's business alone (DESIGN.md section 4).
+token counts, freezing and LoRA targets are the recipe's business alone (docs/design.md section 4).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Atomic training checkpoints (DESIGN.md section 7).
+"""Atomic training checkpoints (docs/design.md section 7).
 
 A checkpoint is a folder written by Accelerate's ``save_state`` (model weights as safetensors,
 optimiser, scheduler and RNG states) plus ``trainer_state.json``. It is written under a temporary

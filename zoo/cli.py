@@ -12,7 +12,7 @@ import os
 import sys
 from typing import Callable
 
-from zoo.config import ConfigError
+from zoo.errors import ConfigError, ZooError
 from zoo.registry import REGISTRIES
 
 EXIT_CONFIG = 2
@@ -203,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except ConfigError as err:
+    except ZooError as err:
         print(f"zoo {args.command}: {err}", file=sys.stderr)
         return EXIT_CONFIG
     except Exception as err:

@@ -1,4 +1,4 @@
-"""``zoo compare``: paired comparison of a sweep's runs (DESIGN.md section 9).
+"""``zoo compare``: paired comparison of a sweep's runs (docs/design.md section 9).
 
 Reads the child runs of a sweep's parent run (or a list of runs) from MLflow, refuses runs whose
 split hashes differ, loads each run's per-item records (``eval/<task>.jsonl``), and for every task

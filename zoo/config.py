@@ -14,15 +14,12 @@ from typing import Iterable
 
 from omegaconf import DictConfig
 
+from zoo.errors import ConfigError
 from zoo.registry import suggest
 
 # config group -> registry kind whose keys name the group's option files
 GROUP_KINDS: dict[str, str] = {"encoder": "encoder", "bridge": "bridge", "connector": "connector",
                                "head": "head", "lm": "lm", "recipe": "recipe", "data": "dataset"}
-
-
-class ConfigError(ValueError):
-    """A configuration problem, phrased as one line naming the key and the value."""
 
 
 def conf_dir() -> Path:

@@ -97,7 +97,7 @@ def eval_enabled(cfg: DictConfig) -> bool:
 
 
 def log_cost(run: Run | None, model: Any, data: Any, cfg: DictConfig, results: list) -> dict:
-    """Cost metrics next to quality (DESIGN.md section 10): train seconds, peak memory, visual
+    """Cost metrics next to quality (docs/design.md section 10): train seconds, peak memory, visual
     tokens and FLOPs per sample (one training forward on the first test sample)."""
     from zoo.evaluation.cost import flops_per_sample, visual_tokens
     from zoo.training import peak_memory_mb

@@ -1,4 +1,4 @@
-"""Name -> builder registries, one per component kind (DESIGN.md section 3).
+"""Name -> builder registries, one per component kind (docs/design.md section 3).
 
 A builder is a plain function that returns a module (or a dataset, task, ...). It registers itself
 at its definition with ``@ENCODERS.register``; its function name is the registry key, the Hydra

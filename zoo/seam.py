@@ -1,4 +1,4 @@
-"""The seam between visual tokens and the LLM (DESIGN.md section 5).
+"""The seam between visual tokens and the LLM (docs/design.md section 5).
 
 Text follows M3D-LaMed (Bai et al. 2024): image tokens, then the question, then the answer and
 eos; no chat template by default; labels are ``-100`` over everything but the answer and eos.

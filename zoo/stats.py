@@ -1,4 +1,4 @@
-"""Bootstrap confidence intervals for comparisons on shared test items (DESIGN.md section 9).
+"""Bootstrap confidence intervals for comparisons on shared test items (docs/design.md section 9).
 
 Per-item scores of two variants on the same items are compared by resampling the items (a paired
 bootstrap of the per-item differences), so item difficulty cancels. Percentile intervals from

@@ -1,4 +1,4 @@
-"""``zoo sweep``: train and evaluate a grid of variants, then ``zoo compare`` (DESIGN.md section 9).
+"""``zoo sweep``: train and evaluate a grid of variants, then ``zoo compare`` (docs/design.md section 9).
 
 Jobs = the experiment's named variants (``sweep.variants``: a list of ``{name, overrides}``; the default
 experiment is ``compare_strategies``) x the cartesian product of Hydra sweep overrides on the

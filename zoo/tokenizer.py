@@ -1,4 +1,4 @@
-"""An offline tokenizer trained locally with the ``tokenizers`` library (DESIGN.md section 5).
+"""An offline tokenizer trained locally with the ``tokenizers`` library (docs/design.md section 5).
 
 The zoo never fetches a tokenizer. When no local Hugging Face tokenizer directory is given, the
 tiny language models use a byte-level BPE trained on the texts the built-in benchmark can produce

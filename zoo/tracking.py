@@ -1,4 +1,4 @@
-"""MLflow tracking: a parent run per sweep, a child run per job (DESIGN.md section 9).
+"""MLflow tracking: a parent run per sweep, a child run per job (docs/design.md section 9).
 
 Default store: ``sqlite:///<root>/mlflow.db`` with artifacts under ``<root>/artifacts`` (an
 explicit artifact location, because sqlite stores otherwise put artifacts relative to the current

@@ -1,4 +1,4 @@
-"""The generic training loop over a ``ZooModel``, on Hugging Face Accelerate (DESIGN.md section 7).
+"""The generic training loop over a ``ZooModel``, on Hugging Face Accelerate (docs/design.md section 7).
 
 Stages run in order; each freezes the model to its trainable set, builds its optimiser (AdamW) and
 cosine schedule with warmup, and trains for ``trainer.max_steps`` optimiser steps or the stage's

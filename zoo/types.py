@@ -1,4 +1,4 @@
-"""Contracts shared by every component (DESIGN.md section 4).
+"""Contracts shared by every component (docs/design.md section 4).
 
 Tensor layouts:
 - volumes: ``(B, C, D, H, W)`` float, finite; spacing and orientation travel in sample metadata;
@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 PLANES: tuple[str, ...] = ("axial", "coronal", "sagittal")
 COMPONENT_KEYS: tuple[str, ...] = ("encoder", "bridge", "connector", "lm", "heads")
-# Values of a sample's "task" key (DESIGN.md section 6; M3D-Bench tasks plus classification).
+# Values of a sample's "task" key (docs/design.md section 6; M3D-Bench tasks plus classification).
 # Image-text retrieval is evaluated on "caption" samples; "slice" samples are the (volume, 2D slice,
 # slice text) triplets of Med3DInsight pretraining.
 TASK_NAMES: tuple[str, ...] = ("caption", "vqa_closed", "vqa_open", "rec", "reg", "seg", "refseg",

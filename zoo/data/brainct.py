@@ -1,4 +1,4 @@
-"""Brain-CT label tables (CQ500, PhysioNet CT-ICH) -> question-answer pairs (REFERENCE.md D).
+"""Brain-CT label tables (CQ500, PhysioNet CT-ICH) -> question-answer pairs (docs/reference.md D).
 
 The paper phrased its pairs with an LLM; here they come from deterministic templates (several
 phrasings per question, chosen by a stable hash of the case id), with an optional rephrasing hook

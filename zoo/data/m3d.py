@@ -1,4 +1,4 @@
-"""Readers of the M3D on-disk formats (REFERENCE.md section B) and their registered datasets.
+"""Readers of the M3D on-disk formats (docs/reference.md section B) and their registered datasets.
 
 - M3D-Cap: json ``{"train": [{"image", "text"}], "validation": [...], "test": [...]}``;
 - M3D-VQA: csv ``Image Path, Text, Question Type, Question, Choice A..D, Answer, Answer Choice``;

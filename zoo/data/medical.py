@@ -8,7 +8,7 @@ prepare``); for training speed, prepare them once and read the ``.npy`` output i
   items where ``text`` is set).
 - ``cq500``: ``reads.csv`` (``name``, ``R1:ICH`` ... ``R3:MidlineShift``) + one DICOM series per
   case folder ``CQ500CT<n> ...``; ``ct_ich``: ``hemorrhage_diagnosis_raw_ct.csv`` (per slice)
-  + ``ct_scans/<nnn>.nii[.gz]``. Both give the REFERENCE.md section D question-answer pairs and a
+  + ``ct_scans/<nnn>.nii[.gz]``. Both give the docs/reference.md section D question-answer pairs and a
   ``cls`` item (label 1 = haemorrhage).
 """
 

@@ -255,7 +255,7 @@ def _head(c: _Canvas, rng: np.random.Generator, bleed: dict | None, fracture: st
 
 
 def cq500_flags(findings: list[Finding], flags: dict[str, Any], fracture: str | None) -> dict[str, int]:
-    """The CQ500 label table row (0/1 per column, REFERENCE.md section D) of a head case."""
+    """The CQ500 label table row (0/1 per column, docs/reference.md section D) of a head case."""
     kinds = {f.kind for f in findings}
     sides = {f.side for f in findings}
     return {"ICH": int(bool(findings)), "IPH": int("intraparenchymal" in kinds),

@@ -1,6 +1,6 @@
 """Preparation of the user's own CT/MRI volumes into the M3D ``.npy`` format, with MONAI.
 
-Steps (DESIGN.md section 6; M3D itself ignored spacing and HU, REFERENCE.md section B):
+Steps (docs/design.md section 6; M3D itself ignored spacing and HU, docs/reference.md section B):
 orientation to ``IPL`` storage (axis 0 superior -> inferior, axis 1 anterior -> posterior,
 axis 2 patient right -> left; radiological axial display), optional spacing-aware resampling,
 HU windowing for CT (named presets) or percentile scaling for MRI, foreground crop, resize to the

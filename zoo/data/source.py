@@ -2,7 +2,7 @@
 
 A reader turns a data set on disk into *items*: small dicts saying where the image is, the task,
 the texts and how to get the target (mask file and channel, box, slice). ``SampleDataset`` turns
-an item into a sample (DESIGN.md section 6) when indexed:
+an item into a sample (docs/design.md section 6) when indexed:
 
 - ``image`` float32 tensor (C, D, H, W) in [0, 1]; ``meta`` dict (id, source, spacing (d, h, w)
   mm or None when the format does not record it, orientation, plane, patient_id, question_type);

@@ -1,4 +1,4 @@
-"""Shared splits by a stable hash of the case (patient) id, never by shuffling (DESIGN.md 6).
+"""Shared splits by a stable hash of the case (patient) id, never by shuffling (docs/design.md 6).
 
 ``assign_split`` maps ``sha256(salt + "/" + id)`` to [0, 1) and cuts it at the cumulative
 fractions, so a case keeps its split when cases are added or removed. The manifest lists the ids

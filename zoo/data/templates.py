@@ -3,7 +3,7 @@
 Every phrase is a ``str.format`` template whose slots take values from :data:`VOCAB`, so that
 :func:`benchmark_corpus` can list every piece of text the built-in benchmark produces. Phrasing
 variants are picked by a stable hash of the case id (never by a global random state).
-The M3D conventions (REFERENCE.md section B): closed VQA ``"{question} Choices: A. .. B. .. C. ..
+The M3D conventions (docs/reference.md section B): closed VQA ``"{question} Choices: A. .. B. .. C. ..
 D. .."`` -> ``"{letter}. {answer}"``; boxes ``<bx_start>[x1, y1, z1, x2, y2, z2]<bx_end>``.
 """
 

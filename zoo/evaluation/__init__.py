@@ -1,4 +1,4 @@
-"""M3D-Bench evaluation (DESIGN.md section 8; REFERENCE.md C).
+"""M3D-Bench evaluation (docs/design.md section 8; docs/reference.md C).
 
 Metric modules (one concept each): :mod:`.text` (BLEU, ROUGE, METEOR, BERTScore), :mod:`.vqa`
 (closed-choice parsing), :mod:`.grounding` (REC boxes), :mod:`.segmentation` (Dice),

@@ -1,4 +1,4 @@
-"""Measured cost of a model (DESIGN.md section 10): FLOPs of one training forward on one sample,
+"""Measured cost of a model (docs/design.md section 10): FLOPs of one training forward on one sample,
 counted by ``torch.utils.flop_counter.FlopCounterMode`` (matrix multiplies and convolutions;
 elementwise operations are not counted)."""
 

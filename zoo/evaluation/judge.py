@@ -1,4 +1,4 @@
-"""Optional LLM judge of generated reports (M3D's "LLM judge 0-100", REFERENCE.md C).
+"""Optional LLM judge of generated reports (M3D's "LLM judge 0-100", docs/reference.md C).
 
 Any OpenAI-compatible chat-completions endpoint given by URL (``eval.judge.url``, e.g.
 ``http://127.0.0.1:8000/v1``); the model name and an optional bearer key come from the config (the

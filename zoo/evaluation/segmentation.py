@@ -1,4 +1,4 @@
-"""Segmentation Dice (semantic and referring segmentation, REFERENCE.md C) with MONAI.
+"""Segmentation Dice (semantic and referring segmentation, docs/reference.md C) with MONAI.
 
 ``dice_soft`` is M3D's as-coded metric (Dice on probabilities); ``dice`` thresholds at 0.5 first.
 Both come from ``monai.losses.DiceLoss`` (``1 - loss`` per item and channel, mean over channels,

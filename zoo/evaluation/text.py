@@ -1,4 +1,4 @@
-"""Text metrics of report generation, open VQA and REG (REFERENCE.md C).
+"""Text metrics of report generation, open VQA and REG (docs/reference.md C).
 
 - BLEU-n: ``nltk.translate.bleu_score.sentence_bleu`` with uniform weights over 1..n grams and
   Chen & Cherry smoothing method 1 (a per-sentence BLEU-4 is otherwise zero for most short

@@ -1,4 +1,4 @@
-"""Closed VQA scoring (REFERENCE.md C) and the majority-answer baseline.
+"""Closed VQA scoring (docs/reference.md C) and the majority-answer baseline.
 
 - ``accuracy_m3d`` (as coded by M3D): correct when ``"{letter}."`` occurs anywhere in the output,
   so an output listing several choices can score.
