@@ -61,7 +61,7 @@ def chunks(items: list[Any], n: int) -> list[list[Any]]:
 
 
 def main(overrides: list[str]) -> dict[str, Any]:
-    from zoo.boxes import box_iou, box_iou_m3d, parse_box, precision_at_iou
+    from zoo.boxes import box_iou, box_iou_m3d, parse_box, parse_box_m3d, precision_at_iou
     from zoo.config import compose
     from zoo.jobs import run_training
 
@@ -124,7 +124,8 @@ def main(overrides: list[str]) -> dict[str, Any]:
         "parsed": sum(p is not None for p in preds) / len(rec),
         "iou": sum(map(box_iou, preds, gold)) / len(rec),
         "precision@0.5": precision_at_iou(preds, gold, 0.5),
-        "iou_m3d_as_coded": sum(map(box_iou_m3d, preds, gold)) / len(rec),
+        "iou_m3d_as_coded": sum(box_iou_m3d(parse_box_m3d(t), g) for t, g in zip(raw, gold))
+        / len(rec),
         "baseline_mean_box_iou": sum(box_iou(mean_box, g) for g in gold) / len(rec),
         "baseline_mean_box_precision@0.5": precision_at_iou([mean_box] * len(gold), gold, 0.5),
         "baseline_mean_box_iou_m3d": sum(box_iou_m3d(mean_box, g) for g in gold) / len(rec),

@@ -9,9 +9,15 @@ divided by the axis length, rounded to 3 decimals, so the upper corner sits at t
 last voxel); ``convention="extent"`` puts it one voxel further (``(last + 1) / size``), so that the
 IoU of normalised boxes equals the IoU of the voxel blocks (a choice, not M3D's).
 
-Two IoUs are provided: :func:`box_iou` (true 3D IoU) and :func:`box_iou_m3d` (M3D's evaluation as
-coded: intersection over the volume of the box enclosing both, which understates the overlap).
-A prediction that does not parse is ``None`` and counts as a miss, never as a crash.
+Two parsers and two IoUs (docs/evaluation.md, "REC"):
+
+- corrected: :func:`parse_box` (tagged box preferred, 6 finite numbers in [0, 1], lower corner
+  first; anything else is ``None``, a miss scored 0) and :func:`box_iou` (true 3D IoU).
+- M3D's Bench code as coded: :func:`parse_box_m3d` (the first ``[a, b, c, d, e, f]`` whose
+  numbers are separated by a comma and exactly one space, any sign and range, no check of the
+  corner order) and :func:`box_iou_m3d` (intersection over the volume of the box enclosing both,
+  plus 1e-6, which understates the overlap; -1 when either box is missing, as M3D scores an
+  output without a box).
 """
 
 from __future__ import annotations
@@ -27,6 +33,10 @@ BOX_START = "<bx_start>"
 BOX_END = "<bx_end>"
 _TAGGED = re.compile(re.escape(BOX_START) + r"\s*\[([^\[\]]*)\]\s*" + re.escape(BOX_END))
 _BRACKETED = re.compile(r"\[([^\[\]]*)\]")
+# M3D's number: optional sign, then digits with a fraction (".5", "0.25") or an integer ("1");
+# "1." is neither, so a box containing it does not parse
+_M3D_NUMBER = r"([-+]?\d*\.\d+|[-+]?\d+)"
+_M3D_BOX = re.compile(r"\[" + ", ".join([_M3D_NUMBER] * 6) + r"\]")
 
 Box = Sequence[float]
 
@@ -73,6 +83,13 @@ def parse_box(text: str) -> list[float] | None:
     return values
 
 
+def parse_box_m3d(text: str) -> list[float] | None:
+    """M3D's ``extract_box_from_text``: the first ``[a, b, c, d, e, f]`` in ``text`` with six
+    numbers separated by ``", "`` (comma and one space), as floats, unchecked; else ``None``."""
+    match = _M3D_BOX.search(text) if isinstance(text, str) else None
+    return [float(v) for v in match.groups()] if match else None
+
+
 def box_from_mask(mask: Tensor | Any, convention: str = "m3d") -> list[float] | None:
     """Normalised box of the nonzero voxels of a ``(D, H, W)`` mask (tensor or array; a leading
     singleton channel is accepted); ``None`` for an empty mask. ``convention``: ``"m3d"`` (last
@@ -108,20 +125,27 @@ def box_iou(pred: Box | None, target: Box) -> float:
     return inter / union if union > 0 else 0.0
 
 
-def box_iou_m3d(pred: Box | None, target: Box) -> float:
-    """M3D's REC IoU as coded: intersection / (volume of the box enclosing both + 1e-6), which is
-    at most the true IoU."""
-    if pred is None:
-        return 0.0
-    p, t = _check_box(pred, "pred"), _check_box(target, "target")
-    inter = _volume([max(p[i], t[i]) for i in range(3)], [min(p[i + 3], t[i + 3]) for i in range(3)])
-    enclosing = _volume([min(p[i], t[i]) for i in range(3)], [max(p[i + 3], t[i + 3]) for i in range(3)])
+def box_iou_m3d(pred: Box | None, target: Box | None) -> float:
+    """M3D's REC score as coded (``calculate_iou``): per axis the overlap ``max(0, min(hi) -
+    max(lo))`` and the enclosing extent ``max(hi) - min(lo)``, then intersection / (enclosing
+    volume + 1e-6), on the raw values (no range or corner-order check); -1 when either box is
+    ``None`` (M3D's score for an output or answer without a parsable box)."""
+    if pred is None or target is None:
+        return -1.0
+    p, t = [float(v) for v in pred], [float(v) for v in target]
+    if len(p) != 6 or len(t) != 6:
+        raise ValueError(f"boxes must have 6 values, got {len(p)} and {len(t)}")
+    inter = enclosing = 1.0
+    for i in range(3):
+        inter *= max(0.0, min(p[i + 3], t[i + 3]) - max(p[i], t[i]))
+        enclosing *= max(p[i + 3], t[i + 3]) - min(p[i], t[i])
     return inter / (enclosing + 1e-6)
 
 
 def precision_at_iou(preds: Sequence[Box | None], targets: Sequence[Box], threshold: float = 0.5,
                      as_coded: bool = False) -> float:
-    """Fraction of predictions whose IoU with their target is >= ``threshold`` (None = miss)."""
+    """Fraction of predictions whose IoU with their target is >= ``threshold`` (None = miss;
+    ``as_coded``: :func:`box_iou_m3d`)."""
     if len(preds) != len(targets):
         raise ValueError(f"preds ({len(preds)}) and targets ({len(targets)}) differ in length")
     if not preds:
