@@ -50,6 +50,16 @@ def make_judge(spec: Any) -> Any:
     return LLMJudge(**spec)
 
 
+def bertscore_layer(eval_cfg: Any) -> int | None:
+    """The BERTScore layer, resolved (and the model folder checked) before anything runs."""
+    model = eval_cfg.get("bertscore_model")
+    if not model:
+        return None
+    from zoo.evaluation.text import bertscore_layer as resolve
+
+    return resolve(str(model), eval_cfg.get("bertscore_layers"))
+
+
 def context(eval_cfg: Any, data: Any, progress: Callable | None = None) -> EvalContext:
     def train_samples(task: str, limit: int) -> list[dict]:
         ds = data.dataset("train", [task])
@@ -59,6 +69,7 @@ def context(eval_cfg: Any, data: Any, progress: Callable | None = None) -> EvalC
                        batch_size=int(eval_cfg.get("batch_size") or 8),
                        max_new_tokens=dict(eval_cfg.get("max_new_tokens") or {}),
                        bertscore_model=eval_cfg.get("bertscore_model"),
+                       bertscore_layers=bertscore_layer(eval_cfg),
                        judge=make_judge(eval_cfg.get("judge")),
                        baseline_items=int(eval_cfg.get("baseline_items") or 256),
                        progress=progress)

@@ -40,6 +40,7 @@ class EvalContext:
     batch_size: int = 8
     max_new_tokens: dict[str, int] = field(default_factory=dict)
     bertscore_model: str | None = None
+    bertscore_layers: int | None = None
     judge: Any = None
     baseline_items: int = 256
     progress: Callable[[str, int, int], None] | None = None
@@ -73,9 +74,9 @@ def _text_task(task: str, model: Any, samples: list[dict], ctx: EvalContext) -> 
     references = [s["answer"] for s in samples]
     records = [record(s, p, r, text.text_scores(p, r))
                for s, p, r in zip(samples, predictions, references)]
-    notes = [] if text.wordnet_available() else [
-        "METEOR without WordNet synonyms (meteor_nosyn): WordNet data not installed"]
-    f1 = text.bertscore_f1(predictions, references, ctx.bertscore_model)
+    notes = text.text_notes()
+    f1 = text.bertscore_f1(predictions, references, ctx.bertscore_model, ctx.bertscore_layers,
+                           batch_size=ctx.batch_size)
     if f1 is None:
         notes.append("BERTScore skipped: no eval.bertscore_model (local model directory) given")
     else:
@@ -161,15 +162,15 @@ def most_likely_choices(model: Any, samples: list[dict], ctx: EvalContext) -> li
 
 @TASKS.register
 def rec(model: Any, samples: list[dict], ctx: EvalContext) -> TaskResult:
-    """REC (box from text): true IoU, M3D's enclosing-box IoU, hit@0.5, on present targets;
-    baseline: the mean training box."""
+    """REC (box from text): true IoU, hit@0.5 and M3D's as-coded IoU (its parser, enclosing-box
+    IoU, -1 without a box), on present targets; baseline: the mean training box."""
     if not can_generate(model):
         return _no_generate("rec", model)
     present = [s for s in samples if s.get("box") is not None]
     if not present:
         return skipped("rec", "no test REC item with a present target")
     predictions = generate_all(model, present, ctx, "rec")
-    records = [record(s, p, s["box"], grounding.rec_scores(p, s["box"]))
+    records = [record(s, p, s["box"], grounding.rec_scores(p, s["box"], s["answer"]))
                for s, p in zip(present, predictions)]
     note = f"{len(samples) - len(present)} REC items without a target were not scored"
     result = TaskResult("rec", records, mean_scores(records), note=note)
@@ -179,8 +180,9 @@ def rec(model: Any, samples: list[dict], ctx: EvalContext) -> TaskResult:
         if boxes:
             guess = grounding.format_box_text(grounding.mean_box(boxes))
             result.baseline = f"mean training box over {len(boxes)} train items"
-            result.baseline_records = [record(s, guess, s["box"], grounding.rec_scores(guess, s["box"]))
-                                       for s in present]
+            result.baseline_records = [
+                record(s, guess, s["box"], grounding.rec_scores(guess, s["box"], s["answer"]))
+                for s in present]
     return result
 
 
