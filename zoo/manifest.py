@@ -43,6 +43,7 @@ COMPONENT_MODULES: tuple[str, ...] = (
     "heads.segvol_text",
     "heads.segvol",
     "heads.segvol_inference",
+    "heads.segvol_official_rule",
     # recipes
     "recipes.lamed",
     "recipes.lamed_seg",
