@@ -79,7 +79,8 @@ def stage_presets(name: str, align_tasks: Sequence[str] | None = None,
     """The preset ``name`` with the data mixes overridden where ``*_tasks`` is not None."""
     if name not in STAGE_PRESETS:
         raise ConfigError(f"recipe.stage_preset={name!r}: unknown preset."
-                          f"{suggest(name, list(STAGE_PRESETS))} Presets: {', '.join(STAGE_PRESETS)}")
+                          f"{suggest(name, list(STAGE_PRESETS))} "
+                          f"Presets: {', '.join(STAGE_PRESETS)}")
     presets = dict(STAGE_PRESETS[name])
     for stage, tasks in (("align", align_tasks), ("instruct", instruct_tasks)):
         if tasks is not None:

@@ -241,7 +241,8 @@ def test_templates_per_task_mapping_and_errors(lm):
     samples[1]["task"] = "caption"
     collate = ImageTextCollator(lm.tokenizer, 3, template={"vqa_open": "<image>Q: {prompt}",
                                                            "default": "<image>{prompt}"})
-    texts = [lm.tokenizer.decode(row, skip_special_tokens=True) for row in collate(samples)["input_ids"]]
+    texts = [lm.tokenizer.decode(row, skip_special_tokens=True)
+             for row in collate(samples)["input_ids"]]
     assert texts[0].startswith("Q: Which plane?") and texts[1].startswith("Describe")
     assert collate.template == {"vqa_open": "<image>Q: {prompt}", "default": "<image>{prompt}"}
     assert ImageTextCollator(lm.tokenizer, 3, template="zoo").template == "<image>{prompt}"

@@ -35,7 +35,8 @@ def cmd_synth(args: argparse.Namespace) -> int:
 def cmd_prepare(args: argparse.Namespace) -> int:
     from zoo.data.prepare import prepare, spec_from
 
-    spec = spec_from(args.modality, args.size, args.window, args.spacing, crop=not args.no_crop)
+    spec = spec_from(args.modality, args.size, args.window, args.spacing, crop=not args.no_crop,
+                     preset=args.preset, orientation=args.orientation)
     paths = prepare(args.inputs, args.out, spec, workers=args.workers)
     print(f"prepared {len(paths)} case(s) into {args.out}")
     return 0
@@ -78,6 +79,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--spacing", type=float, nargs=3, default=None, metavar=("d", "h", "w"),
                    help="resample to this spacing (mm) before resizing")
     p.add_argument("--no-crop", action="store_true", help="skip the foreground crop")
+    p.add_argument("--preset", choices=("zoo", "segvol"), default="zoo",
+                   help="segvol: SegVol's own steps (stored axes, foreground normalisation, "
+                        "transpose, min-max, pad to --size, crop; no resize)")
+    p.add_argument("--orientation", default=None,
+                   help="with --preset segvol: reorient to these axis codes first (e.g. RAS)")
     p.add_argument("--workers", type=int, default=1)
     p.set_defaults(func=cmd_prepare)
     p = sub.add_parser("check", help="validate a data set and print counts per split and task")

@@ -6,6 +6,9 @@ axis 2 patient right -> left; radiological axial display), optional spacing-awar
 HU windowing for CT (named presets) or percentile scaling for MRI, foreground crop, resize to the
 recipe's input size. Output per case: ``<out>/<case>/image.npy`` (1, D, H, W) float32 in [0, 1]
 plus ``spec.json`` (the spec, source file, original and final spacing).
+
+``PrepSpec.preset`` names another model's own preprocessing instead (:data:`PRESETS`; ``segvol``:
+:mod:`zoo.data.prepare_segvol`).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from zoo.data.io import DataError, check_array, load_dicom_series, load_nifti
+from zoo.errors import ConfigError
 
 # HU windows (low, high) = level -/+ width / 2; common radiology presets.
 WINDOWS: dict[str, tuple[float, float]] = {
@@ -27,6 +31,8 @@ WINDOWS: dict[str, tuple[float, float]] = {
     "lung": (-1350.0, 150.0), "bone": (-500.0, 1300.0), "wide": (-1000.0, 1000.0),
 }
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
+# preparation presets: ``zoo`` is :func:`preprocess` below; the others reproduce a model's own steps
+PRESETS = ("zoo", "segvol")
 
 
 @dataclass
@@ -34,7 +40,9 @@ class PrepSpec:
     """Preprocessing spec, recorded with every prepared case.
 
     ``size`` (D, H, W) output; ``spacing`` target (d, h, w) mm before the resize (None: keep);
-    ``window`` preset name or (low, high) HU for CT; ``percentiles`` for MRI.
+    ``window`` preset name or (low, high) HU for CT; ``percentiles`` for MRI. ``preset``
+    (:data:`PRESETS`) ``segvol`` runs SegVol's steps instead, using ``size`` (the minimum size it
+    pads to) and ``orientation`` (None: the file's stored axes, as SegVol's code; e.g. ``RAS``).
     """
 
     modality: str = "ct"
@@ -44,8 +52,26 @@ class PrepSpec:
     spacing: tuple[float, float, float] | None = None
     crop_foreground: bool = True
     extra: dict[str, Any] = field(default_factory=dict)
+    preset: str = "zoo"
+    orientation: str | None = None
 
     def __post_init__(self) -> None:
+        if self.preset not in PRESETS:
+            from zoo.registry import suggest
+
+            raise ConfigError(f"unknown preparation preset {self.preset!r}."
+                              f"{suggest(self.preset, list(PRESETS))} "
+                              f"Presets: {', '.join(PRESETS)}")
+        if self.orientation is not None:
+            if self.preset == "zoo":
+                raise ConfigError(f"orientation={self.orientation!r} applies to preset 'segvol'; "
+                                  "the zoo's preparation always stores IPL")
+            self.orientation = str(self.orientation).upper()
+            axes = sorted(next((i for i, pair in enumerate(("LR", "PA", "IS")) if c in pair), -1)
+                          for c in self.orientation)
+            if axes != [0, 1, 2]:
+                raise ConfigError(f"orientation={self.orientation!r}: expected three axis codes, "
+                                  "one of L/R, P/A and I/S each (e.g. RAS)")
         if self.modality not in ("ct", "mri"):
             raise ValueError(f"modality must be 'ct' or 'mri', got {self.modality!r}")
         if len(self.size) != 3 or min(int(s) for s in self.size) < 1:
@@ -66,6 +92,11 @@ class PrepSpec:
 def preprocess(array: np.ndarray, affine: np.ndarray, spec: PrepSpec, name: str = "volume"
                ) -> tuple[np.ndarray, dict[str, Any]]:
     """(X, Y, Z) volume + RAS affine -> ((1, D, H, W) float32 in [0, 1], meta)."""
+    if spec.preset == "segvol":
+        from zoo.data.prepare_segvol import segvol_preprocess
+
+        data, meta = segvol_preprocess(array, affine, spec.size, spec.orientation, name)
+        return data, {**meta, "spec": asdict(spec)}
     import torch
     from monai.data import MetaTensor
     from monai import transforms as mt
@@ -186,6 +217,7 @@ def parse_window(value: str) -> str | tuple[float, float]:
 
 
 def spec_from(modality: str, size: Sequence[int], window: str, spacing: Sequence[float] | None,
-              crop: bool = True) -> PrepSpec:
+              crop: bool = True, preset: str = "zoo", orientation: str | None = None) -> PrepSpec:
     return PrepSpec(modality=modality, size=tuple(size), window=parse_window(window),
-                    spacing=tuple(spacing) if spacing else None, crop_foreground=crop)
+                    spacing=tuple(spacing) if spacing else None, crop_foreground=crop,
+                    preset=preset, orientation=orientation)
