@@ -95,6 +95,11 @@ def test_stage_preset_errors_are_named():
         build_lamed(stage_preset="m3e")
     with pytest.raises(ValueError, match="input_rows='some'"):
         StagePreset(input_rows="some")
+    model = build_lamed(stage_preset="m3d", train_lm="full")
+    hf = model.lm.model
+    hf.get_output_embeddings().weight = hf.get_input_embeddings().weight  # a tied LLM
+    with pytest.raises(ValueError, match="ties its input and output embeddings"):
+        model.apply_stage("align")
 
 
 def test_generate_returns_text_per_sample():
