@@ -68,3 +68,22 @@ def test_bad_override_syntax_is_one_line():
 def test_hydra_does_not_change_directory():
     cfg = OmegaConf.load(conf_dir() / "config.yaml")
     assert cfg.hydra.job.chdir is False
+
+
+def test_a_users_experiments_folder_does_not_shadow_the_config_tree(tmp_path):
+    """`python` puts the working directory first on sys.path; a user's `experiments` package
+    there (regular or namespace) must not replace the zoo's config tree."""
+    import subprocess
+    import sys
+
+    (tmp_path / "experiments" / "conf").mkdir(parents=True)
+    (tmp_path / "experiments" / "__init__.py").write_text("")
+    code = ("import experiments, zoo.config as c; "
+            "assert experiments.__file__.startswith(%r), experiments.__file__; "
+            "print(c.conf_dir()); print(c.compose(['trainer.max_steps=3']).trainer.max_steps)"
+            % str(tmp_path))
+    done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    where, steps = done.stdout.split()
+    assert where == str(conf_dir()) and steps == "3"

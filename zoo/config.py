@@ -1,5 +1,9 @@
 """Hydra composition of the config tree in ``experiments/conf`` with readable errors.
 
+The tree is found beside the running ``zoo`` package (wheel and editable installs both place
+``zoo`` and ``experiments`` side by side), never by importing ``experiments``: a user's own folder
+of that name on ``sys.path`` cannot shadow it.
+
 Config groups mirror the registries (``encoder``, ``bridge``, ``connector``, ``head``, ``lm``,
 ``recipe``, ``data``) plus ``trainer``, ``tracking`` and ``experiment``. Option files are named
 after registry keys, so an unknown option is reported like an unknown registry name: one line with
@@ -8,7 +12,6 @@ the key, the value and close matches.
 
 from __future__ import annotations
 
-from importlib import resources
 from pathlib import Path
 from typing import Iterable
 
@@ -23,7 +26,12 @@ GROUP_KINDS: dict[str, str] = {"encoder": "encoder", "bridge": "bridge", "connec
 
 
 def conf_dir() -> Path:
-    return Path(str(resources.files("experiments") / "conf"))
+    """The zoo's config tree: ``experiments/conf`` next to this ``zoo`` package."""
+    path = Path(__file__).resolve().parent.parent / "experiments" / "conf"
+    if not (path / "config.yaml").is_file():
+        raise ConfigError(f"{path / 'config.yaml'}: the zoo's config tree is missing (it is "
+                          "installed beside the zoo package; reinstall medzoo3d)")
+    return path
 
 
 def group_options(group: str) -> list[str]:
