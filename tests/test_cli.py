@@ -72,3 +72,15 @@ def test_pass_through_commands_receive_a_leading_option(capsys):
 
     assert main(["bench", "--strict"]) == 2  # bench's own parser saw --strict
     assert "--strict only applies with --check" in capsys.readouterr().err
+
+
+def test_commands_print_no_library_warnings(capsys):
+    """A plain command shows no warning (peft's FutureWarning is silenced at its one call site)."""
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert main(["params", "--json"]) == 0
+    shown = [f"{w.category.__name__}: {w.message}" for w in caught
+             if not issubclass(w.category, DeprecationWarning)]
+    assert not shown, shown
