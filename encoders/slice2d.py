@@ -455,7 +455,7 @@ TINY_TIMM = {"embed_dim": 32, "depth": 2, "num_heads": 2, "img_size": 32}
 
 
 @ENCODERS.register
-@forwards(SliceEncoder.__init__, exclude=("backbone", "patch_mode"))
+@forwards(SliceEncoder, exclude=("backbone", "patch_mode"))
 def slice2d(backbone: str = "open_clip:ViT-B-16", pretrained: str | None = None,
             backbone_kwargs: dict | None = None, slice_size: int | None = 224, pool_hw: int = 2,
             **options: Any) -> SliceEncoder:
@@ -466,7 +466,7 @@ def slice2d(backbone: str = "open_clip:ViT-B-16", pretrained: str | None = None,
 
 
 @ENCODERS.register
-@forwards(SliceEncoder.__init__, exclude=("backbone", "patch_mode"))
+@forwards(SliceEncoder, exclude=("backbone", "patch_mode"))
 def inflate3d(backbone: str = "open_clip:ViT-B-16", pretrained: str | None = None,
               backbone_kwargs: dict | None = None, depth_patch: int = 4, slice_size: int | None = 224,
               attn3d_blocks: int | None = -1, **options: Any) -> SliceEncoder:
@@ -478,7 +478,7 @@ def inflate3d(backbone: str = "open_clip:ViT-B-16", pretrained: str | None = Non
 
 
 @ENCODERS.register
-@forwards(SliceEncoder.__init__, exclude=("backbone", "patch_mode"))
+@forwards(SliceEncoder, exclude=("backbone", "patch_mode"))
 def medblip3d(backbone: str = "open_clip:ViT-B-16", pretrained: str | None = None,
               backbone_kwargs: dict | None = None, depth_patch: int = 4, slice_size: int | None = 224,
               attn3d_blocks: int | None = -1, **options: Any) -> SliceEncoder:
@@ -490,7 +490,7 @@ def medblip3d(backbone: str = "open_clip:ViT-B-16", pretrained: str | None = Non
 
 
 @ENCODERS.register
-@forwards(SliceEncoder.__init__, exclude=("backbone", "patch_mode"))
+@forwards(SliceEncoder, exclude=("backbone", "patch_mode"))
 def test_slice2d(attn3d_blocks: int | None = 1, **options: Any) -> SliceEncoder:
     """Tiny ``slice2d`` on a random timm ViT (width 32, 2 blocks, 32 px slices, patch 16)."""
     return build_slice_encoder("timm:vit_tiny_patch16_224", None, TINY_TIMM, patch_mode="slice",
@@ -498,7 +498,7 @@ def test_slice2d(attn3d_blocks: int | None = 1, **options: Any) -> SliceEncoder:
 
 
 @ENCODERS.register
-@forwards(SliceEncoder.__init__, exclude=("backbone", "patch_mode"))
+@forwards(SliceEncoder, exclude=("backbone", "patch_mode"))
 def test_inflate3d(depth_patch: int = 2, attn3d_blocks: int | None = -1,
                    **options: Any) -> SliceEncoder:
     """Tiny ``inflate3d``: random timm ViT (width 32, 2 blocks), depth patch 2, 3D attention."""
@@ -507,7 +507,7 @@ def test_inflate3d(depth_patch: int = 2, attn3d_blocks: int | None = -1,
 
 
 @ENCODERS.register
-@forwards(SliceEncoder.__init__, exclude=("backbone", "patch_mode"))
+@forwards(SliceEncoder, exclude=("backbone", "patch_mode"))
 def test_medblip3d(depth_patch: int = 2, attn3d_blocks: int | None = -1,
                    **options: Any) -> SliceEncoder:
     """Tiny ``medblip3d``: fresh 3D patch embedding (depth patch 2) over a random timm ViT."""

@@ -207,7 +207,7 @@ def build_tghmoe(backbone: str, pretrained: str | None, backbone_kwargs: dict | 
 
 
 @ENCODERS.register
-@forwards(TGHMoEEncoder.__init__, SliceEncoder.__init__, exclude=("backbone",))
+@forwards(TGHMoEEncoder, SliceEncoder, exclude=("backbone",))
 def tghmoe(backbone: str = "open_clip:ViT-L-14-336", pretrained: str | None = None,
            backbone_kwargs: dict | None = None, prompt_dim: int | None = None,
            slice_size: int | None = 224, pool_hw: int = 2, **options: Any) -> TGHMoEEncoder:
@@ -219,7 +219,7 @@ def tghmoe(backbone: str = "open_clip:ViT-L-14-336", pretrained: str | None = No
 
 
 @ENCODERS.register
-@forwards(TGHMoEEncoder.__init__, SliceEncoder.__init__, exclude=("backbone",))
+@forwards(TGHMoEEncoder, SliceEncoder, exclude=("backbone",))
 def test_tghmoe(prompt_dim: int | None = 16, experts_per_group: int = 3,
                 attn3d_blocks: int | None = 1, **options: Any) -> TGHMoEEncoder:
     """Tiny TGH-MoE on a random timm ViT (width 32, 2 blocks): MoE and 3D attention in the top

@@ -41,8 +41,8 @@ class Argument:
 
 def forwards(*targets: Callable[..., Any], exclude: Iterable[str] = (),
              defaults: Mapping[str, Any] | None = None) -> Callable[[F], F]:
-    """Decorator for a builder that hands ``**kwargs`` on to ``targets`` (functions or
-    ``__init__`` methods, in the order the keywords travel): its signature becomes its own
+    """Decorator for a builder that hands ``**kwargs`` on to ``targets`` (functions or classes,
+    in the order the keywords travel): its signature becomes its own
     arguments followed by the targets' keyword arguments (``defaults`` replacing theirs; without
     ``exclude``, which the builder sets itself). ``zoo show`` lists them, config keys are checked
     against them and composed configs are completed with their defaults."""
@@ -58,6 +58,7 @@ def forwards(*targets: Callable[..., Any], exclude: Iterable[str] = (),
                 default = (defaults or {}).get(p.name, p.default)
                 params.append(p.replace(kind=p.KEYWORD_ONLY, default=default))
         fn.__signature__ = own.replace(parameters=params)  # type: ignore[attr-defined]
+        fn.__forwards__ = targets  # type: ignore[attr-defined]  # their docs describe the keywords
         return fn
 
     return decorate
@@ -90,25 +91,50 @@ def arguments(fn: Callable[..., Any]) -> list[Argument]:
     return out
 
 
+def _args_section(doc: str) -> dict[str, str]:
+    """Entries of a Google-style ``Args:`` section (``name: text`` or ``a / b: text``)."""
+    lines = doc.splitlines()
+    start = next((i for i, line in enumerate(lines)
+                  if re.match(r"\s*(?:Args|Arguments|Parameters)\b[^:]*(?:\([^)]*\))?:\s*$", line)),
+                 None)
+    if start is None:
+        return {}
+    body = [line for line in lines[start + 1:]]
+    first = next((line for line in body if line.strip()), "")
+    indent = len(first) - len(first.lstrip())
+    entries: dict[str, list[str]] = {}
+    current: list[str] = []
+    for line in body:
+        depth = len(line) - len(line.lstrip())
+        if line.strip() and depth < indent:
+            break
+        match = re.match(r"(\w+(?:\s*/\s*\w+)*)\s*(?:\([^)]*\))?:\s+(.*)", line.strip())
+        if line.strip() and depth == indent and match:
+            current = [match.group(2)]
+            for key in re.split(r"\s*/\s*", match.group(1)):
+                entries[key] = current
+        elif line.strip() and current:
+            current.append(line.strip())
+    return {key: " ".join(text) for key, text in entries.items()}
+
+
 def argument_docs(fn: Callable[..., Any]) -> dict[str, str]:
-    """Per argument: its entry in an ``Args:`` section, else the docstring sentences that name it
-    as ````name````."""
-    doc = inspect.getdoc(fn) or ""
-    names = [p for p in inspect.signature(fn).parameters]
+    """Per argument of ``fn``: its entry in an ``Args:`` section, else the docstring sentences in
+    which it is the first argument named (````name````); then the same from the targets it
+    forwards to (:func:`forwards`)."""
+    names = set(inspect.signature(fn).parameters)
     found: dict[str, str] = {}
-    section = re.split(r"^\s*(?:Args|Arguments|Parameters):\s*$", doc, maxsplit=1, flags=re.M)
-    if len(section) == 2:
-        entries = re.split(r"^\s{0,8}(\w+(?:\s*/\s*\w+)*)\s*(?:\([^)]*\))?:\s", section[1], flags=re.M)
-        for keys, text in zip(entries[1::2], entries[2::2]):
-            text = " ".join(text.split())
-            for key in re.split(r"\s*/\s*", keys):
-                found.setdefault(key, text)
-    sentences = re.split(r"(?<=[.;])\s+(?=[A-Z`(])", " ".join(doc.split()))
-    for name in names:
-        if name not in found:
-            hits = [s for s in sentences if f"``{name}``" in s or f"``{name}=" in s]
-            if hits:
-                found[name] = " ".join(hits)
+    for source in (fn, *getattr(fn, "__forwards__", ())):
+        doc = inspect.getdoc(source) or ""
+        for key, text in _args_section(doc).items():
+            found.setdefault(key, text)
+        flat = " ".join(doc.split())
+        for sentence in re.split(r"(?<!e\.g\.)(?<!i\.e\.)(?<=[.;])\s+(?=[A-Z`(])", flat):
+            mentioned = [m for m in re.findall(r"``(\w+)(?:=[^`]*)?``", sentence) if m in names]
+            if mentioned and mentioned[0] not in found:
+                found[mentioned[0]] = sentence
+            elif mentioned and sentence not in found[mentioned[0]] and source is fn:
+                found[mentioned[0]] += " " + sentence
     return found
 
 

@@ -17,6 +17,9 @@ from omegaconf import DictConfig, OmegaConf
 from zoo.evaluation.base import TaskResult, mean_scores
 from zoo.evaluation.tasks import DATA_TASK, EvalContext
 from zoo.registry import TASKS
+from zoo.verbosity import get_logger, show_progress
+
+log = get_logger(__name__)
 
 
 def spaced(n: int, limit: int | None) -> list[int]:
@@ -86,9 +89,18 @@ def evaluate(model: torch.nn.Module, data: Any, eval_cfg: Any, run: Any = None,
         if isinstance(eval_cfg, DictConfig) else OmegaConf.create(dict(eval_cfg))
     split = str(eval_cfg.get("split") or "test")
 
+    bars: dict[str, Any] = {}
+
     def progress(task: str, done: int, total: int) -> None:
-        if verbose:
-            print(f"\r  eval {task}: {done}/{total}", end="" if done < total else "\n", flush=True)
+        """A tqdm bar per task, as training shows (none with ``verbose=False`` or ``zoo -q``)."""
+        if task not in bars:
+            from tqdm.auto import tqdm
+
+            bars[task] = tqdm(total=total, desc=f"eval {task}", unit="item", dynamic_ncols=True,
+                              disable=not (verbose and show_progress()))
+        bars[task].update(done - bars[task].n)
+        if done >= total:
+            bars.pop(task).close()
 
     ctx = context(eval_cfg, data, progress)
     results: dict[str, TaskResult] = {}
@@ -104,10 +116,12 @@ def evaluate(model: torch.nn.Module, data: Any, eval_cfg: Any, run: Any = None,
                           TaskResult(task, note=f"no {split} samples", skipped=True))
             results[task] = result
             if verbose:
-                print(summary_line(result, time.perf_counter() - start), flush=True)
+                log.info(summary_line(result, time.perf_counter() - start))
             if run is not None:
                 log_result(run, result)
     finally:
+        for bar in bars.values():  # a task that raised mid-way
+            bar.close()
         model.train(was_training)
     return results
 
