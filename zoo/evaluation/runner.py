@@ -89,18 +89,14 @@ def evaluate(model: torch.nn.Module, data: Any, eval_cfg: Any, run: Any = None,
         if isinstance(eval_cfg, DictConfig) else OmegaConf.create(dict(eval_cfg))
     split = str(eval_cfg.get("split") or "test")
 
-    bars: dict[str, Any] = {}
+    from tqdm.auto import tqdm
+
+    bars: dict[str, Any] = {}  # a bar per task, as training shows (none when quiet)
 
     def progress(task: str, done: int, total: int) -> None:
-        """A tqdm bar per task, as training shows (none with ``verbose=False`` or ``zoo -q``)."""
-        if task not in bars:
-            from tqdm.auto import tqdm
-
-            bars[task] = tqdm(total=total, desc=f"eval {task}", unit="item", dynamic_ncols=True,
-                              disable=not (verbose and show_progress()))
-        bars[task].update(done - bars[task].n)
-        if done >= total:
-            bars.pop(task).close()
+        if task in bars:
+            bars[task].total = total
+            bars[task].update(done - bars[task].n)
 
     ctx = context(eval_cfg, data, progress)
     results: dict[str, TaskResult] = {}
@@ -111,9 +107,14 @@ def evaluate(model: torch.nn.Module, data: Any, eval_cfg: Any, run: Any = None,
             ds = data.dataset(split, [DATA_TASK[task]])
             samples = [ds[i] for i in spaced(len(ds), eval_cfg.get("max_items"))]
             start = time.perf_counter()
+            # the task's summary line replaces its bar (leave=False)
+            bars[task] = tqdm(total=len(samples), desc=f"eval {task}", unit="item",
+                              dynamic_ncols=True, leave=False,
+                              disable=not (verbose and samples and show_progress()))
             with torch.no_grad():
                 result = (TASKS.get(task)(model, samples, ctx) if samples else
                           TaskResult(task, note=f"no {split} samples", skipped=True))
+            bars.pop(task).close()
             results[task] = result
             if verbose:
                 log.info(summary_line(result, time.perf_counter() - start))
