@@ -78,8 +78,8 @@ def test_pooling_refuses_gridless_and_indivisible():
         conn(gridless)
     with pytest.raises(ValueError, match="have none"):
         conn.num_out_tokens(128)
-    with pytest.raises(ValueError, match=r"grid \(8, 4, 3\) is not divisible by kernel"):
-        conn.num_out_tokens(96, (8, 4, 3))
+    with pytest.raises(ValueError, match=r"grid \(8, 4, 3\) does not match 128 tokens"):
+        conn.num_out_tokens(128, (8, 4, 3))
     with pytest.raises(ValueError, match="expects 32-dim tokens"):
         conn(tokens(dim=16))
 
@@ -122,3 +122,42 @@ def test_perceiver_runs_under_the_flop_counter():
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
         connector(VisualTokens(torch.randn(1, 4, 8)))
     assert counter.get_total_flops() > 0
+
+
+@pytest.mark.parametrize("grid,out_grid", [((32, 7, 7), (16, 4, 4)), ((1, 8, 8), (1, 4, 4)),
+                                           ((8, 4, 3), (4, 2, 2)), ((1, 1, 1), (1, 1, 1))])
+def test_spatial_pool_fits_any_grid(grid, out_grid):
+    """The last window of a side the kernel does not divide averages the tokens left; a kernel
+    longer than a side is cut to it (docs/native3d.md)."""
+    conn = CONNECTORS.build("spatial_pool", in_dim=4, out_dim=4, depth=1)
+    n = grid[0] * grid[1] * grid[2]
+    assert conn.num_out_tokens(n, grid) == out_grid[0] * out_grid[1] * out_grid[2]
+    x = torch.randn(1, n, 4)
+    out = conn(VisualTokens(x, grid))
+    assert out.grid == out_grid
+    vol = x.reshape(*grid, 4)
+    last = vol[-(grid[0] - 2 * (out_grid[0] - 1)) if grid[0] > 1 else 0:,
+               2 * (out_grid[1] - 1):, 2 * (out_grid[2] - 1):].reshape(-1, 4).mean(0)
+    torch.testing.assert_close(out.tokens[0, -1], conn.projector(last))
+
+
+def test_a_new_grid_reducer_needs_only_its_grid_rule_and_reduction():
+    import torch.nn.functional as F
+
+    from connectors.grid_reducer import GridReducer
+
+    class MaxPool(GridReducer):
+        name = "max_pool"
+
+        def reduced_grid(self, grid):
+            return tuple(g // 2 for g in grid)
+
+        def reduce(self, x):
+            return F.max_pool3d(x, 2)
+
+    conn = MaxPool(in_dim=8, out_dim=6)
+    assert isinstance(conn, Connector) and conn.num_out_tokens(128, (8, 4, 4)) == 16
+    out = conn(tokens(dim=8))
+    assert out.tokens.shape == (2, 16, 6) and out.grid == (4, 2, 2)
+    with pytest.raises(ValueError, match="have none"):
+        conn(VisualTokens(torch.randn(1, 8, 8)))
