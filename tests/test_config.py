@@ -44,6 +44,35 @@ def test_component_option_file_is_target_plus_kwargs_of_its_registry_key(group, 
         f"as {option!r}")
 
 
+@pytest.mark.parametrize("group,option", [(g, o) for g, o in OPTION_FILES if g in GROUP_KINDS])
+def test_option_file_lists_only_builder_arguments_that_differ_from_the_defaults(group, option):
+    """open_clip's habit: an option file names its builder and what differs from its defaults;
+    every key is an argument of the builder (composed configs are completed from the signature)."""
+    from zoo.signature import HYDRA_KEYS, arguments, config_value, takes_any_keyword
+
+    raw = yaml.safe_load((conf_dir() / group / f"{option}.yaml").read_text())
+    builder = _resolve(raw["_target_"])
+    args = {a.name: a for a in arguments(builder)}
+    for key, value in raw.items():
+        if key in HYDRA_KEYS:
+            continue
+        assert key in args or takes_any_keyword(builder), (
+            f"{group}/{option}.yaml: {key!r} is not an argument of {raw['_target_']}")
+        if key in args and not args[key].required:
+            representable, default = config_value(args[key].default)
+            repeats = representable and value == default and \
+                isinstance(value, bool) == isinstance(default, bool)
+            assert not repeats, f"{group}/{option}.yaml: {key}: {value!r} repeats the default"
+
+
+def test_composed_components_carry_every_builder_default():
+    cfg = compose(["encoder=vit3d"])
+    assert cfg.encoder.hidden_size == 768 and cfg.encoder.img_size == [32, 256, 256]
+    assert list(cfg.encoder)[0] == "_target_" and cfg.data.size == [32, 64, 64]
+    assert "bridge" not in cfg.recipe  # component arguments come from their own groups
+    assert compose(["encoder=vit3d", "encoder.depth=2"]).encoder.depth == 2  # no "+" needed
+
+
 def test_unknown_option_suggests():
     groups = config_groups()
     with pytest.raises(ConfigError) as info:

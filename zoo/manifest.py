@@ -22,7 +22,8 @@ COMPONENT_MODULES: tuple[str, ...] = (
     "encoders.resnet3d",
     "encoders.psat",
     "encoders.slice_weighting",
-    # connectors
+    # connectors (grid_reducer: the base of the grid-reducing ones)
+    "connectors.grid_reducer",
     "connectors.spatial_pool",
     "connectors.sequence_pool",
     "connectors.mlp",
