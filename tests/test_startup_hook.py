@@ -18,10 +18,10 @@ def test_the_pth_file_is_installed_in_site_packages():
 
 
 def test_a_fresh_interpreter_imports_transformers_and_timm_without_zoo(tmp_path):
+    """A new interpreter importing torch, transformers and timm (the test's few seconds)."""
     code = ("import sys\n"
             "from transformers import LlamaConfig\n"
             "import timm, torchvision\n"
-            "timm.create_model('resnet10t', pretrained=False)\n"
             "assert 'zoo' not in sys.modules\n"
             "print(LlamaConfig.__name__, torchvision.__version__)\n")
     done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True,
