@@ -140,7 +140,8 @@ def nifti(path: Path, seed: int = 0, shape=(20, 24, 12)) -> Path:
 
 
 def write_dicom_slice(path: Path, hu: np.ndarray, position, orientation=(1, 0, 0, 0, 1, 0),
-                      pixel_spacing=(0.7, 0.7)) -> None:
+                      pixel_spacing=(0.7, 0.7), series_uid: str | None = None,
+                      series_number: int | None = None) -> None:
     """One CT slice file: ``hu`` (rows, cols) stored as uint16 with rescale intercept -1024."""
     from pydicom.dataset import FileDataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, generate_uid
@@ -160,11 +161,14 @@ def write_dicom_slice(path: Path, hu: np.ndarray, position, orientation=(1, 0, 0
     ds.PixelData = (np.asarray(hu) + 1024).astype(np.uint16).tobytes()
     ds.SOPClassUID = meta.MediaStorageSOPClassUID
     ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    if series_uid is not None:
+        ds.SeriesInstanceUID, ds.SeriesNumber = series_uid, series_number
     ds.save_as(str(path), enforce_file_format=True)
 
 
 def dicom_series(folder: Path, n: int = 6, rows: int = 16, cols: int = 16, skip: int | None = None,
-                 odd_size_at: int | None = None) -> Path:
+                 odd_size_at: int | None = None, series_uid: str | None = None,
+                 series_number: int | None = None, prefix: str = "s") -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)
     for k in range(n):
@@ -172,7 +176,8 @@ def dicom_series(folder: Path, n: int = 6, rows: int = 16, cols: int = 16, skip:
             continue
         r = rows + 2 if k == odd_size_at else rows
         hu = (rng.random((r, cols)) * 200 + 1000).astype(np.uint16).astype(np.float64) - 1024
-        write_dicom_slice(folder / f"s{k:03d}.dcm", hu, position=(0, 0, 2.5 * k))
+        write_dicom_slice(folder / f"{prefix}{k:03d}.dcm", hu, position=(0, 0, 2.5 * k),
+                          series_uid=series_uid, series_number=series_number)
     return folder
 
 

@@ -1,6 +1,6 @@
 """``zoo data check``: build a data set in any supported format and load every sample.
 
-Any problem raises :class:`zoo.data.io.DataError` naming the file (and csv row) and the reason;
+Any problem raises :class:`zoo.errors.DataError` naming the file (and csv row) and the reason;
 on success the counts per split and task are returned.
 """
 
@@ -9,9 +9,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from zoo.data.io import DataError, load_npy
+from zoo.data.io import load_npy
 from zoo.data.source import build_sample
 from zoo.data.splits import SPLITS
+from zoo.errors import ConfigError, DataError, MissingFileError
 
 FORMATS = ("synth", "m3d_cap", "m3d_vqa", "m3d_seg", "m3d_refseg", "nifti_folder", "cq500",
            "ct_ich", "prepared")
@@ -35,14 +36,24 @@ def check(fmt: str, path: str | Path, **options: Any) -> dict[str, Any]:
     if fmt not in FORMATS:
         from zoo.registry import suggest
 
-        raise ValueError(f"unknown format {fmt!r}.{suggest(fmt, FORMATS)} Formats: {', '.join(FORMATS)}")
+        raise ConfigError(f"unknown format {fmt!r}.{suggest(fmt, FORMATS)} Formats: {', '.join(FORMATS)}")
     if fmt == "prepared":
         return check_prepared(path)
     if not path.exists():
-        raise DataError(path, "path does not exist")
+        raise MissingFileError(f"{path}: path does not exist")
+    import inspect
+
     from zoo.registry import DATASETS
 
-    source = DATASETS.build(fmt, root=str(path), **options)
+    builder = DATASETS.get(fmt)
+    known = [k for k in inspect.signature(builder).parameters if k != "root"]
+    unknown = [k for k in options if k not in known]
+    if unknown:
+        from zoo.registry import suggest
+
+        raise ConfigError(f"unknown option(s) {unknown} for format {fmt}."
+                          f"{suggest(unknown[0], known)} Options: {', '.join(known)}")
+    source = builder(root=str(path), **options)
     done: set[tuple] = set()
     for split in SPLITS:
         for item in sorted(source.items(split), key=lambda i: str(i["image"])):

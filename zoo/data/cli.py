@@ -1,6 +1,7 @@
 """``zoo data synth | prepare | check`` (argparse; called from ``zoo.cli``).
 
-Bad data exits with code 1 and one line ``zoo data <cmd>: <file>[ row N]: <reason>``.
+Bad or missing data exits with code 1 and one line ``zoo data <cmd>: <file>[ row N]: <reason>``;
+a wrong option exits with code 2 and one line; anything else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 
     spec = spec_from(args.modality, args.size, args.window, args.spacing, crop=not args.no_crop,
                      preset=args.preset, orientation=args.orientation)
-    paths = prepare(args.inputs, args.out, spec, workers=args.workers)
+    paths = prepare(args.inputs, args.out, spec, workers=args.workers, series=args.series)
     print(f"prepared {len(paths)} case(s) into {args.out}")
     return 0
 
@@ -84,6 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "transpose, min-max, pad to --size, crop; no resize)")
     p.add_argument("--orientation", default=None,
                    help="with --preset segvol: reorient to these axis codes first (e.g. RAS)")
+    p.add_argument("--series", help="in DICOM folders holding several series, the one to use "
+                                    "(SeriesInstanceUID or SeriesNumber); without it such a "
+                                    "folder is refused, listing its series")
     p.add_argument("--workers", type=int, default=1)
     p.set_defaults(func=cmd_prepare)
     p = sub.add_parser("check", help="validate a data set and print counts per split and task")
@@ -95,18 +99,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from zoo.data.io import DataError
+    from zoo.errors import DataError, MissingFileError, ZooError
 
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except DataError as err:
+    except ZooError as err:
         print(f"zoo data {args.command}: {err}", file=sys.stderr)
-        return 1
-    except (ValueError, KeyError) as err:
-        text = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
-        print(f"zoo data {args.command}: {' '.join(str(text).split())}", file=sys.stderr)
-        return 2
+        return 1 if isinstance(err, (DataError, MissingFileError)) else 2
 
 
 if __name__ == "__main__":

@@ -25,9 +25,10 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from zoo.data import templates as T
-from zoo.data.io import (DataError, check_box, data_root, read_csv, read_json, resolve,
-                         sparse_mask_presence)
+from zoo.data.io import (check_box, data_root, json_list, read_csv, read_json, read_text,
+                         resolve, sparse_mask_presence)
 from zoo.data.source import DataSource
+from zoo.errors import DataError
 from zoo.registry import DATASETS
 from zoo.types import PLANES
 
@@ -45,27 +46,54 @@ def case_of(root: Path, image: Path) -> str:
 
 @functools.lru_cache(maxsize=65536)
 def _case_of(root: str, parent: str) -> str:
-    rel = os.path.relpath(parent, root)
-    return Path(parent).as_posix() if rel.startswith("..") else Path(rel).as_posix()
+    return Path(os.path.relpath(parent, root)).as_posix()  # resolve() keeps images inside root
 
 
 def image_meta(image: Path) -> dict[str, Any]:
     return dict(_image_meta(str(image)))
 
 
+def side_meta(path: Path) -> dict[str, Any]:
+    """Spacing, orientation and plane from a ``meta.json``/``spec.json``, validated: spacing three
+    positive numbers (or null), orientation three distinct axis letters (one of L/R, A/P, S/I
+    each, e.g. ``IPL``), plane one of the planes."""
+    data = read_json(path)
+    if not isinstance(data, dict):
+        raise DataError(path, f"must be a json object, got {type(data).__name__}")
+    out = {k: data[k] for k in ("spacing", "orientation", "plane") if k in data}
+    spacing = out.get("spacing")
+    if spacing is not None:
+        try:
+            ok = len(spacing) == 3 and all(float(v) > 0 for v in spacing) \
+                and not any(isinstance(v, bool) for v in spacing)
+        except (TypeError, ValueError):
+            ok = False
+        if not ok:
+            raise DataError(path, f"'spacing' must be three positive numbers (d, h, w) mm or null, "
+                                  f"got {spacing!r:.60}")
+        out["spacing"] = tuple(float(v) for v in spacing)
+    if "orientation" in out:
+        code = out["orientation"]
+        axes = ["LR", "AP", "SI"]
+        if not isinstance(code, str) or len(code) != 3 or sorted(
+                next((i for i, a in enumerate(axes) if c in a), 3) for c in code.upper()) != [0, 1, 2]:
+            raise DataError(path, f"'orientation' must be three axis letters, one of L/R, A/P "
+                                  f"and S/I each (e.g. 'IPL'), got {code!r:.60}")
+        out["orientation"] = code.upper()
+    if "plane" in out and out["plane"] not in PLANES:
+        raise DataError(path, f"'plane' must be one of {PLANES}, got {out['plane']!r:.60}")
+    return out
+
+
 @functools.lru_cache(maxsize=65536)
 def _image_meta(image_path: str) -> dict[str, Any]:
-    image = Path(image_path)
     """Spacing, orientation and plane from ``meta.json``/``spec.json`` beside the image, else
     the plane from the M3D file name (``Axial_...``) and unknown spacing."""
+    image = Path(image_path)
     for name in ("meta.json", "spec.json"):
         side = image.parent / name
         if side.is_file():
-            data = read_json(side)
-            out = {k: data[k] for k in ("spacing", "orientation", "plane") if k in data}
-            if "spacing" in out and out["spacing"] is not None:
-                out["spacing"] = tuple(float(v) for v in out["spacing"])
-            return out
+            return side_meta(side)
     stem = image.stem.lower()
     plane = next((p for p in PLANES if stem.startswith(p)), "axial")
     return {"spacing": None, "orientation": "IPL", "plane": plane}
@@ -87,12 +115,12 @@ def read_cap(root: Path, json_path: Path, source: str = "m3d_cap"
         raise DataError(json_path, "M3D-Cap json must be an object with train/validation/test lists")
     items, given = [], {"train": [], "validation": [], "test": []}
     for split in given:
-        for n, entry in enumerate(data.get(split, [])):
+        for n, entry in enumerate(json_list(data, split, json_path)):
             if not isinstance(entry, dict) or "image" not in entry or "text" not in entry:
                 raise DataError(json_path, f"{split}[{n}] needs 'image' and 'text' keys")
-            image = resolve(root, entry["image"], json_path, None)
-            text_path = resolve(root, entry["text"], json_path, None)
-            text = text_path.read_text(encoding="utf-8").strip()
+            image = resolve(root, entry["image"], json_path, key=f"{split}[{n}].image")
+            text_path = resolve(root, entry["text"], json_path, key=f"{split}[{n}].text")
+            text = read_text(text_path).strip()
             if not text:
                 raise DataError(text_path, "empty report text")
             sid = f"{case_of(root, image)}/{image.stem}/caption"
@@ -136,17 +164,23 @@ def read_seg(root: Path, json_path: Path, source: str = "m3d_seg", positioning: 
     labels = data.get("labels") if isinstance(data, dict) else None
     if not isinstance(labels, dict) or not labels:
         raise DataError(json_path, "Decathlon json needs a 'labels' map {'0': 'background', ...}")
-    classes = {int(k): str(v) for k, v in labels.items() if int(k) != 0}
+    try:
+        numbered = {int(k): v for k, v in labels.items()}
+    except ValueError:
+        raise DataError(json_path, f"'labels' keys must be integers, got {list(labels)}") from None
+    if any(not isinstance(v, str) or not v.strip() for v in numbered.values()) or min(numbered) < 0:
+        raise DataError(json_path, f"'labels' must map integers >= 0 to names, got {labels!r:.80}")
+    classes = {k: v.strip() for k, v in numbered.items() if k != 0}
     axes = data.get("axes", "CHWD")
     if axes not in ("CHWD", "CDHW"):
         raise DataError(json_path, f"'axes' must be 'CHWD' or 'CDHW', got {axes!r}")
     items = []
     for split in ("train", "validation", "test"):
-        for n, entry in enumerate(data.get(split, [])):
+        for n, entry in enumerate(json_list(data, split, json_path)):
             if not isinstance(entry, dict) or "image" not in entry or "label" not in entry:
                 raise DataError(json_path, f"{split}[{n}] needs 'image' and 'label' keys")
-            image = resolve(root, entry["image"], json_path)
-            mask = resolve(root, entry["label"], json_path)
+            image = resolve(root, entry["image"], json_path, key=f"{split}[{n}].image")
+            mask = resolve(root, entry["label"], json_path, key=f"{split}[{n}].label")
             case = case_of(root, image)
             present = sparse_mask_presence(mask) if positioning else None
             for k, name in sorted(classes.items()):

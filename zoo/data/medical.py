@@ -3,8 +3,9 @@
 Raw volumes are preprocessed when loaded (the same MONAI pipeline and spec as ``zoo data
 prepare``); for training speed, prepare them once and read the ``.npy`` output instead.
 
-- ``nifti_folder``: csv ``image, label`` (+ optional ``patient_id``, ``text``); ``image`` is a
-  NIfTI file, a DICOM series folder or a prepared ``.npy``; gives ``cls`` items (and ``caption``
+- ``nifti_folder``: csv ``image, label`` (+ optional ``patient_id``, ``text``, ``series``);
+  ``image`` is a NIfTI file, a DICOM series folder (``series`` picks one series where the folder
+  holds several) or a prepared ``.npy``; gives ``cls`` items (and ``caption``
   items where ``text`` is set).
 - ``cq500``: ``reads.csv`` (``name``, ``R1:ICH`` ... ``R3:MidlineShift``) + one DICOM series per
   case folder ``CQ500CT<n> ...``; ``ct_ich``: ``hemorrhage_diagnosis_raw_ct.csv`` (per slice)
@@ -23,14 +24,15 @@ from typing import Any, Sequence
 import numpy as np
 
 from zoo.data import brainct
-from zoo.data.io import DataError, data_root, read_csv, resolve
+from zoo.data.io import data_root, read_csv, resolve
 from zoo.data.prepare import NIFTI_SUFFIXES, PrepSpec, load_raw, preprocess
 from zoo.data.source import IMAGE_LOADERS, DataSource
+from zoo.errors import DataError
 from zoo.registry import DATASETS
 
 
 def _load_raw_item(item: dict[str, Any]) -> tuple[np.ndarray, dict[str, Any]]:
-    array, affine = load_raw(item["image"])
+    array, affine = load_raw(item["image"], item.get("series"))
     data, meta = preprocess(array, affine, PrepSpec(**item["spec"]), name=str(item["image"]))
     # affine: voxel (X, Y, Z) of the prepared array (its (D, H, W) transposed) -> world (RAS) of
     # the source scan, for writing model-space masks back as NIfTI (recipes.lamed_seg)
@@ -93,6 +95,8 @@ def nifti_folder(root: str | None = None, labels: str = "labels.csv", modality: 
             raise DataError(table, f"label {row['label']!r} is not an integer", row_no) from None
         case = row.get("patient_id") or path.name.split(".")[0]
         base = {"case": case, "patient_id": row.get("patient_id") or case, "source": "nifti_folder"}
+        if row.get("series"):
+            base["series"] = row["series"]
         items.append(raw_item(path, spec, id=f"{case}/cls{row_no}", task="cls",
                               prompt="Classify this scan.", answer=str(label), label=label, **base))
         if row.get("text"):

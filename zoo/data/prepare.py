@@ -21,8 +21,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from zoo.data.io import DataError, check_array, load_dicom_series, load_nifti
-from zoo.errors import ConfigError
+from zoo.data.io import check_array, load_dicom_series, load_nifti
+from zoo.errors import ConfigError, DataError, MissingFileError
 
 # HU windows (low, high) = level -/+ width / 2; common radiology presets.
 WINDOWS: dict[str, tuple[float, float]] = {
@@ -73,14 +73,18 @@ class PrepSpec:
                 raise ConfigError(f"orientation={self.orientation!r}: expected three axis codes, "
                                   "one of L/R, P/A and I/S each (e.g. RAS)")
         if self.modality not in ("ct", "mri"):
-            raise ValueError(f"modality must be 'ct' or 'mri', got {self.modality!r}")
-        if len(self.size) != 3 or min(int(s) for s in self.size) < 1:
-            raise ValueError(f"size must be three positive ints (D, H, W), got {self.size}")
-        self.size = tuple(int(s) for s in self.size)
+            raise ConfigError(f"modality must be 'ct' or 'mri', got {self.modality!r}")
+        try:
+            size = tuple(int(s) for s in self.size)
+        except (TypeError, ValueError):
+            size = ()
+        if len(size) != 3 or min(size) < 1:
+            raise ConfigError(f"size must be three positive ints (D, H, W), got {self.size}")
+        self.size = size
         if isinstance(self.window, str) and self.window not in WINDOWS:
             from zoo.registry import suggest
 
-            raise ValueError(f"unknown window {self.window!r}.{suggest(self.window, list(WINDOWS))}"
+            raise ConfigError(f"unknown window {self.window!r}.{suggest(self.window, list(WINDOWS))}"
                              f" Presets: {', '.join(WINDOWS)}")
         if self.spacing is not None:
             self.spacing = tuple(float(s) for s in self.spacing)
@@ -138,11 +142,12 @@ def preprocess(array: np.ndarray, affine: np.ndarray, spec: PrepSpec, name: str 
     return data, meta
 
 
-def load_raw(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
-    """A NIfTI file or a DICOM series folder as (array (X, Y, Z), RAS affine)."""
+def load_raw(path: str | Path, series: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """A NIfTI file or a DICOM series folder as (array (X, Y, Z), RAS affine); ``series`` picks
+    one series of a DICOM folder that holds several (its SeriesInstanceUID or SeriesNumber)."""
     path = Path(path)
     if path.is_dir():
-        return load_dicom_series(path)
+        return load_dicom_series(path, series)
     if path.name.endswith(NIFTI_SUFFIXES):
         return load_nifti(path)
     raise DataError(path, "not a NIfTI file (.nii/.nii.gz) or a DICOM series folder")
@@ -152,7 +157,7 @@ def find_inputs(path: str | Path) -> list[Path]:
     """Inputs under ``path``: NIfTI files, and folders that directly hold DICOM files."""
     path = Path(path)
     if not path.exists():
-        raise DataError(path, "input path does not exist")
+        raise MissingFileError(f"{path}: input path does not exist")
     if path.is_file():
         return [path]
     found = sorted(p for p in path.rglob("*") if p.is_file() and p.name.endswith(NIFTI_SUFFIXES))
@@ -172,8 +177,9 @@ def case_name(path: Path, base: Path) -> str:
     return name.replace("/", "__") or path.stem
 
 
-def prepare_one(path: Path, out_dir: Path, spec: PrepSpec) -> dict[str, Any]:
-    array, affine = load_raw(path)
+def prepare_one(path: Path, out_dir: Path, spec: PrepSpec, series: str | None = None
+                ) -> dict[str, Any]:
+    array, affine = load_raw(path, series)
     data, meta = preprocess(array, affine, spec, name=str(path))
     out_dir.mkdir(parents=True, exist_ok=True)
     np.save(out_dir / "image.npy", data)
@@ -183,8 +189,9 @@ def prepare_one(path: Path, out_dir: Path, spec: PrepSpec) -> dict[str, Any]:
 
 
 def prepare(inputs: str | Path, out: str | Path, spec: PrepSpec, workers: int = 1,
-            progress: bool = True) -> list[Path]:
-    """Prepare every input under ``inputs`` into ``out/<case>/``; returns the image paths."""
+            progress: bool = True, series: str | None = None) -> list[Path]:
+    """Prepare every input under ``inputs`` into ``out/<case>/``; returns the image paths.
+    ``series`` picks one series in DICOM folders that hold several (:func:`load_raw`)."""
     base = Path(inputs)
     paths = find_inputs(base)
     out = Path(out)
@@ -194,11 +201,11 @@ def prepare(inputs: str | Path, out: str | Path, spec: PrepSpec, workers: int = 
     bar = tqdm(total=len(jobs), desc="prepare", unit="case", disable=not progress)
     if workers <= 1:
         for p, o in jobs:
-            prepare_one(p, o, spec)
+            prepare_one(p, o, spec, series)
             bar.update()
     else:
         with ProcessPoolExecutor(max_workers=workers) as pool:
-            for fut in [pool.submit(prepare_one, p, o, spec) for p, o in jobs]:
+            for fut in [pool.submit(prepare_one, p, o, spec, series) for p, o in jobs]:
                 fut.result()
                 bar.update()
     bar.close()
@@ -211,7 +218,7 @@ def parse_window(value: str) -> str | tuple[float, float]:
     try:
         lo, hi = (float(v) for v in value.split(","))
     except ValueError:
-        raise ValueError(f"window must be a preset ({', '.join(WINDOWS)}) or 'low,high' HU, "
+        raise ConfigError(f"window must be a preset ({', '.join(WINDOWS)}) or 'low,high' HU, "
                          f"got {value!r}") from None
     return lo, hi
 

@@ -26,8 +26,9 @@ import torch
 from torch.utils.data import Dataset
 
 from zoo.boxes import box_from_mask
-from zoo.data.io import DataError, load_npy, load_sparse_mask
+from zoo.data.io import load_npy, load_sparse_mask
 from zoo.data.splits import SPLITS, read_manifest, split_hash, write_manifest
+from zoo.errors import ConfigError, DataError
 from zoo.types import PLANES, TASK_NAMES
 
 AXIS_OF_PLANE = {"axial": "SI", "coronal": "AP", "sagittal": "LR"}
@@ -73,7 +74,7 @@ def load_image(item: dict[str, Any]) -> tuple[np.ndarray, dict[str, Any]]:
                            lambda: (np.asarray(load_npy(item["image"]), dtype=np.float32), {}))
     if fmt not in IMAGE_LOADERS:
         import zoo.data.medical  # noqa: F401  (registers the NIfTI / DICOM loaders)
-    return _IMAGES.get((fmt, *_file_key(item["image"]), item.get("spec_key")),
+    return _IMAGES.get((fmt, *_file_key(item["image"]), item.get("spec_key"), item.get("series")),
                        lambda: IMAGE_LOADERS[fmt](item))
 
 
@@ -83,7 +84,7 @@ def slice_axis(orientation: str, plane: str) -> int:
     for i, code in enumerate(orientation.upper()):
         if code in letters:
             return i
-    raise ValueError(f"orientation {orientation!r} has no axis for the {plane} plane")
+    raise DataError(f"orientation {orientation!r} has no axis for the {plane} plane")
 
 
 def _mask_channel(item: dict[str, Any], spatial: tuple[int, ...]) -> np.ndarray:
@@ -189,10 +190,10 @@ class DataSource:
         self.name, self.root = name, root
         for item in items:
             if item["task"] not in TASK_NAMES:
-                raise ValueError(f"{name}: item {item['id']!r} has unknown task {item['task']!r}; "
+                raise DataError(f"{name}: item {item['id']!r} has unknown task {item['task']!r}; "
                                  f"tasks: {TASK_NAMES}")
             if item.get("plane", "axial") not in PLANES:
-                raise ValueError(f"{name}: item {item['id']!r} has plane {item['plane']!r}, "
+                raise DataError(f"{name}: item {item['id']!r} has plane {item['plane']!r}, "
                                  f"not one of {PLANES}")
         path = Path(manifest) if manifest else _default_manifest_path(name, root)
         cases = {item["case"]: item.get("patient_id") or item["case"] for item in items}
@@ -217,7 +218,7 @@ class DataSource:
         if split not in SPLITS:
             from zoo.registry import suggest
 
-            raise KeyError(f"unknown split {split!r}.{suggest(split, SPLITS)} Splits: {SPLITS}")
+            raise ConfigError(f"unknown split {split!r}.{suggest(split, SPLITS)} Splits: {SPLITS}")
         return self._items[split]
 
     def dataset(self, split: str, tasks: Sequence[str] | None = None) -> SampleDataset:
@@ -226,7 +227,7 @@ class DataSource:
         if tasks is not None:
             unknown = [t for t in tasks if t not in TASK_NAMES]
             if unknown:
-                raise KeyError(f"unknown task(s) {unknown}; tasks: {TASK_NAMES}")
+                raise ConfigError(f"unknown task(s) {unknown}; tasks: {TASK_NAMES}")
             items = [i for i in items if i["task"] in set(tasks)]
         return SampleDataset(items)
 
