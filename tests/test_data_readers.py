@@ -48,8 +48,8 @@ def m3d_root(tmp_path):
                        "Answer": "It is [SEG]."})
         seg_case = tmp_path / "0001" / f"case{i}"
         seg_case.mkdir(parents=True)
-        np.save(seg_case / "image.npy", volume(10 + i).transpose(0, 2, 3, 1))  # (1, H, W, D)
-        onehot = np.stack([labels, np.zeros_like(labels)]).transpose(0, 2, 3, 1)  # (C, H, W, D)
+        np.save(seg_case / "image.npy", volume(10 + i).transpose(0, 3, 2, 1))  # (1, W, H, D)
+        onehot = np.stack([labels, np.zeros_like(labels)]).transpose(0, 3, 2, 1)  # (C, W, H, D)
         mask = save_sparse_mask(seg_case, onehot)
         dec.append({"image": f"0001/case{i}/image.npy", "label": f"0001/case{i}/{mask.name}"})
     (tmp_path / "M3D_Cap.json").write_text(json.dumps({"train": entries[:2], "validation": [],
@@ -105,6 +105,49 @@ def test_m3d_seg_masks_and_positioning(m3d_root, tmp_path):
     assert "<bx_start>[0.250, 0.250, 0.188, 0.500, 0.500, 0.375]<bx_end>" in rec["answer"]
     reg = by_task["reg"][0]
     assert "<bx_start>" in reg["prompt"] and reg["answer"] == "The target is liver."
+
+
+def test_m3d_seg_reads_the_published_layout(tmp_path):
+    """M3D-Seg as published: ``<root>/<code>/<code>.json`` whose paths are relative to ``<root>``
+    (M3D reads it with MONAI's ``load_decathlon_datalist(base_dir=<root>)``), arrays stored as
+    ``(C, W, H, D)``, turned into ``(C, D, H, W)`` by swapping axes 1 and 3 (M3D's and SegVol's
+    ``np.swapaxes(array, -1, -3)``)."""
+    from zoo.data.m3d import m3d_seg
+
+    root = tmp_path / "M3D_Seg"
+    stored = {}
+    for code, names in (("0000", ["liver"]), ("0003", ["liver", "kidney"])):
+        entries = []
+        for i in range(2):
+            case = root / code / f"{names[0]}_{i}"
+            case.mkdir(parents=True)
+            image = np.random.default_rng(i).random((1, 12, 10, 6), dtype=np.float32)  # (1, W, H, D)
+            mask = np.zeros((len(names), 12, 10, 6), np.uint8)
+            mask[0, 2:5, 1:3, 4] = 1
+            np.save(case / "image.npy", image)
+            saved = save_sparse_mask(case, mask)
+            entries.append({"image": f"{code}/{case.name}/image.npy",
+                            "label": f"{code}/{case.name}/{saved.name}"})
+            stored[f"{code}/{case.name}"] = (image, mask)
+        labels = {"0": "background", **{str(k + 1): n for k, n in enumerate(names)}}
+        (root / code / f"{code}.json").write_text(json.dumps(
+            {"name": f"{code} Dataset", "labels": labels, "train": entries[:1],
+             "test": entries[1:]}))
+    source = m3d_seg(root=str(root), manifest=str(tmp_path / "all.json"), positioning=False)
+    seg = all_samples(source)
+    assert len(seg) == 2 * 1 + 2 * 2
+    for s in seg:
+        case = s["meta"]["id"].rsplit("/seg/", 1)[0]
+        image, mask = stored[case]
+        k = int(s["meta"]["id"].rsplit("/", 1)[1])
+        assert s["image"].shape == (1, 6, 10, 12)
+        assert np.array_equal(s["image"].numpy(), np.swapaxes(image, -1, -3))
+        assert np.array_equal(s["mask"].numpy()[0], np.swapaxes(mask, -1, -3)[k - 1])
+    one = m3d_seg(root=str(root / "0003"), manifest=str(tmp_path / "one.json"))
+    assert {i["case"] for s in ("train", "validation", "test") for i in one.items(s)} == \
+        {"0003/liver_0", "0003/liver_1"}
+    picked = m3d_seg(root=str(root), datasets=["0000"], manifest=str(tmp_path / "0.json"))
+    assert {i["target"] for s in ("train", "validation", "test") for i in picked.items(s)} == {"liver"}
 
 
 def test_m3d_refseg(m3d_root, tmp_path):

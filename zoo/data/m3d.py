@@ -3,11 +3,14 @@
 - M3D-Cap: json ``{"train": [{"image", "text"}], "validation": [...], "test": [...]}``;
 - M3D-VQA: csv ``Image Path, Text, Question Type, Question, Choice A..D, Answer, Answer Choice``;
   each row gives one closed item (4 choices, ``"{letter}. {answer}"``) and one open item;
-- M3D-Seg: ``<code>.json`` (Decathlon style: ``labels`` map 0 = background, 1..C names; ``train``
-  and ``test`` lists of ``{"image", "label"}``), one-hot sparse CSR ``mask_(C, ...).npz``;
-  channel ``k - 1`` holds label ``k``. Real M3D-Seg stores ``(C, H, W, D)`` (the shape in the
-  name); a json key ``"axes": "CDHW"`` (written by the synthetic benchmark) says the mask is
-  already in image order. REC/REG ("positioning") items are derived from the same masks;
+- M3D-Seg: per data set ``<code>``, a Decathlon-style json (``labels`` map 0 = background, 1..C
+  names; ``train`` and ``test`` lists of ``{"image", "label"}`` with paths relative to the
+  M3D-Seg root), found as ``<root>/<code>/<code>.json`` (the published layout, which M3D reads
+  with MONAI's ``load_decathlon_datalist(base_dir=<root>)``) or ``<root>/<code>.json``; one-hot
+  sparse CSR ``mask_(C, ...).npz``, channel ``k - 1`` holding label ``k``. Arrays are stored in
+  M3D's ``(C, W, H, D)`` order, which M3D and SegVol turn into ``(C, D, H, W)`` by swapping the
+  first and last spatial axes; a json key ``"axes"`` (e.g. ``"CDHW"``, written by the synthetic
+  benchmark) names another order. REC/REG ("positioning") items are derived from the masks;
 - M3D-RefSeg: csv ``Image, Mask, Mask_ID, Question_Type, Question, Answer``; target
   ``mask == Mask_ID`` in an integer label-map ``.npy``;
 - slice texts (zoo extension for Med3DInsight): csv ``Image, Plane, Index, Text``.
@@ -28,7 +31,7 @@ from zoo.data import templates as T
 from zoo.data.io import (check_box, data_root, json_list, read_csv, read_json, read_text,
                          resolve, sparse_mask_presence)
 from zoo.data.source import DataSource
-from zoo.errors import DataError
+from zoo.errors import DataError, MissingFileError
 from zoo.registry import DATASETS
 from zoo.types import PLANES
 
@@ -159,7 +162,8 @@ def read_vqa(root: Path, csv_path: Path, source: str = "m3d_vqa") -> list[dict]:
 
 def read_seg(root: Path, json_path: Path, source: str = "m3d_seg", positioning: bool = True,
              terms: dict[str, Sequence[str]] | None = None) -> list[dict]:
-    """Seg items (one per case and class) and, with ``positioning``, REC and REG items."""
+    """Seg items (one per case and class) and, with ``positioning``, REC and REG items; paths in
+    the json are relative to ``root``."""
     data = read_json(json_path)
     labels = data.get("labels") if isinstance(data, dict) else None
     if not isinstance(labels, dict) or not labels:
@@ -171,9 +175,10 @@ def read_seg(root: Path, json_path: Path, source: str = "m3d_seg", positioning: 
     if any(not isinstance(v, str) or not v.strip() for v in numbered.values()) or min(numbered) < 0:
         raise DataError(json_path, f"'labels' must map integers >= 0 to names, got {labels!r:.80}")
     classes = {k: v.strip() for k, v in numbered.items() if k != 0}
-    axes = data.get("axes", "CHWD")
-    if axes not in ("CHWD", "CDHW"):
-        raise DataError(json_path, f"'axes' must be 'CHWD' or 'CDHW', got {axes!r}")
+    axes = data.get("axes", "CWHD")
+    if not isinstance(axes, str) or sorted(axes) != sorted("CDHW") or axes[0] != "C":
+        raise DataError(json_path, f"'axes' must name the stored axis order, C first then D, H, W "
+                                   f"in any order (M3D-Seg: 'CWHD'), got {axes!r:.40}")
     items = []
     for split in ("train", "validation", "test"):
         for n, entry in enumerate(json_list(data, split, json_path)):
@@ -181,6 +186,11 @@ def read_seg(root: Path, json_path: Path, source: str = "m3d_seg", positioning: 
                 raise DataError(json_path, f"{split}[{n}] needs 'image' and 'label' keys")
             image = resolve(root, entry["image"], json_path, key=f"{split}[{n}].image")
             mask = resolve(root, entry["label"], json_path, key=f"{split}[{n}].label")
+            if not mask.name.endswith(".npz"):
+                raise DataError(json_path, f"{split}[{n}].label: {entry['label']!r} is not a "
+                                           f"one-hot mask_(C, ...).npz of the published M3D-Seg "
+                                           f"(per-class .npy masks of M3D's resized copy are not "
+                                           f"read)")
             case = case_of(root, image)
             present = sparse_mask_presence(mask) if positioning else None
             for k, name in sorted(classes.items()):
@@ -281,18 +291,57 @@ def m3d_vqa(root: str | None = None, csv: str | Sequence[str] = ("M3D_VQA_train.
 
 
 @DATASETS.register
+def seg_datalists(root: Path, datasets: Sequence[str] | None = None) -> tuple[Path, list[Path]]:
+    """``(base, jsons)``: the folder the json paths are relative to and the data sets' jsons.
+
+    Each data set ``<code>`` is ``<root>/<code>/<code>.json`` (published M3D-Seg) or
+    ``<root>/<code>.json``; ``root`` may also be one data set's folder (``.../M3D_Seg/0000``
+    holding ``0000.json``), whose paths are then relative to its parent, as in M3D.
+    """
+    if (root / f"{root.name}.json").is_file():
+        if datasets and list(datasets) != [root.name]:
+            raise DataError(root, f"is the folder of data set {root.name!r} alone; for "
+                                  f"datasets={list(datasets)} point data.root at its parent")
+        return root.parent, [root / f"{root.name}.json"]
+    if datasets:
+        jsons = []
+        for code in datasets:
+            found = [p for p in (root / str(code) / f"{code}.json", root / f"{code}.json")
+                     if p.is_file()]
+            if not found:
+                raise MissingFileError(f"{root}: data set {code!r} has neither {code}/{code}.json "
+                                       f"nor {code}.json")
+            jsons.append(found[0])
+        return root, jsons
+    nested = {p.parent.name: p for p in root.glob("*/*.json") if p.stem == p.parent.name}
+    flat = {p.stem: p for p in root.glob("*.json") if p.stem not in nested
+            and isinstance(read_json(p), dict) and "labels" in read_json(p)}
+    if not nested and not flat:
+        raise DataError(root, "no M3D-Seg data set found (<code>/<code>.json or <code>.json)")
+    return root, [p for _, p in sorted({**flat, **nested}.items())]
+
+
+def read_terms(path: Path) -> dict[str, list[str]]:
+    """A term dictionary json ``{class name: [definition, ...]}``."""
+    terms = read_json(path)
+    if not isinstance(terms, dict) or not all(
+            isinstance(v, list) and all(isinstance(t, str) for t in v) for v in terms.values()):
+        raise DataError(path, "a term dictionary maps each class name to a list of definitions")
+    return terms
+
+
+@DATASETS.register
 def m3d_seg(root: str | None = None, datasets: Sequence[str] | None = None,
             positioning: bool = True, term_dictionary: str | None = None,
             boxes: str | None = None, manifest: str | None = None) -> DataSource:
-    """M3D-Seg (Bai et al. 2024): ``<code>.json`` + ``<code>/<case>/mask_(C, ...).npz`` per data
-    set (all ``*.json`` in root when ``datasets`` is None); REC/REG derived from the masks."""
+    """M3D-Seg (Bai et al. 2024): per data set ``<code>``, ``<code>/<code>.json`` (published
+    layout) or ``<code>.json``, with ``<code>/<case>/image.npy`` and ``mask_(C, ...).npz``
+    (all data sets found when ``datasets`` is None; :func:`seg_datalists`); REC/REG derived from
+    the masks."""
     r = data_root(root, "m3d_seg")
-    jsons = [r / f"{d}.json" for d in datasets] if datasets else sorted(
-        p for p in r.glob("*.json") if isinstance(read_json(p), dict) and "labels" in read_json(p))
-    if not jsons:
-        raise DataError(r, "no Decathlon-style <code>.json found")
-    terms = read_json(r / term_dictionary) if term_dictionary else None
-    items = [i for p in jsons for i in read_seg(r, p, positioning=positioning, terms=terms)]
+    base, jsons = seg_datalists(r, [str(d) for d in datasets] if datasets else None)
+    terms = read_terms(_paths(r, term_dictionary)[0]) if term_dictionary else None
+    items = [i for p in jsons for i in read_seg(base, p, positioning=positioning, terms=terms)]
     if boxes:
         items += read_boxes(r, _paths(r, boxes)[0])
     return DataSource("m3d_seg", items, root=r, manifest=manifest)

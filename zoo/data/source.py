@@ -87,13 +87,18 @@ def slice_axis(orientation: str, plane: str) -> int:
     raise DataError(f"orientation {orientation!r} has no axis for the {plane} plane")
 
 
+def to_cdhw(array: np.ndarray, axes: str) -> np.ndarray:
+    """A (C, ...) array whose axes are named by ``axes`` (a permutation of ``CDHW``; raw M3D-Seg
+    is ``CWHD``, docs/data.md "Real formats") as (C, D, H, W); a view, no copy."""
+    return array if axes == "CDHW" else array.transpose([axes.index(a) for a in "CDHW"])
+
+
 def _mask_channel(item: dict[str, Any], spatial: tuple[int, ...]) -> np.ndarray:
     spec = item["mask"]
     path = spec["path"]
     if spec["kind"] == "sparse":
-        full = _MASKS.get(_file_key(path), lambda: load_sparse_mask(path))
-        if spec.get("axes", "CDHW") == "CHWD":
-            full = full.transpose(0, 3, 1, 2)
+        full = to_cdhw(_MASKS.get(_file_key(path), lambda: load_sparse_mask(path)),
+                       spec.get("axes", "CDHW"))
         if spec["channel"] >= full.shape[0]:
             raise DataError(path, f"mask has {full.shape[0]} channels, class index "
                                   f"{spec['channel']} requested")
@@ -112,8 +117,7 @@ def _mask_channel(item: dict[str, Any], spatial: tuple[int, ...]) -> np.ndarray:
 def build_sample(item: dict[str, Any]) -> dict[str, Any]:
     """Load and assemble one sample from an item (see the module docstring)."""
     array, extra = load_image(item)
-    if item.get("image_axes", "CDHW") == "CHWD":  # raw M3D-Seg stores (1, H, W, D)
-        array = array.transpose(0, 3, 1, 2)
+    array = to_cdhw(array, item.get("image_axes", "CDHW"))
     meta = {"id": item["id"], "source": item["source"], "spacing": item.get("spacing"),
             "orientation": item.get("orientation", "IPL"), "plane": item.get("plane", "axial"),
             "patient_id": item.get("patient_id")}
