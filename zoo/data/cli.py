@@ -53,12 +53,50 @@ def _option(text: str) -> tuple[str, Any]:
         return key, value
 
 
+def _print_leaks(leaks: dict[str, Any], fmt: str, shown: int = 10) -> None:
+    exact, near = leaks["exact"], leaks["near"]
+    if not exact and not near:
+        print(f"no volume is in more than one split ({leaks['volumes']} volumes; exact content "
+              f"hash and near-duplicate fingerprint)")
+        return
+    print(f"LEAK: {fmt}: {len(exact)} volume content(s) in more than one split (exact), "
+          f"{len(near)} near-duplicate pair(s) across splits (fingerprint within "
+          f"{leaks['tolerance']})")
+    where = lambda v: f"{v['image']} [{v['split']}, case {v['case']}]"  # noqa: E731
+    lines = [" = ".join(where(v) for v in group) for group in exact]
+    lines += [f"{where(p['a'])} ~ {where(p['b'])} ({p['distance']})" for p in near]
+    for line in lines[:shown]:
+        print(f"  {line}")
+    if len(lines) > shown:
+        print(f"  ... {len(lines) - shown} more")
+    print("  remedy: a hash split with these cases grouped (--groups FILE, then "
+          "data.split_by=hash data.patients=FILE; docs/data.md 'Leaks across splits')")
+
+
+def _write_groups(path: str, groups: dict[str, str]) -> None:
+    import csv
+
+    with open(path, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh, lineterminator="\n")
+        writer.writerow(["case", "patient_id"])
+        writer.writerows(sorted(groups.items()))
+    print(f"wrote {len(groups)} grouped case(s) to {path}")
+
+
 def cmd_check(args: argparse.Namespace) -> int:
     from zoo.data.check import check
 
-    _print_counts(check(args.format, args.path, **dict(args.option or [])))
-    print("ok")
-    return 0
+    info = check(args.format, args.path, **dict(args.option or []))
+    _print_counts(info)
+    if "leaks" not in info:
+        print("ok")
+        return 0
+    _print_leaks(info["leaks"], args.format)
+    if args.groups:
+        _write_groups(args.groups, info["leaks"]["groups"])
+    leaked = bool(info["leaks"]["exact"] or info["leaks"]["near"])
+    print("ok" if not leaked else "ok (readable; see LEAK above)")
+    return 1 if leaked and args.strict else 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -94,6 +132,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", required=True)
     p.add_argument("path")
     p.add_argument("--option", type=_option, action="append", help="builder kwarg key=value")
+    p.add_argument("--groups", metavar="FILE", help="write a csv 'case,patient_id' tying together "
+                                                    "cases whose volumes are copies (exact or "
+                                                    "near), for data.patients=FILE")
+    p.add_argument("--strict", action="store_true", help="exit 1 when a volume is in more than "
+                                                         "one split")
     p.set_defaults(func=cmd_check)
     return parser
 

@@ -31,7 +31,7 @@ from zoo.data import templates as T
 from zoo.data.io import (check_box, data_root, json_list, read_csv, read_json, read_text,
                          resolve, sparse_mask_presence)
 from zoo.data.source import DataSource
-from zoo.errors import DataError, MissingFileError
+from zoo.errors import ConfigError, DataError, MissingFileError
 from zoo.registry import DATASETS
 from zoo.types import PLANES
 
@@ -272,22 +272,28 @@ def _paths(root: Path, names: str | Sequence[str]) -> list[Path]:
 
 @DATASETS.register
 def m3d_cap(root: str | None = None, json: str = "M3D_Cap.json", split_by: str = "file",
-            manifest: str | None = None) -> DataSource:
+            patients: str | None = None, manifest: str | None = None) -> DataSource:
     """M3D-Cap (Bai et al. 2024): json + npy + report txt. ``split_by='file'`` keeps the json's
-    own train/validation/test lists (the benchmark's); ``'hash'`` splits by case id."""
+    own train/validation/test lists (the benchmark's, which put copies of one scan in train and
+    test); ``'hash'`` splits by case id, cases grouped by ``patients`` (a csv ``case,
+    patient_id``, e.g. from ``zoo data check --groups``; docs/data.md "Leaks across splits")."""
+    if split_by not in ("file", "hash"):
+        raise ConfigError(f"data.split_by must be 'file' or 'hash', got {split_by!r}")
     r = data_root(root, "m3d_cap")
     items, given = read_cap(r, _paths(r, json)[0])
     return DataSource("m3d_cap", items, root=r, manifest=manifest,
-                      given_splits=given if split_by == "file" else None)
+                      given_splits=given if split_by == "file" else None,
+                      patients=_paths(r, patients)[0] if patients else None)
 
 
 @DATASETS.register
 def m3d_vqa(root: str | None = None, csv: str | Sequence[str] = ("M3D_VQA_train.csv",),
-            manifest: str | None = None) -> DataSource:
+            patients: str | None = None, manifest: str | None = None) -> DataSource:
     """M3D-VQA (Bai et al. 2024): closed (4 choices) and open items from the same csv rows."""
     r = data_root(root, "m3d_vqa")
     items = [i for p in _paths(r, csv) for i in read_vqa(r, p)]
-    return DataSource("m3d_vqa", items, root=r, manifest=manifest)
+    return DataSource("m3d_vqa", items, root=r, manifest=manifest,
+                      patients=_paths(r, patients)[0] if patients else None)
 
 
 @DATASETS.register
@@ -333,7 +339,8 @@ def read_terms(path: Path) -> dict[str, list[str]]:
 @DATASETS.register
 def m3d_seg(root: str | None = None, datasets: Sequence[str] | None = None,
             positioning: bool = True, term_dictionary: str | None = None,
-            boxes: str | None = None, manifest: str | None = None) -> DataSource:
+            boxes: str | None = None, patients: str | None = None,
+            manifest: str | None = None) -> DataSource:
     """M3D-Seg (Bai et al. 2024): per data set ``<code>``, ``<code>/<code>.json`` (published
     layout) or ``<code>.json``, with ``<code>/<case>/image.npy`` and ``mask_(C, ...).npz``
     (all data sets found when ``datasets`` is None; :func:`seg_datalists`); REC/REG derived from
@@ -344,13 +351,15 @@ def m3d_seg(root: str | None = None, datasets: Sequence[str] | None = None,
     items = [i for p in jsons for i in read_seg(base, p, positioning=positioning, terms=terms)]
     if boxes:
         items += read_boxes(r, _paths(r, boxes)[0])
-    return DataSource("m3d_seg", items, root=r, manifest=manifest)
+    return DataSource("m3d_seg", items, root=r, manifest=manifest,
+                      patients=_paths(r, patients)[0] if patients else None)
 
 
 @DATASETS.register
 def m3d_refseg(root: str | None = None, csv: str | Sequence[str] = ("M3D_RefSeg.csv",),
-               manifest: str | None = None) -> DataSource:
+               patients: str | None = None, manifest: str | None = None) -> DataSource:
     """M3D-RefSeg (Bai et al. 2024): referring segmentation, target = (mask == Mask_ID)."""
     r = data_root(root, "m3d_refseg")
     items = [i for p in _paths(r, csv) for i in read_refseg(r, p)]
-    return DataSource("m3d_refseg", items, root=r, manifest=manifest)
+    return DataSource("m3d_refseg", items, root=r, manifest=manifest,
+                      patients=_paths(r, patients)[0] if patients else None)

@@ -81,7 +81,8 @@ def _qa_items(pairs: list[dict], source: str, case: str, path: Path, spec: PrepS
 @DATASETS.register
 def nifti_folder(root: str | None = None, labels: str = "labels.csv", modality: str = "ct",
                  size: Sequence[int] = (32, 256, 256), window: str | Sequence[float] = "abdomen",
-                 spacing: Sequence[float] | None = None, manifest: str | None = None) -> DataSource:
+                 spacing: Sequence[float] | None = None, patients: str | None = None,
+                 manifest: str | None = None) -> DataSource:
     """Raw NIfTI / DICOM volumes (or prepared npy) with a label table ``image, label``."""
     r = data_root(root, "nifti_folder")
     spec = _spec(modality, size, window, spacing)
@@ -103,7 +104,8 @@ def nifti_folder(root: str | None = None, labels: str = "labels.csv", modality: 
             items.append(raw_item(path, spec, id=f"{case}/caption{row_no}", task="caption",
                                   prompt="Please write a radiology report for this scan.",
                                   answer=row["text"], **base))
-    return DataSource("nifti_folder", items, root=r, manifest=manifest)
+    return DataSource("nifti_folder", items, root=r, manifest=manifest,
+                      patients=r / patients if patients else None)
 
 
 def cq500_labels(row: dict[str, str], path: Path, row_no: int) -> dict[str, int]:

@@ -17,6 +17,7 @@ something else.
 from __future__ import annotations
 
 import hashlib
+import json
 from collections import Counter, OrderedDict
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -27,7 +28,7 @@ from torch.utils.data import Dataset
 
 from zoo.boxes import box_from_mask
 from zoo.data.io import load_npy, load_sparse_mask
-from zoo.data.splits import SPLITS, read_manifest, split_hash, write_manifest
+from zoo.data.splits import SPLITS, read_manifest, read_patients, split_hash, write_manifest
 from zoo.errors import ConfigError, DataError
 from zoo.types import PLANES, TASK_NAMES
 
@@ -175,8 +176,9 @@ class SampleDataset(Dataset):
         return build_sample(self.items[index])
 
 
-def _default_manifest_path(name: str, root: Path | None) -> Path:
-    key = hashlib.sha1(str(root.resolve() if root else name).encode()).hexdigest()[:10]
+def _default_manifest_path(name: str, root: Path | None, settings: str = "") -> Path:
+    """``runs/data/manifests/<name>-<hash of the root and the split settings>.json``."""
+    key = hashlib.sha1((str(root.resolve() if root else name) + settings).encode()).hexdigest()[:10]
     return Path("runs") / "data" / "manifests" / f"{name}-{key}.json"
 
 
@@ -185,13 +187,18 @@ class DataSource:
 
     ``split_hash`` (sha256 of the split manifest file), ``dataset(split, tasks)``, ``tasks()``,
     ``describe()``. Items are assigned to splits by the manifest: an existing manifest file is
-    read (every case must be listed), otherwise one is written by hashing the patient/case ids.
+    read (every case must be listed), otherwise one is written by hashing the patient/case ids;
+    ``patients`` (a csv ``case, patient_id``, e.g. written by ``zoo data check --groups``) gives
+    cases a patient id, so that cases of one patient (or copies of one scan) share a split.
     """
 
     def __init__(self, name: str, items: Sequence[dict[str, Any]], *, root: Path | None = None,
                  manifest: str | Path | None = None, fractions: Sequence[float] = (0.8, 0.1, 0.1),
-                 salt: str = "zoo", given_splits: dict[str, Sequence[str]] | None = None) -> None:
+                 salt: str = "zoo", given_splits: dict[str, Sequence[str]] | None = None,
+                 patients: str | Path | None = None) -> None:
         self.name, self.root = name, root
+        if not items:
+            raise DataError(root or name, "the data set has no items")
         for item in items:
             if item["task"] not in TASK_NAMES:
                 raise DataError(f"{name}: item {item['id']!r} has unknown task {item['task']!r}; "
@@ -199,8 +206,15 @@ class DataSource:
             if item.get("plane", "axial") not in PLANES:
                 raise DataError(f"{name}: item {item['id']!r} has plane {item['plane']!r}, "
                                  f"not one of {PLANES}")
-        path = Path(manifest) if manifest else _default_manifest_path(name, root)
         cases = {item["case"]: item.get("patient_id") or item["case"] for item in items}
+        if patients is not None:
+            if given_splits is not None:
+                raise ConfigError(f"{name}: patients= groups cases for a hash split; this data "
+                                  f"set uses its files' own split (set split_by=hash)")
+            cases.update(read_patients(patients, set(cases)))
+        settings = json.dumps([given_splits is not None, list(fractions), salt,
+                               str(Path(patients).resolve()) if patients else None])
+        path = Path(manifest) if manifest else _default_manifest_path(name, root, settings)
         if manifest and path.is_file():
             splits = read_manifest(path)
         else:

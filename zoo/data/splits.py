@@ -96,6 +96,20 @@ def read_manifest(path: str | Path) -> dict[str, list[str]]:
     return {s: list(splits[s]) for s in SPLITS}
 
 
+def read_patients(path: str | Path, cases: set[str]) -> dict[str, str]:
+    """``{case: patient id}`` from a csv ``case, patient_id``; every case must be in ``cases``."""
+    from zoo.data.io import read_csv
+
+    out = {}
+    for row_no, row in read_csv(path, ("case", "patient_id")):
+        if row["case"] not in cases:
+            raise DataError(path, f"case {row['case']!r} is not in the data set", row_no)
+        if not row["patient_id"]:
+            raise DataError(path, "empty patient_id", row_no)
+        out[row["case"]] = row["patient_id"]
+    return out
+
+
 def split_hash(path: str | Path) -> str:
     """sha256 hex digest of the manifest file."""
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
