@@ -168,6 +168,21 @@ def hydra_message(err: BaseException) -> str:
     return text.replace("add --multirun to your command line", "run it with `zoo sweep`")
 
 
+def register_resolvers() -> None:
+    """``${zoo.prepared_size:DIR}``: the (D, H, W) a prepared data folder records
+    (:func:`zoo.data.table.prepared_size`), so that ``recipe.image_size: ${data.size}`` follows
+    the data (docs/data.md, "Bring your own data")."""
+    from omegaconf import OmegaConf
+
+    if not OmegaConf.has_resolver("zoo.prepared_size"):
+        def prepared_size(root: str) -> list[int]:
+            from zoo.data.table import prepared_size as size
+
+            return size(root)
+
+        OmegaConf.register_new_resolver("zoo.prepared_size", prepared_size)
+
+
 def compose(overrides: Iterable[str] = (), config_name: str = "config") -> DictConfig:
     """Compose the primary config with command-line style overrides (after the recipe's
     implied component choices, see :func:`recipe_defaults`), completed with the builders'
@@ -180,6 +195,7 @@ def compose(overrides: Iterable[str] = (), config_name: str = "config") -> DictC
     overrides = list(overrides)
     refuse_hydra_overrides(overrides)
     validate_overrides(overrides)
+    register_resolvers()
     overrides = force_component_keys(recipe_defaults(overrides) + overrides)
     try:
         with initialize_config_dir(version_base="1.3", config_dir=str(conf_dir()), job_name="zoo"):

@@ -11,6 +11,7 @@ COMPONENT_MODULES: tuple[str, ...] = (
     "zoo.data.synth",
     "zoo.data.m3d",
     "zoo.data.medical",
+    "zoo.data.table",
     "zoo.evaluation.tasks",
     # encoders: native 3D ViTs, slice-inflated 2D towers, TGH-MoE, 3D backbones, bridges
     "encoders.vit3d",

@@ -16,7 +16,7 @@ from zoo.data.source import build_sample
 from zoo.data.splits import SPLITS
 from zoo.errors import ConfigError, DataError, MissingFileError
 
-FORMATS = ("synth", "m3d_cap", "m3d_vqa", "m3d_seg", "m3d_refseg", "nifti_folder", "cq500",
+FORMATS = ("synth", "m3d_cap", "m3d_vqa", "m3d_seg", "m3d_refseg", "nifti_folder", "table", "cq500",
            "ct_ich", "prepared")
 
 

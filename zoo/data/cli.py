@@ -35,9 +35,26 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
 def cmd_prepare(args: argparse.Namespace) -> int:
     from zoo.data.prepare import prepare, spec_from
+    from zoo.errors import ConfigError
 
     spec = spec_from(args.modality, args.size, args.window, args.spacing, crop=not args.no_crop,
                      preset=args.preset, orientation=args.orientation)
+    if args.table:
+        from zoo.data.table import prepare_table
+
+        if args.series:
+            raise ConfigError("--series applies to folders without a table; a table names the "
+                              "series per row (column 'series')")
+        source = prepare_table(args.inputs, args.table, args.out, spec, workers=args.workers)
+        print(f"prepared {source.describe()['name']} data into {args.out} (size "
+              f"{list(spec.size)}; spec in {args.out}/prepared.json)")
+        print(source.split_summary())
+        for split in ("validation", "test"):
+            if not source.items(split):
+                print(f"note: the {split} split is empty; with few patients set data.fractions "
+                      f"(e.g. [0.6,0.2,0.2]) or more cases (docs/data.md)")
+        print(f"train: zoo train data=table data.root={args.out}")
+        return 0
     paths = prepare(args.inputs, args.out, spec, workers=args.workers, series=args.series)
     print(f"prepared {len(paths)} case(s) into {args.out}")
     return 0
@@ -111,6 +128,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_synth)
     p = sub.add_parser("prepare", help="MONAI preparation of NIfTI / DICOM volumes into M3D npy")
     p.add_argument("--in", dest="inputs", required=True, help="NIfTI file, DICOM folder or a folder of them")
+    p.add_argument("--table", help="a table (.csv or .jsonl) listing the images of --in with their "
+                                   "reports, questions and masks: prepares them for data=table "
+                                   "(docs/data.md 'Bring your own data')")
     p.add_argument("--out", required=True)
     p.add_argument("--modality", choices=("ct", "mri"), default="ct")
     p.add_argument("--size", type=int, nargs=3, default=(32, 256, 256), metavar=("D", "H", "W"))

@@ -22,8 +22,10 @@ import numpy as np
 from zoo.errors import ConfigError, DataError, MissingFileError
 
 def check_array(array: np.ndarray, path: str | Path, *, rank: int | None = None,
-                channels: int | None = None, unit_range: bool = False) -> np.ndarray:
-    """Validate rank, channel count, finiteness, non-emptiness and (optionally) [0, 1] range."""
+                channels: int | None = None, unit_range: bool = False,
+                constant_ok: bool = False) -> np.ndarray:
+    """Validate rank, channel count, finiteness, non-emptiness, (optionally) [0, 1] range and,
+    unless ``constant_ok`` (label maps may be all background), that not every voxel is equal."""
     if rank is not None and array.ndim != rank:
         raise DataError(path, f"expected rank {rank} array, got rank {array.ndim} shape "
                               f"{tuple(array.shape)}")
@@ -39,7 +41,7 @@ def check_array(array: np.ndarray, path: str | Path, *, rank: int | None = None,
         finite = np.isfinite(array)
         bad = "NaN" if np.isnan(array).any() else "infinite"
         raise DataError(path, f"{bad} voxel values ({int((~finite).sum())} voxels)")
-    if lo == hi:
+    if lo == hi and not constant_ok:
         raise DataError(path, f"empty volume (every voxel is {lo})")
     if unit_range and (lo < -1e-4 or hi > 1 + 1e-4):
         raise DataError(path, f"values must be scaled to [0, 1], found [{lo:.4g}, {hi:.4g}]")
@@ -47,8 +49,10 @@ def check_array(array: np.ndarray, path: str | Path, *, rank: int | None = None,
 
 
 def load_npy(path: str | Path, *, mmap: bool = True, rank: int | None = 4,
-             channels: int | None = 1, unit_range: bool = True) -> np.ndarray:
-    """Load (memory-mapped) and validate an M3D ``.npy`` volume, by default (1, D, H, W) in [0, 1]."""
+             channels: int | None = 1, unit_range: bool = True,
+             constant_ok: bool = False) -> np.ndarray:
+    """Load (memory-mapped) and validate an M3D ``.npy`` volume, by default (1, D, H, W) in [0, 1]
+    (``constant_ok`` for label maps)."""
     path = Path(path)
     if not path.is_file():
         raise DataError(path, "file does not exist")
@@ -58,7 +62,8 @@ def load_npy(path: str | Path, *, mmap: bool = True, rank: int | None = 4,
         raise DataError(path, f"unreadable or truncated .npy ({type(err).__name__}: {err})") from None
     if not isinstance(array, np.ndarray):
         raise DataError(path, f"expected one array, got {type(array).__name__}")
-    return check_array(array, path, rank=rank, channels=channels, unit_range=unit_range)
+    return check_array(array, path, rank=rank, channels=channels, unit_range=unit_range,
+                       constant_ok=constant_ok)
 
 
 SHAPE_IN_NAME = re.compile(r"_\(([\d,\s]+)\)\.npz$")
@@ -222,9 +227,10 @@ def check_box(box: Sequence[float], path: str | Path, row: int | None = None) ->
     return values
 
 
-def load_nifti(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
+def load_nifti(path: str | Path, constant_ok: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """A NIfTI volume as ``(array (X, Y, Z) float32, affine 4x4)``; validated, including the
-    affine (finite, invertible: an all-zero or NaN sform/qform has no world frame)."""
+    affine (finite, invertible: an all-zero or NaN sform/qform has no world frame);
+    ``constant_ok`` for label maps."""
     import nibabel as nib
 
     path = Path(path)
@@ -244,7 +250,7 @@ def load_nifti(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
                               "(no voxel spacing or direction); fix the header")
     if array.ndim == 4 and array.shape[-1] == 1:
         array = array[..., 0]
-    check_array(array, path, rank=3)
+    check_array(array, path, rank=3, constant_ok=constant_ok)
     return array, affine
 
 

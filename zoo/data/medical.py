@@ -65,7 +65,7 @@ def raw_item(path: Path, spec: PrepSpec, **fields: Any) -> dict[str, Any]:
     return item
 
 
-def _spec(modality: str, size: Sequence[int], window: str | Sequence[float],
+def spec_of(modality: str, size: Sequence[int], window: str | Sequence[float],
           spacing: Sequence[float] | None) -> PrepSpec:
     return PrepSpec(modality=modality, size=tuple(size),
                     window=window if isinstance(window, str) else tuple(window),
@@ -85,7 +85,7 @@ def nifti_folder(root: str | None = None, labels: str = "labels.csv", modality: 
                  manifest: str | None = None) -> DataSource:
     """Raw NIfTI / DICOM volumes (or prepared npy) with a label table ``image, label``."""
     r = data_root(root, "nifti_folder")
-    spec = _spec(modality, size, window, spacing)
+    spec = spec_of(modality, size, window, spacing)
     table = r / labels
     items = []
     for row_no, row in read_csv(table, ("image", "label")):
@@ -143,7 +143,7 @@ def cq500(root: str | None = None, reads: str = "reads.csv", series: str | None 
           rephraser: str | None = None, manifest: str | None = None) -> DataSource:
     """CQ500 (Chilamkurthy et al. 2018): DICOM series + reads csv -> 1 open, 5 closed QA pairs."""
     r = data_root(root, "cq500")
-    spec, hook = _spec("ct", size, window, None), brainct.resolve_rephraser(rephraser)
+    spec, hook = spec_of("ct", size, window, None), brainct.resolve_rephraser(rephraser)
     table = r / reads
     items = []
     for row_no, row in read_csv(table, ("name",)):
@@ -165,7 +165,7 @@ def ct_ich(root: str | None = None, diagnosis: str = "hemorrhage_diagnosis_raw_c
            manifest: str | None = None) -> DataSource:
     """PhysioNet CT-ICH (Hssayeni et al. 2020): NIfTI + per-slice diagnosis csv -> QA pairs."""
     r = data_root(root, "ct_ich")
-    spec, hook = _spec("ct", size, window, None), brainct.resolve_rephraser(rephraser)
+    spec, hook = spec_of("ct", size, window, None), brainct.resolve_rephraser(rephraser)
     table = r / diagnosis
     patients: dict[int, dict[str, int]] = {}
     first_row: dict[int, int] = {}

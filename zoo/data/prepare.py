@@ -101,45 +101,87 @@ def preprocess(array: np.ndarray, affine: np.ndarray, spec: PrepSpec, name: str 
 
         data, meta = segvol_preprocess(array, affine, spec.size, spec.orientation, name)
         return data, {**meta, "spec": asdict(spec)}
+
+    data, _, meta = preprocess_pair(array, affine, spec, name)
+    return data, meta
+
+
+def check_label(label: np.ndarray, label_affine: np.ndarray, shape: tuple[int, ...],
+                affine: np.ndarray, name: str) -> np.ndarray:
+    """A label map on the image's voxel grid (same shape, affine within 1e-3 mm) holding
+    integers >= 0, as int64."""
+    if label.shape != shape:
+        raise DataError(name, f"mask shape {label.shape} differs from its image's {shape}")
+    if not np.allclose(label_affine, affine, atol=1e-3):
+        raise DataError(name, "mask affine differs from its image's (not on the same voxel grid)")
+    if not np.isfinite(label).all() or (label < 0).any() or (label != np.round(label)).any():
+        raise DataError(name, "a mask must hold label numbers (integers >= 0)")
+    return label.astype(np.int64)
+
+
+def preprocess_pair(array: np.ndarray, affine: np.ndarray, spec: PrepSpec, name: str = "volume",
+                    label: np.ndarray | None = None, label_affine: np.ndarray | None = None
+                    ) -> tuple[np.ndarray, np.ndarray | None, dict[str, Any]]:
+    """:func:`preprocess`, with an optional label map (X, Y, Z) on the image's grid carried
+    through the same spatial steps (nearest neighbour) -> (1, D, H, W) integers; the zoo's
+    preset only (other presets keep each volume's own size and have no label path)."""
+    if spec.preset != "zoo":
+        raise ConfigError(f"preset {spec.preset!r} prepares images alone; a mask needs the zoo's "
+                          f"preset")
     import torch
     from monai.data import MetaTensor
     from monai import transforms as mt
 
     check_array(array, name, rank=3)
-    img = MetaTensor(torch.as_tensor(array, dtype=torch.float32)[None],
-                     affine=torch.as_tensor(affine, dtype=torch.float64))
+    as_meta = lambda a, aff, dtype: MetaTensor(  # noqa: E731
+        torch.as_tensor(a, dtype=dtype)[None], affine=torch.as_tensor(aff, dtype=torch.float64))
+    inputs = {"image": as_meta(array, affine, torch.float32)}
+    if label is not None:
+        inputs["label"] = as_meta(check_label(label, label_affine, array.shape, affine, name),
+                                  label_affine, torch.float32)
+    keys = list(inputs)
+    modes = lambda image, mask: (image, mask)[:len(keys)]  # noqa: E731
     original = [float(v) for v in np.linalg.norm(np.asarray(affine)[:3, :3], axis=0)]
-    steps: list[Any] = [mt.Orientation(axcodes="LPI", labels=(("L", "R"), ("P", "A"), ("I", "S")))]
+    steps: list[Any] = [mt.Orientationd(keys, axcodes="LPI",
+                                        labels=(("L", "R"), ("P", "A"), ("I", "S")))]
     if spec.spacing is not None:
         d, h, w = spec.spacing
-        steps.append(mt.Spacing(pixdim=(w, h, d), mode="bilinear"))
+        steps.append(mt.Spacingd(keys, pixdim=(w, h, d), mode=modes("bilinear", "nearest")))
     if spec.modality == "ct":
         lo, hi = spec.hu_window()
         # crop before windowing: the windowed voxel is > 0 exactly where HU > lo, so the box is
         # the same and the pointwise window runs on the cropped voxels only
         if spec.crop_foreground:
-            steps.append(mt.CropForeground(select_fn=lambda x: x > lo, allow_smaller=True))
-        steps.append(mt.ScaleIntensityRange(a_min=lo, a_max=hi, b_min=0.0, b_max=1.0, clip=True))
+            steps.append(mt.CropForegroundd(keys, source_key="image", select_fn=lambda x: x > lo,
+                                            allow_smaller=True))
+        steps.append(mt.ScaleIntensityRanged("image", a_min=lo, a_max=hi, b_min=0.0, b_max=1.0,
+                                             clip=True))
     else:
         lo, hi = spec.percentiles
-        steps.append(mt.ScaleIntensityRangePercentiles(lower=lo, upper=hi, b_min=0.0, b_max=1.0,
-                                                       clip=True))
+        steps.append(mt.ScaleIntensityRangePercentilesd("image", lower=lo, upper=hi, b_min=0.0,
+                                                        b_max=1.0, clip=True))
         if spec.crop_foreground:
-            steps.append(mt.CropForeground(select_fn=lambda x: x > 0, allow_smaller=True))
+            steps.append(mt.CropForegroundd(keys, source_key="image", select_fn=lambda x: x > 0,
+                                            allow_smaller=True))
     d, h, w = spec.size
-    steps.append(mt.Resize(spatial_size=(w, h, d), mode="trilinear"))
-    out = mt.Compose(steps)(img)
-    final_affine = np.asarray(out.affine, dtype=np.float64)
+    steps.append(mt.Resized(keys, spatial_size=(w, h, d), mode=modes("trilinear", "nearest")))
+    out = mt.Compose(steps)(inputs)
+    image = out["image"]
+    final_affine = np.asarray(image.affine, dtype=np.float64)
     # (C, X, Y, Z) LPI -> (C, D, H, W) IPL; clamp in place (resampling may overshoot by rounding),
     # then one contiguous copy (numpy's strided copy: 30 % faster than torch's here)
-    data = out.as_tensor().to(torch.float32).clamp_(0.0, 1.0).numpy()
+    data = image.as_tensor().to(torch.float32).clamp_(0.0, 1.0).numpy()
     data = np.ascontiguousarray(data.transpose(0, 3, 2, 1))
     check_array(data, name, rank=4, channels=1, unit_range=True)
+    labels = None
+    if label is not None:
+        labels = out["label"].as_tensor().round().numpy().transpose(0, 3, 2, 1)
+        labels = np.ascontiguousarray(labels.astype(np.uint8 if labels.max() < 256 else np.int32))
     x, y, z = (float(v) for v in np.linalg.norm(final_affine[:3, :3], axis=0))
     meta = {"spacing": [round(z, 4), round(y, 4), round(x, 4)], "orientation": "IPL",
             "plane": "axial", "original_spacing_xyz": [round(v, 4) for v in original],
             "spec": asdict(spec), "affine": final_affine.round(6).tolist()}
-    return data, meta
+    return data, labels, meta
 
 
 def load_raw(path: str | Path, series: str | None = None) -> tuple[np.ndarray, np.ndarray]:

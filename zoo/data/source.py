@@ -105,8 +105,8 @@ def _mask_channel(item: dict[str, Any], spatial: tuple[int, ...]) -> np.ndarray:
                                   f"{spec['channel']} requested")
         channel = full[spec["channel"]]
     else:  # label map: target = (map == id)
-        full = _MASKS.get(_file_key(path), lambda: np.asarray(load_npy(path, channels=None, rank=None,
-                                                                 unit_range=False)))
+        full = _MASKS.get(_file_key(path), lambda: np.asarray(load_npy(
+            path, channels=None, rank=None, unit_range=False, constant_ok=True)))
         full = full[0] if full.ndim == 4 else full
         channel = np.isin(full, spec["ids"])
     if tuple(channel.shape) != tuple(spatial):
@@ -195,8 +195,13 @@ class DataSource:
     def __init__(self, name: str, items: Sequence[dict[str, Any]], *, root: Path | None = None,
                  manifest: str | Path | None = None, fractions: Sequence[float] = (0.8, 0.1, 0.1),
                  salt: str = "zoo", given_splits: dict[str, Sequence[str]] | None = None,
-                 patients: str | Path | None = None) -> None:
+                 patients: str | Path | None = None, image_size: Sequence[int] | None = None
+                 ) -> None:
         self.name, self.root = name, root
+        self.split_mode = "the files' own split" if given_splits is not None else \
+            f"hash of the patient id, fractions {tuple(fractions)}"
+        # (D, H, W) of every volume when the source knows it (prepared data), else None
+        self.image_size = tuple(int(s) for s in image_size) if image_size is not None else None
         if not items:
             raise DataError(root or name, "the data set has no items")
         for item in items:
@@ -262,6 +267,34 @@ class DataSource:
                 "manifest": str(self.manifest_path), "split_hash": self.split_hash,
                 "cases": cases, "samples": counts}
 
+    def split_summary(self) -> str:
+        """One line: cases and items per split and how the split was made."""
+        parts = [f"{s} {len({i['case'] for i in items})} cases ({len(items)} items)"
+                 for s, items in self._items.items()]
+        return f"data {self.name}: {', '.join(parts)}; split by {self.split_mode}"
+
+    def require_split(self, split: str, why: str) -> None:
+        """Raise naming the split and the counts when ``split`` holds no item."""
+        if not self.items(split):
+            raise DataError(self.manifest_path, f"the {split} split of data {self.name} is empty "
+                                                f"({self.split_summary().split(': ', 1)[1]}); "
+                                                f"{why}")
+
     def __repr__(self) -> str:
         sizes = ", ".join(f"{s}={len(v)}" for s, v in self._items.items())
         return f"DataSource({self.name!r}, {sizes}, split_hash={self.split_hash[:12]})"
+
+
+def check_data_fit(data: Any, model: Any, eval_split: str | None, why: str) -> str | None:
+    """Before a run: the model's input size (``model.image_size``, the recipe's ``image_size``)
+    equals the data's volume size where both are known, and ``eval_split`` (when given) holds
+    items (``why`` ends that error). Returns the data's one-line split summary, if it has one."""
+    want, have = getattr(model, "image_size", None), getattr(data, "image_size", None)
+    if want is not None and have is not None and tuple(want) != tuple(have):
+        raise ConfigError(f"recipe.image_size={list(want)} but the volumes of data "
+                          f"{getattr(data, 'name', '?')} are {list(have)}: drop the "
+                          f"recipe.image_size override (it follows data.size), or prepare the "
+                          f"data at that size")
+    if eval_split is not None and hasattr(data, "require_split"):
+        data.require_split(eval_split, why)
+    return data.split_summary() if hasattr(data, "split_summary") else None
