@@ -66,8 +66,8 @@ def test_check_reports_a_leaking_file_split_and_the_grouped_hash_split_removes_i
         "train": [entries[i] for i in (0, 1, 2, 3)], "validation": [entries[4]],
         "test": [entries[i] for i in (5, 6, 7)]}))
     groups = tmp_path / "groups.csv"
-    args = ["check", "--format", "m3d_cap", str(tmp_path), "--option",
-            f"manifest={tmp_path / 'file.json'}"]
+    args = ["check", "--format", "m3d_cap", str(tmp_path), "--option", "size=[16,32,32]",
+            "--option", f"manifest={tmp_path / 'file.json'}"]
     assert main(args + ["--groups", str(groups)]) == 0
     out = capsys.readouterr().out
     assert "LEAK: m3d_cap: 1 volume content(s) in more than one split (exact), 1 near-duplicate" in out
@@ -76,6 +76,7 @@ def test_check_reports_a_leaking_file_split_and_the_grouped_hash_split_removes_i
     capsys.readouterr()
     assert groups.read_text() == "case,patient_id\ncase0,case0\ncase5,case0\ncase6,case0\n"
     assert main(["check", "--format", "m3d_cap", str(tmp_path), "--strict",
+                 "--option", "size=[16,32,32]",
                  "--option", "split_by=hash", "--option", f"patients={groups}",
                  "--option", f"manifest={tmp_path / 'hash.json'}"]) == 0
     assert "no volume is in more than one split (8 volumes" in capsys.readouterr().out

@@ -9,6 +9,7 @@ import pytest
 
 from zoo.data import splits
 from zoo.data.io import save_sparse_mask
+from zoo.errors import DataError
 
 SIZE = (8, 16, 16)
 
@@ -69,7 +70,7 @@ def all_samples(source):
 def test_m3d_cap_keeps_the_file_splits(m3d_root, tmp_path):
     from zoo.data.m3d import m3d_cap
 
-    src = m3d_cap(root=str(m3d_root), manifest=str(tmp_path / "cap.json"))
+    src = m3d_cap(root=str(m3d_root), size=SIZE, manifest=str(tmp_path / "cap.json"))
     assert src.describe()["samples"]["test"] == {"caption": 1}
     s = src.dataset("test")[0]
     assert s["answer"] == "Report 2: liver lesion." and s["image"].shape == (1, *SIZE)
@@ -79,7 +80,7 @@ def test_m3d_cap_keeps_the_file_splits(m3d_root, tmp_path):
 def test_m3d_vqa_gives_closed_and_open_from_one_row(m3d_root, tmp_path):
     from zoo.data.m3d import m3d_vqa
 
-    samples = all_samples(m3d_vqa(root=str(m3d_root), manifest=str(tmp_path / "v.json")))
+    samples = all_samples(m3d_vqa(root=str(m3d_root), size=SIZE, manifest=str(tmp_path / "v.json")))
     closed = [s for s in samples if s["task"] == "vqa_closed"]
     opened = [s for s in samples if s["task"] == "vqa_open"]
     assert len(closed) == len(opened) == 3
@@ -153,7 +154,8 @@ def test_m3d_seg_reads_the_published_layout(tmp_path):
 def test_m3d_refseg(m3d_root, tmp_path):
     from zoo.data.m3d import m3d_refseg
 
-    samples = all_samples(m3d_refseg(root=str(m3d_root), manifest=str(tmp_path / "r.json")))
+    samples = all_samples(m3d_refseg(root=str(m3d_root), size=SIZE,
+                                     manifest=str(tmp_path / "r.json")))
     assert len(samples) == 3 and all(s["mask"].sum() == 60 for s in samples)
 
 
@@ -298,3 +300,15 @@ def test_prepare_writes_npy_and_spec(tmp_path):
         assert arr.shape == (1, 8, 16, 16) and arr.dtype == np.float32
         assert spec["spec"]["window"] == "brain" and spec["orientation"] == "IPL"
     assert main(["check", "--format", "prepared", str(out)]) == 0
+
+
+def test_m3d_volumes_of_another_size_than_data_size_are_named(m3d_root, tmp_path):
+    from zoo.config import compose
+    from zoo.data.m3d import m3d_cap
+
+    src = m3d_cap(root=str(m3d_root), manifest=str(tmp_path / "cap.json"))  # M3D's 32 x 256 x 256
+    with pytest.raises(DataError, match=r"Axial_non_contrast\.npy: volume size \(8, 16, 16\) "
+                                        r"differs from the data set's size \(32, 256, 256\)"):
+        src.dataset("test")[0]
+    cfg = compose(["data=m3d_vqa", f"data.root={m3d_root}", "data.size=[8,16,16]"])
+    assert list(cfg.recipe.image_size) == [8, 16, 16]

@@ -264,6 +264,18 @@ def read_slices(root: Path, csv_path: Path, source: str = "slices") -> list[dict
     return items
 
 
+M3D_SIZE = (32, 256, 256)
+
+
+def sized(items: list[dict], size: Sequence[int] | None) -> list[dict]:
+    """Items whose volumes must be ``size`` (D, H, W), checked when each is loaded."""
+    if size is not None:
+        size = tuple(int(s) for s in size)
+        for item in items:
+            item["size"] = size
+    return items
+
+
 def _paths(root: Path, names: str | Sequence[str]) -> list[Path]:
     names = [names] if isinstance(names, str) else list(names)
     return [Path(n) if Path(n).is_absolute() else root / n for n in names]
@@ -272,7 +284,8 @@ def _paths(root: Path, names: str | Sequence[str]) -> list[Path]:
 
 @DATASETS.register
 def m3d_cap(root: str | None = None, json: str = "M3D_Cap.json", split_by: str = "file",
-            patients: str | None = None, manifest: str | None = None) -> DataSource:
+            size: Sequence[int] | None = M3D_SIZE, patients: str | None = None,
+            manifest: str | None = None) -> DataSource:
     """M3D-Cap (Bai et al. 2024): json + npy + report txt. ``split_by='file'`` keeps the json's
     own train/validation/test lists (the benchmark's, which put copies of one scan in train and
     test); ``'hash'`` splits by case id, cases grouped by ``patients`` (a csv ``case,
@@ -281,19 +294,20 @@ def m3d_cap(root: str | None = None, json: str = "M3D_Cap.json", split_by: str =
         raise ConfigError(f"data.split_by must be 'file' or 'hash', got {split_by!r}")
     r = data_root(root, "m3d_cap")
     items, given = read_cap(r, _paths(r, json)[0])
-    return DataSource("m3d_cap", items, root=r, manifest=manifest,
+    return DataSource("m3d_cap", sized(items, size), root=r, manifest=manifest,
                       given_splits=given if split_by == "file" else None,
-                      patients=_paths(r, patients)[0] if patients else None)
+                      patients=_paths(r, patients)[0] if patients else None, image_size=size)
 
 
 @DATASETS.register
 def m3d_vqa(root: str | None = None, csv: str | Sequence[str] = ("M3D_VQA_train.csv",),
-            patients: str | None = None, manifest: str | None = None) -> DataSource:
+            size: Sequence[int] | None = M3D_SIZE, patients: str | None = None,
+            manifest: str | None = None) -> DataSource:
     """M3D-VQA (Bai et al. 2024): closed (4 choices) and open items from the same csv rows."""
     r = data_root(root, "m3d_vqa")
     items = [i for p in _paths(r, csv) for i in read_vqa(r, p)]
-    return DataSource("m3d_vqa", items, root=r, manifest=manifest,
-                      patients=_paths(r, patients)[0] if patients else None)
+    return DataSource("m3d_vqa", sized(items, size), root=r, manifest=manifest,
+                      patients=_paths(r, patients)[0] if patients else None, image_size=size)
 
 
 @DATASETS.register
@@ -357,9 +371,10 @@ def m3d_seg(root: str | None = None, datasets: Sequence[str] | None = None,
 
 @DATASETS.register
 def m3d_refseg(root: str | None = None, csv: str | Sequence[str] = ("M3D_RefSeg.csv",),
-               patients: str | None = None, manifest: str | None = None) -> DataSource:
+               size: Sequence[int] | None = M3D_SIZE, patients: str | None = None,
+               manifest: str | None = None) -> DataSource:
     """M3D-RefSeg (Bai et al. 2024): referring segmentation, target = (mask == Mask_ID)."""
     r = data_root(root, "m3d_refseg")
     items = [i for p in _paths(r, csv) for i in read_refseg(r, p)]
-    return DataSource("m3d_refseg", items, root=r, manifest=manifest,
-                      patients=_paths(r, patients)[0] if patients else None)
+    return DataSource("m3d_refseg", sized(items, size), root=r, manifest=manifest,
+                      patients=_paths(r, patients)[0] if patients else None, image_size=size)

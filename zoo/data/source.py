@@ -119,6 +119,9 @@ def build_sample(item: dict[str, Any]) -> dict[str, Any]:
     """Load and assemble one sample from an item (see the module docstring)."""
     array, extra = load_image(item)
     array = to_cdhw(array, item.get("image_axes", "CDHW"))
+    if item.get("size") is not None and tuple(array.shape[1:]) != tuple(item["size"]):
+        raise DataError(item["image"], f"volume size {tuple(array.shape[1:])} differs from the "
+                                       f"data set's size {tuple(item['size'])} (data.size)")
     meta = {"id": item["id"], "source": item["source"], "spacing": item.get("spacing"),
             "orientation": item.get("orientation", "IPL"), "plane": item.get("plane", "axial"),
             "patient_id": item.get("patient_id")}
