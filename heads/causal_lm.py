@@ -8,8 +8,9 @@ Shapes: ``input_ids (B, T)``, ``inputs_embeds (B, T, H)``, ``logits (B, T, V)``,
 ``(B, T, H)``; generation returns only the new tokens ``(B, T_new)``.
 
 Registered LMs (``LMS``): ``test_llama`` / ``test_phi3`` (tiny, random, seeded, offline tokenizer),
-``llama2_7b`` / ``phi3_mini`` (published configs; weights only from ``path``), ``hf`` (any local
-causal-LM directory).
+``llama2_7b`` / ``phi3_mini`` (published configs; weights only from ``path``), ``smollm2_135m``
+(a real pretrained instruct LLM, fetched once with ``zoo models fetch smollm2_135m``), ``hf`` (any
+local causal-LM directory).
 """
 
 from __future__ import annotations
@@ -47,6 +48,13 @@ PHI3_MINI: dict[str, Any] = dict(
     initializer_range=0.02, rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
     sliding_window=2047, tie_word_embeddings=False, attention_dropout=0.0, embd_pdrop=0.0,
     resid_pdrop=0.0, bos_token_id=1, eos_token_id=32000, pad_token_id=32000)
+# HuggingFaceTB/SmolLM2-135M-Instruct as converted from its GGUF file (zoo/models.py)
+SMOLLM2_135M: dict[str, Any] = dict(
+    vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
+    num_attention_heads=9, num_key_value_heads=3, head_dim=64, hidden_act="silu",
+    max_position_embeddings=8192, rms_norm_eps=1e-5, initializer_range=0.02,
+    rope_parameters={"rope_type": "default", "rope_theta": 100000.0}, tie_word_embeddings=True,
+    attention_bias=False, mlp_bias=False, bos_token_id=1, eos_token_id=2, pad_token_id=2)
 # keys that must agree when a checkpoint directory is loaded under a published name
 _ARCH_KEYS = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
               "num_key_value_heads")
@@ -398,6 +406,26 @@ def phi3_mini(path: str | None = None, tokenizer: Any = None, dtype: str | None 
 
     return _published("phi3_mini", Phi3Config, PHI3_MINI, path, tokenizer, dtype,
                       gradient_checkpointing, corpus)
+
+
+@LMS.register
+def smollm2_135m(path: str | None = None, dtype: str | None = None,
+                 gradient_checkpointing: bool = False) -> CausalLM:
+    """SmolLM2-135M-Instruct (Allal et al. 2025; Apache-2.0): a 30-layer LLaMA, hidden 576, 9 query
+    and 3 key-value heads, tied embeddings, 49,152-token BPE tokenizer with a ChatML chat template;
+    134,515,008 parameters before the zoo's 4 special tokens (docs/lm.md).
+
+    Weights from ``path`` (a Hugging Face folder), by default the folder that
+    ``zoo models fetch smollm2_135m`` converts from the GGUF release into the zoo's cache; a
+    model never fetched raises one line naming that command. Nothing is downloaded here.
+    """
+    from transformers import LlamaConfig
+
+    from zoo.models import fetched_folder
+
+    folder = fetched_folder("smollm2_135m") if path is None else path
+    return _published("smollm2_135m", LlamaConfig, SMOLLM2_135M, folder, None, dtype,
+                      gradient_checkpointing, None)
 
 
 @LMS.register

@@ -35,7 +35,6 @@ from zoo.types import TASK_NAMES, Conditioning, Stage, StepOutput, VisualTokens,
 # Parameter-name patterns inside a CausalLM wrapper (heads/causal_lm.py); ``lm.model`` is the HF model.
 INPUT_EMBED_PATTERN = r"lm\.model\..*embed_tokens\."
 OUTPUT_EMBED_PATTERN = r"lm\.model\..*lm_head\."
-EMBED_PATTERNS = (INPUT_EMBED_PATTERN, OUTPUT_EMBED_PATTERN)
 LORA_PATTERN = r"lm\.model\..*lora_"
 ROWS = ("all", "new", "none")
 
@@ -88,10 +87,19 @@ def stage_presets(name: str, align_tasks: Sequence[str] | None = None,
     return presets
 
 
-def embedding_patterns(preset: StagePreset) -> tuple[str, ...]:
-    """Trainable-name patterns of the embedding matrices a stage moves (all or some rows)."""
-    return ((INPUT_EMBED_PATTERN,) if preset.input_rows != "none" else ()) + \
-        ((OUTPUT_EMBED_PATTERN,) if preset.output_rows != "none" else ())
+def embedding_patterns(preset: StagePreset, tied: bool = False) -> tuple[str, ...]:
+    """Trainable-name patterns of the embedding matrices a stage moves (all or some rows). A tied
+    LM head is the input embedding under that one name (SmolLM2), so only that name is given."""
+    moves = (preset.input_rows != "none", preset.output_rows != "none")
+    if tied:
+        return (INPUT_EMBED_PATTERN,) if any(moves) else ()
+    return ((INPUT_EMBED_PATTERN,) if moves[0] else ()) + ((OUTPUT_EMBED_PATTERN,) if moves[1] else ())
+
+
+def ties_embeddings(lm: torch.nn.Module) -> bool:
+    """Whether a CausalLM's LM head is its input embedding matrix (or it has none)."""
+    out = lm.model.get_output_embeddings()
+    return out is None or out.weight is lm.model.get_input_embeddings().weight
 
 
 class LaMed(ZooModel):
@@ -113,7 +121,7 @@ class LaMed(ZooModel):
                  template: str | Mapping[str, str] = "<image>{prompt}", max_length: int = 512,
                  embedding_rows: Mapping[str, tuple[str, str]] | None = None,
                  bridge: torch.nn.Module | None = None, head: torch.nn.Module | None = None,
-                 seg_dropout: float = 0.1) -> None:
+                 seg_dropout: float = 0.1, chat_template: bool | None = None) -> None:
         super().__init__()
         self.encoder, self.bridge, self.connector, self.lm = encoder, bridge, connector, lm
         self.image_size = tuple(int(s) for s in image_size)
@@ -123,9 +131,10 @@ class LaMed(ZooModel):
         self.num_image_tokens = connector.num_out_tokens(num_tokens, grid)
         self.stages = stages
         self.collator = ImageTextCollator(lm.tokenizer, self.num_image_tokens, template=template,
-                                          max_length=max_length)
+                                          max_length=max_length, chat_template=chat_template)
         self.generation_collator = ImageTextCollator(lm.tokenizer, self.num_image_tokens,
                                                      template=template, max_length=max_length,
+                                                     chat_template=chat_template,
                                                      for_generation=True)
         # stage -> (input_rows, output_rows), each "all", "new" or "none" (StagePreset); a stage
         # not listed trains whatever its patterns select
@@ -342,22 +351,24 @@ def flat_stats(stats: dict[str, Any], prefix: str = "router/") -> dict[str, floa
 def lamed_stages(align_lr: float, instruct_lr: float, epochs: float, batch_size: int,
                  warmup_ratio: float, presets: Mapping[str, StagePreset], train_lm: str,
                  has_bridge: bool = False, seg_part: Sequence[str] = (),
-                 freeze_in_align: bool = True) -> dict[str, Stage]:
+                 freeze_in_align: bool = True, tied: bool = False) -> dict[str, Stage]:
     """``align`` and ``instruct`` stages with the data mixes and embedding matrices of
     ``presets`` (:func:`stage_presets`); ``seg_part`` (the [SEG] path's patterns) joins
     ``instruct``. ``freeze_in_align=False`` trains the encoder, the LM (per ``train_lm``) and
-    both embedding matrices in ``align`` too."""
+    both embedding matrices in ``align`` too. ``tied``: the LLM's LM head is its input embedding
+    (:func:`ties_embeddings`)."""
     lm_part = {"lora": (LORA_PATTERN,), "full": (r"lm\.",), "frozen": ()}[train_lm]
     new = (r"bridge\.", r"connector\.") if has_bridge else (r"connector\.",)
-    align = new + embedding_patterns(presets["align"])
+    align = new + embedding_patterns(presets["align"], tied)
     if not freeze_in_align:
-        align = (r"encoder\.",) + new + EMBED_PATTERNS + lm_part
+        align = (r"encoder\.",) + new + embedding_patterns(StagePreset(), tied) + lm_part
     return {
         "align": Stage("align", trainable=align, tasks=presets["align"].tasks,
                        lr=align_lr, epochs=epochs, warmup_ratio=warmup_ratio, batch_size=batch_size),
         "instruct": Stage("instruct",
-                          trainable=((r"encoder\.",) + new + embedding_patterns(presets["instruct"])
-                                     + lm_part + tuple(seg_part)),
+                          trainable=((r"encoder\.",) + new
+                                     + embedding_patterns(presets["instruct"], tied) + lm_part
+                                     + tuple(seg_part)),
                           tasks=presets["instruct"].tasks, lr=instruct_lr, epochs=epochs,
                           warmup_ratio=warmup_ratio, batch_size=batch_size),
     }
@@ -411,7 +422,8 @@ def lamed(encoder: Callable[..., Any], connector: Callable[..., Any], lm: Callab
           warmup_ratio: float = 0.03, stage_preset: str = "zoo",
           align_tasks: Sequence[str] | None = None, instruct_tasks: Sequence[str] | None = None,
           head: Callable[..., Any] | None = None, share_encoder: bool | None = None,
-          seg_dropout: float = 0.1, freeze_in_align: bool = True) -> LaMed:
+          seg_dropout: float = 0.1, freeze_in_align: bool = True,
+          chat_template: bool | None = None) -> LaMed:
     """M3D-LaMed: ``encoder`` (+ optional token-reducing ``bridge``) and ``connector`` into
     ``lm`` (factories from the config).
 
@@ -433,6 +445,10 @@ def lamed(encoder: Callable[..., Any], connector: Callable[..., Any], lm: Callab
     ``freeze_in_align`` (M3D: true, the encoder and LLM come pretrained): false trains the encoder
     and the LM in ``align`` as well, every embedding row included; for components that start from
     random weights, whose frozen features would carry nothing to align to.
+
+    ``chat_template`` (None: when the LM's tokenizer has one) wraps the filled ``template`` as a
+    user turn of the LM's chat template (:class:`~zoo.seam.ImageTextCollator`); M3D used plain
+    text, ``false`` reproduces that with a chat-tuned LLM.
     """
     presets = stage_presets(stage_preset, align_tasks, instruct_tasks)
     lora = {"r": lora_r, "alpha": lora_alpha, "dropout": lora_dropout, "target": lora_target}
@@ -445,9 +461,11 @@ def lamed(encoder: Callable[..., Any], connector: Callable[..., Any], lm: Callab
             "heads.seg.", own_encoder=not seg_head.share_encoder)
     stages = lamed_stages(align_lr, instruct_lr, epochs, batch_size, warmup_ratio, presets,
                           train_lm, has_bridge=middle is not None,
-                          seg_part=seg_part, freeze_in_align=freeze_in_align)
+                          seg_part=seg_part, freeze_in_align=freeze_in_align,
+                          tied=ties_embeddings(language_model))
     rows = {name: (p.input_rows, p.output_rows) for name, p in presets.items()}
     if not freeze_in_align:
         rows["align"] = ("all", "all")
     return LaMed(vision, projector, language_model, image_size, stages, template, max_length,
-                 embedding_rows=rows, bridge=middle, head=seg_head, seg_dropout=seg_dropout)
+                 embedding_rows=rows, bridge=middle, head=seg_head, seg_dropout=seg_dropout,
+                 chat_template=chat_template)

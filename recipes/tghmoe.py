@@ -15,7 +15,8 @@ import functools
 import inspect
 from typing import Any, Callable, Sequence
 
-from recipes.lamed import EMBED_PATTERNS, LORA_PATTERN, LaMed, build_parts
+from recipes.lamed import (LORA_PATTERN, LaMed, StagePreset, build_parts, embedding_patterns,
+                           ties_embeddings)
 from zoo.registry import RECIPES
 from zoo.types import Stage
 
@@ -51,11 +52,13 @@ def tghmoe(encoder: Callable[..., Any], connector: Callable[..., Any], lm: Calla
            lora_target: str | None = None, shared_lr: float = 5e-5, specific_lr: float = 5e-5,
            epochs: float = 3.0, batch_size: int = 2, warmup_ratio: float = 0.03,
            freeze_shared: bool = False, shared_tasks: Sequence[str] = (),
-           specific_tasks: Sequence[str] = ()) -> TGHMoELaMed:
+           specific_tasks: Sequence[str] = (),
+           chat_template: bool | None = None) -> TGHMoELaMed:
     """TGH-MoE: ``encoder`` (built with ``prompt_dim`` = LLM hidden size when it takes one, e.g.
     ``tghmoe``) + optional ``bridge`` (e.g. ``text_slice_weighting``, Med-2E3's sibling strategy,
     with a dense ``slice2d`` encoder) + ``connector`` into ``lm``. ``shared_tasks`` /
-    ``specific_tasks``: each stage's training tasks (empty: every task the data offers)."""
+    ``specific_tasks``: each stage's training tasks (empty: every task the data offers);
+    ``chat_template`` as in :func:`recipes.lamed.lamed`."""
     lora = {"r": lora_r, "alpha": lora_alpha, "dropout": lora_dropout, "target": lora_target}
     lm_module = lm()
     if bridge is not None and _accepts(bridge, "prompt_dim"):
@@ -65,7 +68,8 @@ def tghmoe(encoder: Callable[..., Any], connector: Callable[..., Any], lm: Calla
         encoder, connector, lambda: lm_module, bridge, train_lm, lora, encoder_kwargs=text_guided)
     lm_part = {"lora": (LORA_PATTERN,), "full": (r"lm\.",), "frozen": ()}[train_lm]
     new = ((r"bridge\.",) if middle is not None else ()) + (r"connector\.",)
-    everything = (r"encoder\.",) + new + EMBED_PATTERNS + lm_part
+    embeddings = embedding_patterns(StagePreset(), tied=ties_embeddings(language_model))
+    everything = (r"encoder\.",) + new + embeddings + lm_part
     stages = {
         "shared": Stage("shared", trainable=everything, tasks=tuple(shared_tasks), lr=shared_lr,
                         epochs=epochs, warmup_ratio=warmup_ratio, batch_size=batch_size),
@@ -74,4 +78,4 @@ def tghmoe(encoder: Callable[..., Any], connector: Callable[..., Any], lm: Calla
                           epochs=epochs, warmup_ratio=warmup_ratio, batch_size=batch_size),
     }
     return TGHMoELaMed(vision, projector, language_model, image_size, stages, template,
-                       max_length, bridge=middle)
+                       max_length, bridge=middle, chat_template=chat_template)

@@ -139,19 +139,59 @@ def test_bad_samples_raise(lm):
         collate(samples)
 
 
+# LLaMA-2-chat's shape: the answer follows "ASSISTANT:" after one space and ends with eos
+CHAT = ("{% for m in messages %}{% if m['role'] == 'user' %}<s>USER: {{ m['content'] }}"
+        "{% else %} ASSISTANT: {{ m['content'] }}</s>{% endif %}{% endfor %}"
+        "{% if add_generation_prompt %} ASSISTANT:{% endif %}")
+
+
+@pytest.fixture
+def chat_lm(lm):
+    lm.tokenizer.chat_template = CHAT
+    yield lm
+    lm.tokenizer.chat_template = None
+
+
 def test_chat_template_option(lm):
     with pytest.raises(ValueError, match="no chat template"):
         ImageTextCollator(lm.tokenizer, 3, chat_template=True)
-    lm.tokenizer.chat_template = ("{% for m in messages %}<s>USER: {{ m['content'] }}{% endfor %}"
-                                  "{% if add_generation_prompt %} ASSISTANT:{% endif %}")
+    assert not ImageTextCollator(lm.tokenizer, 3, chat_template=None).chat_template  # auto: off
+
+
+def test_chat_template_wraps_the_filled_template(chat_lm):
+    tok = chat_lm.tokenizer
+    collate = ImageTextCollator(tok, 3, template="<image>Q: {prompt}", chat_template=None)
+    assert collate.chat_template and collate.answer_separator == " "  # auto: on; the template's
+    samples = _samples()
+    batch = collate(samples)
+    text = tok.decode(batch["input_ids"][0], skip_special_tokens=False)
+    assert text.startswith("<s>USER: <im_patch><im_patch><im_patch>Q: Which plane? ASSISTANT: "
+                           "Sagittal.</s>")
+    assert (batch["input_ids"][:, 0] == tok.bos_token_id).all()  # only one bos
+    assert (batch["input_ids"][:, 1] != tok.bos_token_id).all()
+    assert (batch["input_ids"] == chat_lm.special_ids["<im_patch>"]).sum(1).tolist() == [3, 3]
+    for row, sample in enumerate(samples):  # labels: the answer and eos, nothing of the turns
+        labelled = batch["labels"][row][batch["labels"][row] != IGNORE_INDEX]
+        assert tok.decode(labelled) == " " + sample["answer"] + "</s>"
+    prompts = ImageTextCollator(tok, 3, template="<image>Q: {prompt}", chat_template=True,
+                                for_generation=True)(samples)
+    assert tok.decode(prompts["input_ids"][0], skip_special_tokens=False).endswith(
+        "Which plane? ASSISTANT:")
+
+
+@pytest.mark.parametrize("template, match", [
+    ("{% for m in messages %}<s>{{ m['content'] }}{% endfor %}"
+     "{% if add_generation_prompt %} ASSISTANT:{% endif %}", "does not continue"),
+    ("{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+     "{% if add_generation_prompt %}assistant: {% endif %}", "not the eos token"),
+])
+def test_chat_template_that_cannot_frame_an_answer_raises(lm, template, match):
+    lm.tokenizer.chat_template = template
     try:
-        batch = ImageTextCollator(lm.tokenizer, 3, chat_template=True)(_samples())
+        with pytest.raises(ValueError, match=match):
+            ImageTextCollator(lm.tokenizer, 3, chat_template=True)
     finally:
         lm.tokenizer.chat_template = None
-    text = lm.tokenizer.decode(batch["input_ids"][0])
-    assert text.startswith("<s>USER: <im_patch><im_patch><im_patch>Which plane? ASSISTANT:")
-    assert (batch["input_ids"][:, 0] == lm.tokenizer.bos_token_id).all()  # only one bos
-    assert (batch["input_ids"][:, 1] != lm.tokenizer.bos_token_id).all()
 
 
 def test_splice_replaces_image_positions_in_order(lm):

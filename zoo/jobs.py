@@ -147,7 +147,7 @@ def run_evaluation(run_id: str, overrides: list[str] = (), tracking_uri: str | N
     from pathlib import Path
 
     from omegaconf import OmegaConf
-    from safetensors.torch import load_file
+    from safetensors.torch import load_model
 
     from zoo.evaluation.runner import evaluate
 
@@ -168,6 +168,6 @@ def run_evaluation(run_id: str, overrides: list[str] = (), tracking_uri: str | N
                          f"{data.split_hash[:12]}; refusing to evaluate on a different split")
     model = build_model(cfg)
     check_data_fit(data, model, str(cfg.eval.get("split") or "test"), "nothing to evaluate")
-    model.load_state_dict(load_file(str(final_checkpoint(cfg, model))), strict=True)
+    load_model(model, str(final_checkpoint(cfg, model)))  # strict; tied weights are saved once
     results = evaluate(model, data, cfg.eval, run=Run(tracker.client, run_id))
     return {"run_id": run_id, "eval": results}

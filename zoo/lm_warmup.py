@@ -52,7 +52,8 @@ def cache_key(model: Any, settings: dict[str, Any], split_hash: str, seed: int) 
         digest.update(name.encode())
         digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
     run = {k: v for k, v in settings.items() if k != "cache_dir"}
-    digest.update(json.dumps([run, split_hash, seed, model.collator.template],
+    digest.update(json.dumps([run, split_hash, seed, model.collator.template,
+                              model.collator.chat_template],
                              sort_keys=True).encode())
     return digest.hexdigest()[:16]
 
@@ -70,7 +71,7 @@ def text_items(data: Any, tasks: list[str]) -> list[dict[str, Any]]:
 def warm_up_lm(model: Any, data: Any, cfg: Any, seed: int, log: Any = print) -> dict[str, Any]:
     """Warm up ``model.lm`` in place (or load the cached result); returns ``{key, cached,
     seconds, loss}`` (``loss``: mean text loss of the last 10 steps, None when cached)."""
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import load_model, save_model
 
     if not hasattr(model, "text_loss"):
         raise TypeError(f"lm_warmup: recipe {type(model).__name__} has no text_loss (a language "
@@ -80,7 +81,7 @@ def warm_up_lm(model: Any, data: Any, cfg: Any, seed: int, log: Any = print) -> 
     path = Path(settings["cache_dir"]) / "lm_warmup" / f"{key}.safetensors"
     start = time.perf_counter()
     if path.exists():
-        model.lm.load_state_dict(load_file(str(path)), strict=True)
+        load_model(model.lm, str(path))  # strict; tied weights are saved once
         log(f"lm_warmup: loaded {path}")
         return {"key": key, "cached": True, "seconds": time.perf_counter() - start, "loss": None}
     items = text_items(data, list(settings["tasks"]))
@@ -105,7 +106,7 @@ def warm_up_lm(model: Any, data: Any, cfg: Any, seed: int, log: Any = print) -> 
         p.requires_grad_(flags[name])
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    save_file({k: v.detach().contiguous() for k, v in model.lm.state_dict().items()}, str(tmp))
+    save_model(model.lm, str(tmp))
     os.replace(tmp, path)
     tail = sum(losses[-10:]) / len(losses[-10:])
     seconds = time.perf_counter() - start

@@ -1,15 +1,19 @@
 """The seam between visual tokens and the LLM (docs/design.md section 5).
 
 Text follows M3D-LaMed (Bai et al. 2024): image tokens, then the question, then the answer and
-eos; no chat template by default; labels are ``-100`` over everything but the answer and eos.
-A template holds one ``<image>`` placeholder, expanded to exactly ``num_image_tokens`` image
-token ids; the model later replaces those positions by visual tokens with :func:`splice_visual`.
-No fixed offsets and no assumption about BOS: positions are found by id.
+eos; labels are ``-100`` over everything but the answer and eos. A template holds one ``<image>``
+placeholder, expanded to exactly ``num_image_tokens`` image token ids; the model later replaces
+those positions by visual tokens with :func:`splice_visual`. No fixed offsets and no assumption
+about BOS: positions are found by id.
 
 Templates can differ per task (a sample's ``task``): a mapping ``{task: template}`` with an
 optional ``default``, or a preset name from :data:`TEMPLATE_PRESETS`. The zoo's default is one
 template for every task; ``m3d`` reproduces the strings M3D's dataset classes build
 (docs/reference.md H).
+
+With a chat template (an instruct LLM's own, docs/lm.md) the filled template, image tokens
+included, becomes the content of one user turn; the answer follows the template's generation
+prompt and ends with eos, which must be what closes the template's assistant turn.
 """
 
 from __future__ import annotations
@@ -78,6 +82,32 @@ def resolve_templates(template: str | Mapping[str, str]) -> dict[str, str]:
     return templates
 
 
+def chat_answer_separator(tokenizer: Any) -> str:
+    """The text the tokenizer's chat template puts between the generation prompt that follows a
+    user turn and the assistant's answer (``""`` for ChatML's ``<|im_start|>assistant\\n``).
+
+    Raises ``ValueError`` when a rendered user + assistant conversation does not begin with the
+    rendered generation prompt, or when the assistant turn is not closed by the eos token (the
+    collator ends every answer with eos).
+    """
+    marker = "ANSWER_MARKER_7F3A"
+    user = [{"role": "user", "content": "question"}]
+    prompt = tokenizer.apply_chat_template(user, tokenize=False, add_generation_prompt=True)
+    full = tokenizer.apply_chat_template(user + [{"role": "assistant", "content": marker}],
+                                         tokenize=False)
+    name = getattr(tokenizer, "name_or_path", "")
+    if not full.startswith(prompt) or marker not in full[len(prompt):]:
+        raise ConfigError(f"the chat template of tokenizer {name!r} does not continue its "
+                         f"generation prompt {prompt[-40:]!r} with the assistant turn; use "
+                         "chat_template=false")
+    separator, _, end = full[len(prompt):].partition(marker)
+    if not end.strip().startswith(tokenizer.eos_token):
+        raise ConfigError(f"the chat template of tokenizer {name!r} closes the assistant turn "
+                         f"with {end!r}, not the eos token {tokenizer.eos_token!r}; use "
+                         "chat_template=false")
+    return separator
+
+
 def _single_token_id(tokenizer: Any, token: str) -> int:
     ids = tokenizer(token, add_special_tokens=False)["input_ids"]
     if len(ids) != 1 or ids[0] == tokenizer.unk_token_id:
@@ -98,12 +128,17 @@ class ImageTextCollator:
     The answer is tokenised after ``answer_separator`` (M3D joins question and answer with one
     space). Prompts longer than ``max_length`` raise; answers that do not fit are cut (with a
     warning naming the samples).
+
+    ``chat_template``: ``True`` wraps the filled template as one user turn of the tokenizer's chat
+    template (its generation prompt appended; the answer then follows the template's own
+    separator, :func:`chat_answer_separator`, instead of ``answer_separator``), ``False`` uses
+    plain text (M3D), ``None`` uses the chat template when the tokenizer has one.
     """
 
     def __init__(self, tokenizer: Any, num_image_tokens: int,
                  template: str | Mapping[str, str] = "<image>{prompt}", max_length: int = 512,
                  image_token: str = "<im_patch>", add_eos: bool = True,
-                 answer_separator: str = " ", chat_template: bool = False,
+                 answer_separator: str = " ", chat_template: bool | None = False,
                  for_generation: bool = False) -> None:
         self.templates = resolve_templates(template)
         if not isinstance(num_image_tokens, int) or num_image_tokens < 1:
@@ -115,9 +150,11 @@ class ImageTextCollator:
             raise ValueError("tokenizer has no pad token (CausalLM sets one)")
         if add_eos and tokenizer.eos_token_id is None:
             raise ValueError("add_eos=True but the tokenizer has no eos token")
-        if chat_template and not getattr(tokenizer, "chat_template", None):
+        has_chat = bool(getattr(tokenizer, "chat_template", None))
+        if chat_template and not has_chat:
             raise ValueError(f"chat_template=True but tokenizer "
                              f"{getattr(tokenizer, 'name_or_path', '')!r} has no chat template")
+        chat_template = has_chat if chat_template is None else bool(chat_template)
         self.tokenizer = tokenizer
         self.num_image_tokens = num_image_tokens
         # one plain string when a single template serves every task (a stable, readable record)
@@ -127,7 +164,8 @@ class ImageTextCollator:
         self.image_token = image_token
         self.image_token_id = _single_token_id(tokenizer, image_token)
         self.add_eos = add_eos
-        self.answer_separator = answer_separator
+        self.answer_separator = (chat_answer_separator(tokenizer) if chat_template
+                                 else answer_separator)
         self.chat_template = chat_template
         self.for_generation = for_generation
 

@@ -33,9 +33,9 @@ _RECIPE_VERSION = 1
 
 def default_cache_dir() -> Path:
     """``$ZOO_CACHE_DIR/tokenizers``, else ``~/.cache/medzoo3d/tokenizers``."""
-    root = os.environ.get("ZOO_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache",
-                                                           "medzoo3d")
-    return Path(root) / "tokenizers"
+    from zoo.models import cache_root
+
+    return cache_root() / "tokenizers"
 
 
 def corpus_key(texts: list[str], settings: dict) -> str:

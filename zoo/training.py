@@ -161,12 +161,12 @@ class Trainer:
         return int(total), per_epoch
 
     def _load_weights(self, folder: Path) -> None:
-        from safetensors.torch import load_file
+        from safetensors.torch import load_model
 
         weights = folder / "model.safetensors"
         if not weights.exists():
             raise FileNotFoundError(f"checkpoint {folder} has no model.safetensors")
-        self.model.load_state_dict(load_file(str(weights)), strict=True)
+        load_model(self.model, str(weights))  # strict; tied weights are saved once
 
     # ---------------------------------------------------------------- the loop
     def fit(self) -> list[StageResult]:
