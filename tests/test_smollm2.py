@@ -100,6 +100,8 @@ def test_lora_targets_and_splice_in_lamed(lm):
 
 
 def test_zoo_train_lamed_on_smollm2_then_eval(tmp_path, monkeypatch, capsys):
+    # the slowest test here (tens of seconds): the only one that trains the real LLM through the
+    # command line, writes its 0.5 GB checkpoints and reloads one, as a user's first run does
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     assert main(["train", "recipe=lamed", "lm=smollm2_135m", "data=test_synth",
