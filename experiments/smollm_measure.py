@@ -40,8 +40,8 @@ def commit() -> str:
     root = Path(__file__).resolve().parents[1]
     done = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True,
                           text=True)
-    dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
-                           capture_output=True, text=True).stdout.strip()
+    dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain",
+                            "--untracked-files=no"], capture_output=True, text=True).stdout.strip()
     return done.stdout.strip() + ("+dirty" if dirty else "")
 
 
@@ -50,7 +50,8 @@ def fetch_fresh(cache: Path) -> dict[str, Any]:
     seconds and peak memory."""
     env = {**os.environ, "ZOO_CACHE_DIR": str(cache)}
     start = time.perf_counter()
-    code = ("import json, resource, zoo.models as m; r = m.fetch('smollm2_135m', log=lambda s: None);"
+    code = ("import json, resource, zoo.models as m;"
+            "r = m.fetch('smollm2_135m', log=lambda s: None);"
             "r['peak_rss_mb'] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024;"
             "print(json.dumps(r))")
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,

@@ -93,7 +93,8 @@ def embedding_patterns(preset: StagePreset, tied: bool = False) -> tuple[str, ..
     moves = (preset.input_rows != "none", preset.output_rows != "none")
     if tied:
         return (INPUT_EMBED_PATTERN,) if any(moves) else ()
-    return ((INPUT_EMBED_PATTERN,) if moves[0] else ()) + ((OUTPUT_EMBED_PATTERN,) if moves[1] else ())
+    return (((INPUT_EMBED_PATTERN,) if moves[0] else ())
+            + ((OUTPUT_EMBED_PATTERN,) if moves[1] else ()))
 
 
 def ties_embeddings(lm: torch.nn.Module) -> bool:

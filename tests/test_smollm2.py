@@ -39,7 +39,8 @@ def test_converted_folder_is_the_recorded_checkpoint(lm):
     assert record["parameters"] == PARAMETERS and record["vocab"] == 49_152
     assert record["chat_template"]
     config = lm.model.config
-    assert (config.num_hidden_layers, config.hidden_size, config.num_key_value_heads) == (30, 576, 3)
+    assert (config.num_hidden_layers, config.hidden_size,
+            config.num_key_value_heads) == (30, HIDDEN, 3)
     assert config.tie_word_embeddings
     assert lm.model.get_output_embeddings().weight is lm.model.get_input_embeddings().weight
     # the zoo's 4 special tokens add 4 rows to the one (tied) embedding matrix
@@ -80,7 +81,8 @@ def test_lora_targets_and_splice_in_lamed(lm):
     wrapped = [n for n, m in model.lm.model.named_modules() if n.endswith("lora_A")]
     assert len(wrapped) == 30 * 7  # q k v o gate up down in each of the 30 layers
     lora = sum(p.numel() for n, p in model.named_parameters() if "lora_" in n)
-    # r 16 adds r (in + out) per Linear: q, o (576, 576); k, v (576, 192); gate, up, down (576, 1536)
+    # r 16 adds r (in + out) per Linear: q, o (576 -> 576); k, v (576 -> 192); gate, up, down
+    # (576 <-> 1536)
     assert lora == 30 * 16 * (2 * (2 * HIDDEN) + 2 * (HIDDEN + 192) + 3 * (HIDDEN + 1536))
     model.apply_stage("align")  # tied embeddings: one embedding pattern, new rows only
     model.apply_stage("instruct")
