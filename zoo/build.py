@@ -8,15 +8,104 @@ token counts, freezing and LoRA targets are the recipe's business alone (docs/de
 from __future__ import annotations
 
 import inspect
-from typing import Any
+from typing import Any, Callable
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from zoo.config import ConfigError, chosen_options
 from zoo.registry import load_manifest
 from zoo.types import ZooModel
 
 COMPONENT_GROUPS: tuple[str, ...] = ("encoder", "bridge", "connector", "lm", "head")
+
+
+def registered_targets() -> dict[str, Callable[..., Any]]:
+    """``{"module.function": builder}`` of every registered builder: the only ``_target_`` values
+    the zoo instantiates."""
+    from zoo.registry import REGISTRIES
+
+    load_manifest()
+    return {f"{b.__module__}.{b.__qualname__}": b for registry in REGISTRIES.values()
+            for b in (registry.get(name) for name in registry.list())}
+
+
+def _type_error(hint: Any, value: Any) -> str | None:
+    """What is wrong with ``value`` for the simple annotations int / float / bool / str (and
+    their Optional forms); None when it fits or the annotation is not one of them."""
+    import types
+    import typing
+
+    options = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) \
+        else (hint,)
+    if value is None:
+        return None if type(None) in options or not all(
+            o in (int, float, bool, str) for o in options) else "expected a value, got null"
+    plain = [o for o in options if o is not type(None)]
+    if not plain or not all(o in (int, float, bool, str) for o in plain):
+        return None  # containers, modules, callables: the builder checks them
+    fits = {int: isinstance(value, int) and not isinstance(value, bool),
+            float: isinstance(value, (int, float)) and not isinstance(value, bool),
+            bool: isinstance(value, bool), str: isinstance(value, str)}
+    if any(fits[o] for o in plain):
+        return None
+    names = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
+    return f"expected {' or '.join(names[o] for o in plain)}"
+
+
+def check_arguments(node: Any, key: str) -> None:
+    """Every keyword of a builder node must be a parameter of its registered builder, with a value
+    of the annotated simple type (a learning rate given as text is refused); ConfigError."""
+    import typing
+
+    if not isinstance(node, DictConfig) or "_target_" not in node:
+        return
+    builder = registered_targets().get(node["_target_"])
+    if builder is None:
+        return  # check_targets reports it
+    params = inspect.signature(builder).parameters
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    try:
+        hints = typing.get_type_hints(builder)
+    except Exception:  # an annotation that does not evaluate here: names are still checked
+        hints = {}
+    raw = OmegaConf.to_container(node, resolve=False)
+    for name, value in raw.items():  # type: ignore[union-attr]
+        name = str(name)
+        if name.startswith("_"):
+            continue
+        if name not in params and not takes_any:
+            from zoo.registry import suggest
+
+            raise ConfigError(f"{key}.{name}: {builder.__name__} takes no argument {name!r}."
+                              f"{suggest(name, [p for p in params if not p.startswith('_')])}")
+        if isinstance(value, str) and ("${" in value or value == "???"):
+            continue  # an interpolation or a missing value: Hydra reports those
+        if name in hints:
+            problem = _type_error(hints[name], value)
+            if problem:
+                raise ConfigError(f"{key}.{name}={value!r}: {problem}")
+
+
+def check_targets(node: Any, key: str = "") -> None:
+    """Refuse any ``_target_`` in ``node`` (a config, possibly read from a run's stored
+    ``config.yaml``) that is not a registered builder, before anything is imported or called
+    (docs/guarantees.md). Raises ConfigError naming the key."""
+    allowed = registered_targets()
+
+    def walk(value: Any, where: str) -> None:
+        if isinstance(value, dict):
+            for name, child in value.items():
+                path = f"{where}.{name}" if where else str(name)
+                if name == "_target_" and child not in allowed:
+                    raise ConfigError(f"{path}={child!r} is not a registered builder (see `zoo "
+                                      "list`); only registered builders are instantiated from a "
+                                      "config")
+                walk(child, path)
+        elif isinstance(value, list):
+            for i, child in enumerate(value):
+                walk(child, f"{where}[{i}]")
+
+    walk(OmegaConf.to_container(node, resolve=False) if OmegaConf.is_config(node) else node, key)
 
 
 def component_factories(cfg: DictConfig) -> tuple[Any, dict[str, Any]]:
@@ -26,6 +115,9 @@ def component_factories(cfg: DictConfig) -> tuple[Any, dict[str, Any]]:
     load_manifest()
     if cfg.get("recipe") is None:
         raise ConfigError("recipe: no recipe chosen (set recipe=NAME; see `zoo list recipe`)")
+    for group in ("recipe", *COMPONENT_GROUPS):
+        check_targets(cfg.get(group), group)
+        check_arguments(cfg.get(group), group)
     recipe = instantiate(cfg.recipe, _partial_=True)
     accepted = inspect.signature(recipe.func).parameters
     choices = chosen_options(cfg)
@@ -54,7 +146,7 @@ def build_model(cfg: DictConfig) -> ZooModel:
     model = recipe(**parts)
     if not isinstance(model, ZooModel):
         raise TypeError(f"recipe {cfg.recipe.get('_target_')} returned {type(model).__name__}, "
-                        "not a ZooModel")
+                        "not a ZooModel")  # a registered recipe's bug
     return model
 
 

@@ -13,7 +13,7 @@ the key, the value and close matches.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterable
+from typing import Any, Iterable
 
 from omegaconf import DictConfig
 
@@ -214,3 +214,47 @@ def chosen_options(cfg: DictConfig) -> dict[str, str]:
         if isinstance(node, DictConfig) and "_target_" in node:
             choices[group] = str(node["_target_"]).rsplit(".", 1)[-1]
     return choices
+
+
+# Config keys holding file-system paths (besides any key ending in "_dir" or "_path"). Values of
+# "path", "tokenizer" and "*_path" keys may also name a Hugging Face model id: they are made
+# absolute only when they exist relative to the working directory.
+PATH_KEYS = ("root", "manifest", "checkpoint", "init_from", "bertscore_model")
+MAYBE_PATH_KEYS = ("path", "tokenizer")
+
+
+def _absolute(key: str, value: Any) -> Any:
+    if not isinstance(value, str) or not value or "://" in value:
+        return value
+    path = Path(value).expanduser()
+    if path.is_absolute():
+        return value
+    if key in MAYBE_PATH_KEYS or key.endswith("_path"):
+        return str(path.resolve()) if path.exists() else value
+    if key in PATH_KEYS or key.endswith("_dir"):
+        return str(path.resolve())
+    return value
+
+
+def absolute_paths(cfg: DictConfig) -> DictConfig:
+    """A resolved copy of ``cfg`` whose relative file-system paths are absolute, so a logged config
+    means the same files from any working directory (docs/guarantees.md). Interpolations (e.g.
+    ``${now:...}``) are resolved once; a missing mandatory value (``???``) is a ConfigError."""
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        plain = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+    except OmegaConfBaseException as err:
+        key = getattr(err, "full_key", None)
+        first = str(err).strip().splitlines()[0]
+        raise ConfigError(f"{key}: {first}" if key else first) from err
+
+    def walk(node: Any) -> Any:
+        if isinstance(node, dict):
+            return {k: _absolute(str(k), walk(v)) for k, v in node.items()}
+        if isinstance(node, list):
+            return [walk(v) for v in node]
+        return node
+
+    return OmegaConf.create(walk(plain))
