@@ -6,13 +6,14 @@ from typing import Any, Sequence
 
 from torch import nn
 
+from zoo.errors import ConfigError
 from zoo.types import Grid, VisualTokens
 
 
 def positive_int(name: str, value: Any) -> int:
     """``value`` as an int, or ``ValueError`` naming ``name`` unless it is a positive integer."""
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
+        raise ConfigError(f"{name} must be a positive int, got {value!r}")
     return value
 
 
@@ -37,17 +38,17 @@ def check_input(visual: VisualTokens, in_dim: int, name: str) -> None:
 def kernel3(kernel: int | Sequence[int]) -> tuple[int, int, int]:
     values = (kernel,) * 3 if isinstance(kernel, int) else tuple(kernel)
     if len(values) != 3:
-        raise ValueError(f"kernel must be an int or 3 ints (d, h, w), got {kernel!r}")
+        raise ConfigError(f"kernel must be an int or 3 ints (d, h, w), got {kernel!r}")
     return tuple(positive_int("kernel", int(v)) for v in values)  # type: ignore[return-value]
 
 
 def require_grid(name: str, num_tokens: int, grid: Grid | None) -> Grid:
     """The grid, or a clear error for gridless tokens (bridges, perceivers) and wrong counts."""
     if grid is None:
-        raise ValueError(f"connector {name!r} pools over the 3D token grid, but the visual tokens "
-                         "have none (a bridge or perceiver upstream?); use sequence_pool, mlp, "
-                         "linear or perceiver instead")
+        raise ConfigError(f"connector {name!r} pools over the 3D token grid, but the visual tokens "
+                          "have none (a bridge or perceiver upstream?); use sequence_pool, mlp, "
+                          "linear or perceiver instead")
     if grid[0] * grid[1] * grid[2] != num_tokens:
-        raise ValueError(f"connector {name!r}: grid {tuple(grid)} does not match {num_tokens} "
-                         "tokens")
+        raise ConfigError(f"connector {name!r}: grid {tuple(grid)} does not match {num_tokens} "
+                          "tokens")
     return tuple(grid)  # type: ignore[return-value]

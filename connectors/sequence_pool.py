@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from connectors._common import check_input, positive_int, projector
+from zoo.errors import ConfigError
 from zoo.registry import CONNECTORS
 from zoo.types import Grid, VisualTokens
 
@@ -30,8 +31,8 @@ class SequencePool(nn.Module):
 
     def num_out_tokens(self, num_tokens: int, grid: Grid | None = None) -> int:
         if num_tokens % self.kernel:
-            raise ValueError(f"connector 'sequence_pool': {num_tokens} tokens are not divisible by "
-                             f"kernel {self.kernel}")
+            raise ConfigError(f"connector 'sequence_pool': {num_tokens} tokens are not divisible by "
+                              f"kernel {self.kernel}")
         return num_tokens // self.kernel
 
     def out_grid(self, grid: Grid | None) -> Grid | None:

@@ -29,6 +29,7 @@ from heads.segvol_prompt import SegVolPromptEncoder
 from heads.segvol_text import SegVolTextEncoder, clip_text_tower, tiny_clip_text_tower
 from zoo.build import on_meta
 from zoo.checkpoint import read_state_dict
+from zoo.errors import CheckpointError, ConfigError
 from zoo.registry import ENCODERS, HEADS
 from zoo.types import MaskOutput, VisualTokens, check_volume
 
@@ -50,7 +51,7 @@ SINGLE_MASK_DECODER = r"mask_decoder\.(?!iou_prediction_head\.|output_hypernetwo
 def _triple(value: Sequence[int], name: str) -> Size3:
     values = tuple(int(v) for v in value)
     if len(values) != 3 or min(values) < 1:
-        raise ValueError(f"{name} must be 3 positive ints (D, H, W), got {value!r}")
+        raise ConfigError(f"{name} must be 3 positive ints (D, H, W), got {value!r}")
     return values  # type: ignore[return-value]
 
 
@@ -77,13 +78,13 @@ class SegVolHead(nn.Module):
         self.patch_size = _triple(patch_size, "patch_size")
         bad = [s for s, p in zip(self.image_size, self.patch_size) if s % p]
         if bad:
-            raise ValueError(f"image_size {self.image_size} is not divisible by patch_size "
-                             f"{self.patch_size}")
+            raise ConfigError(f"image_size {self.image_size} is not divisible by patch_size "
+                              f"{self.patch_size}")
         self.embed_dim = prompt_encoder.embed_dim
         width = getattr(image_encoder, "out_dim", self.embed_dim)
         if width != self.embed_dim:
-            raise ValueError(f"image encoder width {width} differs from the prompt/decoder width "
-                             f"{self.embed_dim}")
+            raise ConfigError(f"image encoder width {width} differs from the prompt/decoder width "
+                              f"{self.embed_dim}")
         self.image_encoder = image_encoder
         self.prompt_encoder = prompt_encoder
         self.mask_decoder = mask_decoder
@@ -201,13 +202,13 @@ class SegVolHead(nn.Module):
         missing = sorted(set(own) - set(mapped))
         unexpected = sorted(set(mapped) - set(own))
         if missing or unexpected:
-            raise KeyError(f"{source} does not match the SegVol head: missing keys "
-                           f"{_shorten(missing)}, unexpected keys {_shorten(unexpected)}")
+            raise CheckpointError(f"{source} does not match the SegVol head: missing keys "
+                                  f"{_shorten(missing)}, unexpected keys {_shorten(unexpected)}")
         wrong = {k: (tuple(mapped[k].shape), tuple(v.shape)) for k, v in own.items()
                  if mapped[k].shape != v.shape}
         if wrong:
-            raise ValueError(f"{source}: shape mismatch (checkpoint, model) {wrong} (check "
-                             "image_size, patch_size and widths)")
+            raise CheckpointError(f"{source}: shape mismatch (checkpoint, model) {wrong} (check "
+                                  "image_size, patch_size and widths)")
         self.load_state_dict(mapped, strict=True)
         return sorted(skipped)
 
@@ -301,8 +302,8 @@ def segvol(image_size: Sequence[int] = (32, 256, 256), patch_size: Sequence[int]
     tower = None
     if text_tower:
         if clip_path is None and not on_meta():
-            raise ValueError("segvol: text_tower=True needs clip_path= (a local CLIPTextModel "
-                             "directory with its tokenizer), or set text_tower=False")
+            raise ConfigError("segvol: text_tower=True needs clip_path= (a local CLIPTextModel "
+                              "directory with its tokenizer), or set text_tower=False")
         tower = clip_text_tower(clip_path, out_dim=embed_dim)
     return build_segvol(image_size, patch_size, embed_dim, encoder,
                         {**SEGVOL_VIT, **(encoder_kwargs or {})}, share_encoder, decoder_depth,

@@ -14,6 +14,8 @@ from typing import Any, Sequence
 from torch import Tensor, nn
 
 from zoo.build import on_meta
+from zoo.checkpoint import reading_hf_folder
+from zoo.errors import ConfigError, MissingFileError
 
 TEMPLATE = "A computerized tomography of a {}."
 
@@ -29,7 +31,7 @@ class SegVolTextEncoder(nn.Module):
                  template: str = TEMPLATE, freeze: bool = True) -> None:
         super().__init__()
         if "{}" not in template:
-            raise ValueError(f"template must contain '{{}}' for the organ name, got {template!r}")
+            raise ConfigError(f"template must contain '{{}}' for the organ name, got {template!r}")
         self.clip_text_model = clip_text_model
         self.tokenizer = tokenizer
         self.template = template
@@ -64,13 +66,15 @@ def clip_text_tower(clip_path: str | Path | None = None, out_dim: int = 768,
         return SegVolTextEncoder(CLIPTextModel(CLIPTextConfig()), None, out_dim, template)
     path = Path(clip_path)
     if not path.is_dir():
-        raise FileNotFoundError(f"clip_path={str(clip_path)!r} is not a local directory with a "
-                                "CLIPTextModel and its tokenizer")
-    if on_meta():
-        model = CLIPTextModel(CLIPTextConfig.from_pretrained(path))
-    else:
-        model = CLIPTextModel.from_pretrained(path)
-    return SegVolTextEncoder(model, AutoTokenizer.from_pretrained(path), out_dim, template)
+        raise MissingFileError(f"clip_path={str(clip_path)!r} is not a local directory with a "
+                               "CLIPTextModel and its tokenizer")
+    with reading_hf_folder(path, "CLIP text model folder"):
+        if on_meta():
+            model = CLIPTextModel(CLIPTextConfig.from_pretrained(path))
+        else:
+            model = CLIPTextModel.from_pretrained(path)
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    return SegVolTextEncoder(model, tokenizer, out_dim, template)
 
 
 def char_clip_tokenizer() -> Any:

@@ -369,7 +369,7 @@ def build_parts(encoder: Callable[..., Any], connector: Callable[..., Any], lm: 
     """(encoder, bridge, connector, lm) wired by width: bridge ``in_dim`` = encoder width,
     connector ``in_dim`` = bridge (or encoder) width, ``out_dim`` = LLM hidden size."""
     if train_lm not in ("lora", "full", "frozen"):
-        raise ValueError(f"recipe.train_lm={train_lm!r}: expected 'lora', 'full' or 'frozen'")
+        raise ConfigError(f"recipe.train_lm={train_lm!r}: expected 'lora', 'full' or 'frozen'")
     language_model = lm()
     vision = encoder(**(encoder_kwargs or {}))
     middle = bridge(in_dim=vision.out_dim) if bridge is not None else None
@@ -393,9 +393,9 @@ def build_seg_head(head: Callable[..., Any], vision: Any, image_size: Sequence[i
     if share_encoder:
         _, grid = vision.output_layout(kwargs["image_size"])
         if grid is None or any(s % g for s, g in zip(kwargs["image_size"], grid)):
-            raise ValueError(f"recipe.share_encoder=true: encoder tokens have grid {grid}, which "
-                             f"does not tile image_size {kwargs['image_size']}; SegVol needs a "
-                             "(d, h, w) patch grid (use share_encoder=false)")
+            raise ConfigError(f"recipe.share_encoder=true: encoder tokens have grid {grid}, which "
+                              f"does not tile image_size {kwargs['image_size']}; SegVol needs a "
+                              "(d, h, w) patch grid (use share_encoder=false)")
         kwargs.update(patch_size=tuple(s // g for s, g in zip(kwargs["image_size"], grid)),
                       embed_dim=vision.out_dim)
     return head(**kwargs)

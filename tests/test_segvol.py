@@ -9,6 +9,7 @@ from heads.segvol import (PUBLISHED_PARAMS_M, segvol_parameter_counts, segvol_to
 from heads.segvol_inference import BACKGROUND_LOGIT, _region, _window_prompts, zoom_out_zoom_in
 from heads.segvol_prompt import SegVolPromptEncoder
 from heads.segvol_text import clip_text_tower, tiny_clip_text_tower
+from zoo.errors import CheckpointError
 from zoo.registry import ENCODERS, HEADS
 from zoo.types import MaskOutput
 
@@ -218,7 +219,7 @@ def test_checkpoint_key_errors_list_the_keys(head):
     state = _segvol_layout(head)
     del state["module.mask_decoder.iou_token.weight"]
     state["module.mask_decoder.extra_head.weight"] = torch.zeros(1)
-    with pytest.raises(KeyError) as info:
+    with pytest.raises(CheckpointError) as info:
         HEADS.build("test_segvol").load_segvol_state_dict(state)
     assert "mask_decoder.iou_token.weight" in str(info.value)
     assert "mask_decoder.extra_head.weight" in str(info.value)

@@ -13,13 +13,14 @@ file is an error instead: resuming without it would silently change the run's ra
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import shutil
 import sys
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 from torch import Tensor
@@ -152,6 +153,29 @@ def load_weights(model: torch.nn.Module, path: str | Path) -> None:
         raise CheckpointError(f"{path} does not fit the model: "
                               + "; ".join(p for p in parts if p))
     model.load_state_dict(state, strict=True)
+
+
+@contextlib.contextmanager
+def reading_hf_folder(folder: str | Path, what: str = "model folder") -> Iterator[None]:
+    """Errors while Hugging Face reads a local folder (config, tokenizer, weights) become one
+    CheckpointError line naming the folder; a weights file holding pickled objects beyond tensors
+    is refused (transformers reads ``.bin`` files with ``weights_only=True``: nothing in it runs)."""
+    import pickle
+
+    from zoo.errors import ZooError
+
+    try:
+        yield
+    except ZooError:
+        raise
+    except pickle.UnpicklingError as err:
+        raise CheckpointError(f"{folder}: a weights file holds pickled objects beyond tensors; "
+                              "refused (read with weights_only=True, nothing in it was run); "
+                              "save the weights as safetensors") from err
+    except (OSError, ValueError, KeyError, RuntimeError) as err:
+        first = " ".join(str(err).strip().splitlines()[0].split()) if str(err).strip() else ""
+        raise CheckpointError(f"{folder}: cannot be read as a Hugging Face {what} "
+                              f"({type(err).__name__}: {first[:300]})") from err
 
 
 def restore_rng(folder: Path, process_index: int) -> None:

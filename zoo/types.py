@@ -14,6 +14,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor, nn
+from zoo.errors import DataError
 
 PLANES: tuple[str, ...] = ("axial", "coronal", "sagittal")
 COMPONENT_KEYS: tuple[str, ...] = ("encoder", "bridge", "connector", "lm", "heads")
@@ -40,7 +41,7 @@ def check_volume(volume: Tensor, name: str = "volume", channels: int | None = No
     # (it would break the graph) and on meta (no values).
     if volume.device.type != "meta" and not torch.compiler.is_compiling() \
             and not bool(torch.isfinite(volume).all()):
-        raise ValueError(f"{name} contains NaN or infinite values")
+        raise DataError(f"{name} contains NaN or infinite values")
 
 
 @dataclass
