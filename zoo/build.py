@@ -108,6 +108,14 @@ def check_targets(node: Any, key: str = "") -> None:
     walk(OmegaConf.to_container(node, resolve=False) if OmegaConf.is_config(node) else node, key)
 
 
+def check_config(cfg: DictConfig) -> None:
+    """The data source, recipe and components of ``cfg``: registered targets and builder
+    arguments (names and simple types), checked before any work."""
+    for group in ("data", "recipe", *COMPONENT_GROUPS):
+        check_targets(cfg.get(group), group)
+        check_arguments(cfg.get(group), group)
+
+
 def component_factories(cfg: DictConfig) -> tuple[Any, dict[str, Any]]:
     """(recipe partial, {group: component partial}) checked against the recipe's signature."""
     from hydra.utils import instantiate

@@ -120,6 +120,8 @@ def check_eval(cfg: Any) -> None:
           meaning=" (per task; null = every item)")
     count("eval.batch_size", cfg.get("batch_size", 8), 1)
     count("eval.baseline_items", cfg.get("baseline_items", 256), 1)
+    count("eval.bertscore_layers", cfg.get("bertscore_layers"), 1, nullable=True,
+          meaning=" (null = bert-score's default layer for the model)")
     tokens = cfg.get("max_new_tokens") or {}
     if not isinstance(tokens, Mapping):
         raise ConfigError(f"eval.max_new_tokens={tokens!r}: expected a mapping {{task: tokens}}")
@@ -127,6 +129,10 @@ def check_eval(cfg: Any) -> None:
         count(f"eval.max_new_tokens.{task}", value, 1)
     flag("eval.cost", cfg.get("cost", True))
     judge = cfg.get("judge")
-    if judge is not None and not isinstance(judge, Mapping):
-        raise ConfigError(f"eval.judge={judge!r}: expected null or {{url: ..., model: ..., "
-                          "timeout: ..., retries: ...}}")
+    if judge is not None:
+        if not isinstance(judge, Mapping):
+            raise ConfigError(f"eval.judge={judge!r}: expected null or {{url: ..., model: ..., "
+                              "timeout: ..., retries: ...}}")
+        from zoo.evaluation.runner import make_judge
+
+        make_judge(judge)  # checks the keys and values; contacts nobody

@@ -63,13 +63,13 @@ class LLMJudge:
         parts = urlsplit(self.endpoint)
         kind = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
         conn = kind(parts.hostname or "localhost", parts.port, timeout=self.timeout)
-        expired = threading.Event()
+        expired, sockets = threading.Event(), []
 
         def expire() -> None:
             expired.set()
-            if conn.sock is not None:
+            for sock in sockets:  # the response keeps reading from this socket
                 try:
-                    conn.sock.shutdown(socket.SHUT_RDWR)  # wakes a blocked read
+                    sock.shutdown(socket.SHUT_RDWR)  # wakes a blocked read
                 except OSError:
                     pass
 
@@ -77,6 +77,10 @@ class LLMJudge:
         timer.daemon = True
         timer.start()
         try:
+            conn.connect()
+            sockets.append(conn.sock)
+            if expired.is_set():
+                raise TimeoutError
             path = parts.path + (f"?{parts.query}" if parts.query else "")
             conn.request("POST", path, body=payload, headers=headers)
             response = conn.getresponse()

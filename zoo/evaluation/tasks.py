@@ -12,6 +12,7 @@ texts; LaMed-like recipes), ``segment(samples) -> (texts, masks (B, K, D, H, W) 
 
 from __future__ import annotations
 
+import sys
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Callable
