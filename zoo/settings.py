@@ -132,7 +132,7 @@ def check_eval(cfg: Any) -> None:
     if judge is not None:
         if not isinstance(judge, Mapping):
             raise ConfigError(f"eval.judge={judge!r}: expected null or {{url: ..., model: ..., "
-                              "timeout: ..., retries: ...}}")
+                              "timeout: ..., retries: ...}")
         from zoo.evaluation.runner import make_judge
 
         make_judge(judge)  # checks the keys and values; contacts nobody
