@@ -293,7 +293,7 @@ def compare_pretraining(overrides: Sequence[str], split: str = "test",
     after = {"align": alignment_eval(model, dataset, batch_size),
              "retrieval": retrieval_eval(model, dataset, batch_size)}
     return {"before": before, "after": after, "split_hash": run["split_hash"],
-            "seconds": sum(r.seconds for r in run["stages"]), "output_dir": cfg.trainer.output_dir}
+            "seconds": sum(r.seconds for r in run["stages"]), "run_dir": str(run["run_dir"])}
 
 
 @RECIPES.register

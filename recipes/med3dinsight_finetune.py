@@ -44,14 +44,16 @@ TASKS = ("seg", "cls")
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
-    """``model.safetensors`` for a file, a checkpoint folder or a trainer output folder."""
+    """``model.safetensors`` for a file, a checkpoint folder or a pretraining run's folder
+    (``<trainer.output_dir>/<run id>``, docs/guarantees.md)."""
     p = Path(path)
     for candidate in (p, p / "model.safetensors",
                       p / "checkpoints" / "pretrain-final" / "model.safetensors"):
         if candidate.is_file():
             return candidate
     raise MissingFileError(f"init_from={path}: no model.safetensors there (give the file, its "
-                           "checkpoint folder or the pretraining run's trainer.output_dir)")
+                           "checkpoint folder or the pretraining run's folder "
+                           "<trainer.output_dir>/<run id>)")
 
 
 def load_encoder(encoder: nn.Module, path: str | Path, prefix: str = "encoder.") -> Path:

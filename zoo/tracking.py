@@ -113,7 +113,8 @@ class Tracker:
                         experiment, artifact_location=artifacts)
         except MlflowException as err:
             first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            raise ConfigError(f"tracking store {self.uri}: {first}") from err
+            raise ConfigError(f"tracking.uri={self.uri} (or MLFLOW_TRACKING_URI): "
+                              f"{first[:300]}") from err
 
     def start_run(self, name: str, parent: "Run | None" = None,
                   tags: Mapping[str, str] | None = None) -> "Run":
