@@ -51,7 +51,7 @@ def no_work(monkeypatch):
     ("recipe.align_lr=abc", "recipe.align_lr='abc': expected a number"),
     ("recipe.epochs=x", "recipe.epochs='x': expected a number"),
     ("data.cases=many", "data.cases='many': expected an integer"),
-    ("+connector.kernal=2", "connector.kernal: spatial_pool takes no argument 'kernal'. Did you mean"),
+    ("connector.kernal=2", "connector.kernal: spatial_pool() has no argument 'kernal'. Did you mean"),
     ("data._target_=shutil.copyfile", "data._target_='shutil.copyfile' is not a registered builder"),
 ])
 def test_bad_value_is_refused_before_any_work(capsys, no_work, override, message, tmp_path,

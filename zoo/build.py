@@ -30,16 +30,13 @@ def registered_targets() -> dict[str, Callable[..., Any]]:
 
 
 def _type_error(hint: Any, value: Any) -> str | None:
-    """What is wrong with ``value`` for the simple annotations int / float / bool / str (and
-    their Optional forms); None when it fits or the annotation is not one of them."""
+    """What is wrong with ``value`` (not None) for the simple annotations int / float / bool /
+    str and their Optional forms; None when it fits or the annotation is another one."""
     import types
     import typing
 
     options = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) \
         else (hint,)
-    if value is None:
-        return None if type(None) in options or not all(
-            o in (int, float, bool, str) for o in options) else "expected a value, got null"
     plain = [o for o in options if o is not type(None)]
     if not plain or not all(o in (int, float, bool, str) for o in plain):
         return None  # containers, modules, callables: the builder checks them
@@ -52,9 +49,11 @@ def _type_error(hint: Any, value: Any) -> str | None:
     return f"expected {' or '.join(names[o] for o in plain)}"
 
 
-def check_arguments(node: Any, key: str) -> None:
-    """Every keyword of a builder node must be a parameter of its registered builder, with a value
-    of the annotated simple type (a learning rate given as text is refused); ConfigError."""
+def check_types(node: Any, key: str) -> None:
+    """Values of a builder node's arguments annotated ``int``, ``float``, ``bool`` or ``str`` (or
+    their Optional forms) must have that type: a learning rate given as text is refused, never
+    converted (ConfigError naming the key). Argument names are checked when the config is
+    composed (:func:`zoo.signature.check_keys`)."""
     import typing
 
     if not isinstance(node, DictConfig) or "_target_" not in node:
@@ -62,28 +61,18 @@ def check_arguments(node: Any, key: str) -> None:
     builder = registered_targets().get(node["_target_"])
     if builder is None:
         return  # check_targets reports it
-    params = inspect.signature(builder).parameters
-    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
     try:
         hints = typing.get_type_hints(builder)
-    except Exception:  # an annotation that does not evaluate here: names are still checked
-        hints = {}
+    except Exception:  # an annotation that does not evaluate here: nothing to check against
+        return
     raw = OmegaConf.to_container(node, resolve=False)
     for name, value in raw.items():  # type: ignore[union-attr]
-        name = str(name)
-        if name.startswith("_"):
-            continue
-        if name not in params and not takes_any:
-            from zoo.registry import suggest
-
-            raise ConfigError(f"{key}.{name}: {builder.__name__} takes no argument {name!r}."
-                              f"{suggest(name, [p for p in params if not p.startswith('_')])}")
-        if isinstance(value, str) and ("${" in value or value == "???"):
-            continue  # an interpolation or a missing value: Hydra reports those
-        if name in hints:
-            problem = _type_error(hints[name], value)
-            if problem:
-                raise ConfigError(f"{key}.{name}={value!r}: {problem}")
+        if name not in hints or value is None or (
+                isinstance(value, str) and ("${" in value or value == "???")):
+            continue  # null, an interpolation or a missing value: the builder or Hydra decides
+        problem = _type_error(hints[name], value)
+        if problem:
+            raise ConfigError(f"{key}.{name}={value!r}: {problem}")
 
 
 def check_targets(node: Any, key: str = "") -> None:
@@ -109,11 +98,11 @@ def check_targets(node: Any, key: str = "") -> None:
 
 
 def check_config(cfg: DictConfig) -> None:
-    """The data source, recipe and components of ``cfg``: registered targets and builder
-    arguments (names and simple types), checked before any work."""
+    """The data source, recipe and components of ``cfg``: registered targets and the simple types
+    of builder arguments, checked before any work."""
     for group in ("data", "recipe", *COMPONENT_GROUPS):
         check_targets(cfg.get(group), group)
-        check_arguments(cfg.get(group), group)
+        check_types(cfg.get(group), group)
 
 
 def component_factories(cfg: DictConfig) -> tuple[Any, dict[str, Any]]:
@@ -125,7 +114,7 @@ def component_factories(cfg: DictConfig) -> tuple[Any, dict[str, Any]]:
         raise ConfigError("recipe: no recipe chosen (set recipe=NAME; see `zoo list recipe`)")
     for group in ("recipe", *COMPONENT_GROUPS):
         check_targets(cfg.get(group), group)
-        check_arguments(cfg.get(group), group)
+        check_types(cfg.get(group), group)
     recipe = instantiate(cfg.recipe, _partial_=True)
     accepted = inspect.signature(recipe.func).parameters
     choices = chosen_options(cfg)

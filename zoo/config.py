@@ -142,6 +142,7 @@ def complete_components(cfg: DictConfig) -> None:
     builder's defaults (:func:`zoo.signature.complete_node`)."""
     from omegaconf import OmegaConf, open_dict
 
+    from zoo.build import check_targets
     from zoo.signature import complete_node
 
     with open_dict(cfg):
@@ -153,6 +154,7 @@ def complete_components(cfg: DictConfig) -> None:
                 keys = list(node) if isinstance(node, DictConfig) else []
                 raise ConfigError(f"{group}.{keys[0] if keys else ''}: no {group} is chosen to take "
                                   f"it; set {group}=NAME first (see `zoo list {kind}`)")
+            check_targets(node, group)  # refused before its module is imported
             # a recipe's component arguments (encoder, bridge, ...) come from their own groups
             skip = [g for g in GROUP_KINDS if g not in ("recipe", "data")] if group == "recipe" else ()
             cfg[group] = complete_node(OmegaConf.to_container(node, resolve=False), group, skip)

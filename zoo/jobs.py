@@ -8,7 +8,7 @@ from typing import Any
 from omegaconf import DictConfig
 
 from zoo import runs
-from zoo.build import build_model, check_arguments, check_config, check_targets
+from zoo.build import build_model, check_config, check_targets, check_types
 from zoo.config import GROUP_KINDS, absolute_paths, chosen_options
 from zoo.data.source import check_data_fit
 from zoo.errors import CheckpointError, ConfigError, MissingFileError, RunError
@@ -24,7 +24,7 @@ def build_data(cfg: DictConfig) -> Any:
     if cfg.get("data") is None:
         raise ConfigError("data: no data source chosen (set data=NAME; see `zoo list dataset`)")
     check_targets(cfg.data, "data")
-    check_arguments(cfg.data, "data")
+    check_types(cfg.data, "data")
     return instantiate(cfg.data)
 
 
