@@ -182,7 +182,7 @@ def value_cases() -> list[Case]:
            "eval.bertscore_layers=abc", "recipe.align_lr=abc", "recipe.align_lr=-1",
            "recipe.epochs=x", "recipe.batch_size=0", "recipe.warmup_ratio=2",
            "recipe.lora_dropout=1.5", "recipe.lora_r=0", "recipe.train_lm=some",
-           "connector.kernal=2", "connector.kernel=3", "encoder=vit3d_tiny", "recipe=lamd",
+           "connector.kernal=2", "connector.kernel=0", "encoder=vit3d_tiny", "recipe=lamd",
            "data.cases=many", "data.cases=0", "data._target_=shutil.copyfile",
            "lm_warmup={steps:0}", "tracking.uri=foo://bar"]
     # a recipe's stage settings are named by stage and field (``stage 'align': lr=-1``)
