@@ -437,11 +437,49 @@ def data_cases() -> list[Case]:
     csv = "M3D_VQA_train.csv"
 
     def check(name: str, rows: str, **kw) -> Callable[[Lab], Outcome]:
-        return lambda lab: cli("data", "check", "--format", "m3d_vqa",
+        return lambda lab: cli("data", "check", "--format", "m3d_vqa", "--option", "size=[8,16,16]",
                                str(vqa_folder(lab, name, rows, **kw)))
 
+    def cap(name: str, data: Callable[[str], object]) -> Callable[[Lab], Outcome]:
+        def run(lab: Lab) -> Outcome:
+            root = vqa_folder(lab, f"cap-{name}", GOOD_ROW)
+            (root / "case0" / "text.txt").write_text("No abnormality.")
+            (root / "M3D_Cap.json").write_text(json.dumps(data("case0/image.npy")))
+            return cli("data", "check", "--format", "m3d_cap", "--option", "size=[8,16,16]",
+                       str(root))
+        return run
+
+    def nifti(name: str, affine_value: float) -> Callable[[Lab], Outcome]:
+        def run(lab: Lab) -> Outcome:
+            import nibabel as nib
+            import numpy as np
+
+            root = lab.home / f"nifti-{name}"
+            root.mkdir(exist_ok=True)
+            volume = np.random.default_rng(0).random((16, 16, 8), dtype=np.float32) * 100
+            header = nib.Nifti1Header()  # an affine nibabel would not build an image from
+            header.set_data_shape(volume.shape)
+            header.set_sform(np.where(np.eye(4) > 0, affine_value, 0.0), code=1)
+            header.set_qform(None, code=0)
+            nib.save(nib.Nifti1Image(volume, None, header), str(root / "scan.nii.gz"))
+            (root / "labels.csv").write_text("image,label\nscan.nii.gz,1\n")
+            return cli("data", "check", "--format", "nifti_folder", "--option", "size=[8,16,16]",
+                       str(root))
+        return run
+
+    entry = lambda image: {"image": image, "text": "case0/text.txt"}  # noqa: E731
     outside = "../vqa-escape-outside.npy"
     return [
+        Case("data (readers as of this commit)", "m3d_cap: json with validation: 5", "error",
+             cap("types", lambda i: {"train": [entry(i)], "validation": 5, "test": []}),
+             "M3D_Cap.json"),
+        Case("data (readers as of this commit)", "m3d_cap: json with image: 5", "error",
+             cap("image", lambda i: {"train": [{"image": 5, "text": "case0/text.txt"}],
+                                     "validation": [], "test": []}), "M3D_Cap.json"),
+        Case("data (readers as of this commit)", "nifti_folder: a NIfTI with an all-zero affine",
+             "error", nifti("zero", 0.0), "scan.nii.gz"),
+        Case("data (readers as of this commit)", "nifti_folder: a NIfTI with a NaN affine",
+             "error", nifti("nan", float("nan")), "scan.nii.gz"),
         Case("data (readers as of this commit)", "m3d_vqa: a good csv", "accept",
              check("good", GOOD_ROW)),
         Case("data (readers as of this commit)", "m3d_vqa: csv with a UTF-8 BOM (accept it)",
