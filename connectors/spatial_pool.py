@@ -21,11 +21,11 @@ class SpatialPool(nn.Module):
     """``avg_pool3d(kernel, stride=kernel)`` over the token grid, then :func:`projector`."""
 
     def __init__(self, in_dim: int, out_dim: int, kernel: int | Sequence[int] = 2,
-                 depth: int = 2) -> None:
+                 depth: int = 2, layer_type: str = "mlp") -> None:
         super().__init__()
         self.kernel = kernel3(kernel)
         self.in_dim, self.out_dim = in_dim, out_dim
-        self.projector = projector(in_dim, out_dim, depth)
+        self.projector = projector(in_dim, out_dim, depth, layer_type)
 
     def out_grid(self, num_tokens: int, grid: Grid | None) -> Grid:
         grid = require_grid("spatial_pool", num_tokens, grid)
@@ -50,7 +50,8 @@ class SpatialPool(nn.Module):
 
 @CONNECTORS.register
 def spatial_pool(*, in_dim: int, out_dim: int, kernel: int | Sequence[int] = 2,
-                 depth: int = 2) -> SpatialPool:
+                 depth: int = 2, layer_type: str = "mlp") -> SpatialPool:
     """M3D's connector: 3D average pool (kernel 2: 2048 -> 256 tokens), then Linear(in, out), GELU,
-    Linear(out, out) for ``depth=2`` (768 -> 4096: 19,931,136 parameters)."""
-    return SpatialPool(in_dim, out_dim, kernel=kernel, depth=depth)
+    Linear(out, out) for ``depth=2`` (768 -> 4096: 19,931,136 parameters); ``layer_type="linear"``
+    drops the GELU (M3D's ``proj_layer_type``)."""
+    return SpatialPool(in_dim, out_dim, kernel=kernel, depth=depth, layer_type=layer_type)
