@@ -23,6 +23,7 @@ from torch import Tensor
 
 from recipes.lamed_seg import (SegProjector, batch_masks, generated_seg_positions, run_head,
                                seg_target, teacher_seg_positions, trainable_head_patterns)
+from zoo.build import on_meta
 from zoo.registry import RECIPES
 from zoo.seam import ImageTextCollator, decode_generated, splice_visual
 from zoo.types import TASK_NAMES, Conditioning, Stage, StepOutput, VisualTokens, ZooModel
@@ -334,7 +335,7 @@ def lamed(encoder: Callable[..., Any], connector: Callable[..., Any], lm: Callab
           warmup_ratio: float = 0.03, align_tasks: Sequence[str] = ("caption",),
           instruct_tasks: Sequence[str] = (), head: Callable[..., Any] | None = None,
           share_encoder: bool | None = None, seg_dropout: float = 0.1,
-          freeze_in_align: bool = True) -> LaMed:
+          freeze_in_align: bool = True, init_from: str | None = None) -> LaMed:
     """M3D-LaMed: ``encoder`` (+ optional token-reducing ``bridge``) and ``connector`` into
     ``lm`` (factories from the config).
 
@@ -350,6 +351,11 @@ def lamed(encoder: Callable[..., Any], connector: Callable[..., Any], lm: Callab
     ``freeze_in_align`` (M3D: true, the encoder and LLM come pretrained): false trains the encoder
     and the LM in ``align`` as well, every embedding row included; for components that start from
     random weights, whose frozen features would carry nothing to align to.
+
+    ``init_from``: weights M3D released or wrote (:func:`zoo.pretrained.m3d_lamed.load_m3d_lamed`):
+    a release folder (``config.json`` checked against the components; ``experiment=m3d_lamed``
+    builds M3D's), a stage-1 ``mm_projector.bin`` or a stage-2 ``model_with_lora.bin``; local
+    paths only, skipped on the meta device. The report is ``model.init_report``.
     """
     lora = {"r": lora_r, "alpha": lora_alpha, "dropout": lora_dropout, "target": lora_target}
     vision, middle, projector, language_model = build_parts(encoder, connector, lm, bridge,
@@ -362,6 +368,11 @@ def lamed(encoder: Callable[..., Any], connector: Callable[..., Any], lm: Callab
     stages = lamed_stages(align_lr, instruct_lr, epochs, batch_size, warmup_ratio, align_tasks,
                           instruct_tasks, train_lm, has_bridge=middle is not None,
                           seg_part=seg_part, freeze_in_align=freeze_in_align)
-    return LaMed(vision, projector, language_model, image_size, stages, template, max_length,
-                 train_new_rows_only_in=("align",) if freeze_in_align else (),
-                 bridge=middle, head=seg_head, seg_dropout=seg_dropout)
+    model = LaMed(vision, projector, language_model, image_size, stages, template, max_length,
+                  train_new_rows_only_in=("align",) if freeze_in_align else (),
+                  bridge=middle, head=seg_head, seg_dropout=seg_dropout)
+    if init_from and not on_meta():
+        from zoo.pretrained.m3d_lamed import load_m3d_lamed
+
+        model.init_report = load_m3d_lamed(model, init_from)
+    return model

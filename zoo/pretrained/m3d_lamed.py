@@ -74,6 +74,16 @@ def base_llm_config(folder: str | Path) -> Any | None:
 
 
 # ------------------------------------------------------------------------------- config checks
+# Head counts no tensor shape reveals: M3D's ViT3DTower and SegVol's build_sam use MONAI's ViT
+# defaults (12 heads); SegVol's two-way transformer has 8.
+M3D_VIT_HEADS = 12
+SEGVOL_DECODER_HEADS = 8
+
+
+def _vit_heads(encoder: nn.Module | None) -> int | None:
+    blocks = getattr(encoder, "blocks", None)
+    return blocks[0].attn.num_heads if blocks is not None and len(blocks) else None
+
 def projector_signature(connector: nn.Module) -> dict[str, Any]:
     """What M3D's config says about a projector, read off a zoo connector."""
     from connectors.identity import IdentityConnector
@@ -136,10 +146,9 @@ def check_config(model: nn.Module, config: dict, source: str) -> None:
         problems.append(f"image_size={list(image)} patch_size={list(patch)}, the encoder has "
                         f"{getattr(encoder, 'img_size', '?')} / {getattr(encoder, 'patch_size', '?')}"
                         f" (encoder=vit3d_base_m3d encoder.img_size=... encoder.patch_size=...)")
-    blocks = getattr(encoder, "blocks", None)
-    if blocks is not None and len(blocks) and blocks[0].attn.num_heads != 12:
-        problems.append(f"M3D's ViT has 12 heads (MONAI's default), the encoder "
-                        f"{blocks[0].attn.num_heads}")
+    if _vit_heads(encoder) not in (None, M3D_VIT_HEADS):
+        problems.append(f"M3D's ViT has {M3D_VIT_HEADS} heads (MONAI's default), the encoder "
+                        f"{_vit_heads(encoder)}")
     if tuple(model.image_size) != image:
         problems.append(f"image_size={list(image)}, the recipe has {list(model.image_size)} "
                         f"(recipe.image_size={list(image)})")
@@ -158,6 +167,20 @@ def check_config(model: nn.Module, config: dict, source: str) -> None:
         problems.append(f"num_attention_heads={heads}, the LM has {lm_heads}")
     if config.get("segmentation_module") and model.heads is None:
         problems.append("segmentation_module=segvol, the model has no SegVol head (head=segvol)")
+    elif config.get("segmentation_module"):
+        seg = model.heads["seg"]
+        if _vit_heads(seg.image_encoder) not in (None, M3D_VIT_HEADS):
+            problems.append(f"M3D's SegVol ViT has {M3D_VIT_HEADS} heads, the head's "
+                            f"{_vit_heads(seg.image_encoder)}")
+        decoder_heads = seg.mask_decoder.transformer.layers[0].self_attn.num_heads
+        if decoder_heads != SEGVOL_DECODER_HEADS:
+            problems.append(f"SegVol's decoder has {SEGVOL_DECODER_HEADS} heads, the head's "
+                            f"{decoder_heads} (head.decoder_heads)")
+        if (seg.image_size, seg.patch_size) != (image, patch) or seg.share_encoder:
+            problems.append(f"M3D's SegVol has its own ViT at image_size={list(image)} "
+                            f"patch_size={list(patch)}, the head has {list(seg.image_size)} / "
+                            f"{list(seg.patch_size)}{' (shared encoder)' if seg.share_encoder else ''}"
+                            " (head=segvol recipe.share_encoder=false)")
     if problems:
         raise CheckpointError(f"{source}/config.json does not describe this model: "
                               + "; ".join(problems) + PRESET_HINT)
