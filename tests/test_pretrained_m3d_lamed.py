@@ -284,3 +284,18 @@ def test_not_a_release_folder_is_refused(release, tmp_path):
     (other / "config.json").write_text(json.dumps({**config, "model_type": "llama"}))
     with pytest.raises(CheckpointError, match="model_type='llama'.*M3D-LaMed release"):
         build(partial(hf, path=str(folder)), init_from=str(other))
+
+
+def test_preset_wires_m3ds_components_to_the_folder(release):
+    """experiment=m3d_lamed: ViT-B at 32 x 256 x 256, spatial_pool (kernel 2, mlp, depth 2), the
+    folder's LLM through lm=hf, SegVol with its own ViT (built on meta: only config.json read)."""
+    from zoo.build import build_on_meta
+    from zoo.config import compose
+
+    family, model, folder = release
+    cfg = compose(["experiment=m3d_lamed", f"recipe.init_from={folder}"])
+    assert cfg.lm.path == str(folder)
+    built = build_on_meta(cfg)
+    assert built.num_image_tokens == 256 and built.heads["seg"].image_encoder is not None
+    assert built.lm.special_ids["[SEG]"] == model.lm.special_ids["[SEG]"]
+    assert type(built.lm.model.get_base_model()).__name__ == type(model.lm.model).__name__
