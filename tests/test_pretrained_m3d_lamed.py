@@ -299,3 +299,38 @@ def test_preset_wires_m3ds_components_to_the_folder(release):
     assert built.num_image_tokens == 256 and built.heads["seg"].image_encoder is not None
     assert built.lm.special_ids["[SEG]"] == model.lm.special_ids["[SEG]"]
     assert type(built.lm.model.get_base_model()).__name__ == type(model.lm.model).__name__
+
+
+# config.json of GoodBaiBai88/M3D-LaMed-Llama-2-7B as published on the model hub (auto_map and
+# _name_or_path left out: never read).
+PUBLISHED_LLAMA = {
+    "architectures": ["LamedLlamaForCausalLM"], "attention_bias": False, "attention_dropout": 0.0,
+    "bos_token_id": 1, "eos_token_id": 2, "hidden_act": "silu", "hidden_size": 4096,
+    "image_channel": 1, "image_size": [32, 256, 256], "initializer_range": 0.02,
+    "intermediate_size": 11008, "max_position_embeddings": 4096, "mm_hidden_size": 768,
+    "mm_projector_type": "spp", "model_type": "lamed_llama", "num_attention_heads": 32,
+    "num_hidden_layers": 32, "num_key_value_heads": 32, "patch_size": [4, 16, 16],
+    "pretraining_tp": 1, "proj_layer_num": 2, "proj_layer_type": "mlp", "proj_pooling_size": 2,
+    "proj_pooling_type": "spatial", "rms_norm_eps": 1e-05, "rope_scaling": None,
+    "rope_theta": 10000.0, "seg_token_id": 32003, "segmentation_module": "segvol",
+    "tie_word_embeddings": False, "torch_dtype": "float32", "transformers_version": "4.39.1",
+    "use_cache": True, "vision_select_feature": "patch", "vision_select_layer": -1,
+    "vision_tower": "vit3d", "vocab_size": 32004}
+
+
+def test_published_llama_config_is_llama2_7b_with_m3ds_projector(tmp_path):
+    from heads.causal_lm import LLAMA2_7B
+    from zoo.pretrained.m3d_lamed import base_llm_config, expected_projector, projector_signature
+
+    (tmp_path / "config.json").write_text(json.dumps(PUBLISHED_LLAMA))
+    config = base_llm_config(tmp_path)
+    assert config.model_type == "llama" and config.vocab_size == 32004
+    assert not hasattr(config, "seg_token_id") and not hasattr(config, "image_size")
+    for key in ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                "num_key_value_heads"):
+        assert getattr(config, key) == LLAMA2_7B[key]
+    want, override = expected_projector(PUBLISHED_LLAMA)
+    assert override == ("connector=spatial_pool connector.kernel=2 connector.depth=2 "
+                        "connector.layer_type=mlp")
+    with torch.device("meta"):
+        assert projector_signature(spatial_pool(in_dim=768, out_dim=4096)) == want

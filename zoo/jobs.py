@@ -63,6 +63,8 @@ def run_training(cfg: DictConfig, parent: Run | None = None,
         run = tracker.start_run(job_name(choices) or "train", parent=parent, tags=tags)
         run.log_config(cfg)
         run.log_parameter_counts(parameter_report(model))
+        if getattr(model, "init_report", None) is not None:  # released weights (recipe.init_from)
+            run.log_dict(model.init_report.to_dict(), "init_report.json")
     try:
         if cfg.get("lm_warmup") is not None:
             from zoo.lm_warmup import warm_up_lm
