@@ -334,3 +334,25 @@ def test_published_llama_config_is_llama2_7b_with_m3ds_projector(tmp_path):
                         "connector.layer_type=mlp")
     with torch.device("meta"):
         assert projector_signature(spatial_pool(in_dim=768, out_dim=4096)) == want
+
+
+def test_incomplete_or_inconsistent_folders_are_refused(release, tmp_path):
+    import shutil
+
+    family, model, folder = release
+    state = m3d_lamed_state_dict(model)
+    partial_dir = tmp_path / "partial"
+    shutil.copytree(folder, partial_dir)
+    for f in partial_dir.glob("model-*.safetensors"):
+        f.unlink()
+    (partial_dir / "model.safetensors.index.json").unlink()
+    del state["model.seg_projector.2.bias"]
+    write_weights(state, partial_dir, max_shard_size="200KB")
+    with pytest.raises(CheckpointError, match="not in the file: seg_projector.2.bias"):
+        build(partial(hf, path=str(folder)), init_from=str(partial_dir))
+    index = json.loads((partial_dir / "model.safetensors.index.json").read_text())
+    first = sorted(index["weight_map"])[0]
+    index["weight_map"][first] = "model-00002-of-" + index["weight_map"][first].split("-of-")[1]
+    (partial_dir / "model.safetensors.index.json").write_text(json.dumps(index))
+    with pytest.raises(CheckpointError, match="does not hold what model.safetensors.index.json"):
+        build(partial(hf, path=str(folder)), init_from=str(partial_dir))

@@ -244,20 +244,21 @@ def load_m3d_lamed(model: nn.Module, path: str | Path) -> LoadReport:
     placer = Placer(model, report)
     keys = set(placer.targets)
     root = _llm_root(model)
-    kinds: set[str] = set()
+    kind = "release"  # a folder is a release; a single file says what it is by its keys
     for file, state in iter_weights(path):
-        kinds.add(file_kind(state))
-        if "projector" in kinds:
+        if path.is_file():
+            kind = file_kind(state)
+        if kind == "projector":
             _place_new_rows(model, state, report, root, placer)
-        if "lora" in kinds and not model.lm.has_lora:
+        if kind == "lora" and not model.lm.has_lora:
             raise CheckpointError(f"{file} holds LoRA adapters (model_with_lora.bin): build the "
                                   "LM with LoRA (recipe.train_lm=lora; r is read from the file)")
         placer.add(state, lambda k: zoo_key(keys, root, k))
-    hint = PRESET_HINT
-    if "projector" in kinds:
-        return placer.finish(lambda name: _stage1_keep(name, root), hint)
+    if kind == "projector":
+        return placer.finish(lambda name: _stage1_keep(name, root), PRESET_HINT)
     return placer.finish(lambda name: "LoRA adapter not in a merged release: starts as in a new "
-                         "run (B = 0)" if ".lora_" in name and "lora" not in kinds else None, hint)
+                         "run (B = 0)" if ".lora_" in name and kind != "lora" else None,
+                         PRESET_HINT)
 
 
 def file_kind(state: dict[str, Tensor]) -> str:
@@ -303,7 +304,6 @@ def m3d_lamed_state_dict(model: nn.Module) -> dict[str, Tensor]:
     ``model_with_lora.bin``'s peft layout for one with LoRA. SegVol's mask-prompt convs, which
     the zoo does not build, are written as :func:`heads.segvol.zoo_to_segvol_keys` makes them."""
     from heads.segvol import zoo_to_segvol_keys
-    from connectors.mlp import TokenMLP
 
     root = _llm_root(model)
     out: dict[str, Tensor] = {}
@@ -314,7 +314,7 @@ def m3d_lamed_state_dict(model: nn.Module) -> dict[str, Tensor]:
             out[VISION + name[len("encoder."):]] = value
         elif name.startswith("connector."):
             rest = name[len("connector."):]
-            if plain_linear and isinstance(model.connector, TokenMLP):
+            if plain_linear:  # M3D's FullLinear names its Linear "linear"
                 rest = "linear." + rest[len("projector.0."):]
             out["model.mm_projector." + rest] = value
         elif name.startswith("seg_projector."):
