@@ -8,14 +8,11 @@ to LaMed afterwards with ``encoder.checkpoint=`` (weights under ``encoder.``).
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, Callable
 
 import torch
 from torch import Tensor, nn
 
-from zoo.build import on_meta
-from zoo.errors import MissingFileError
 from zoo.registry import RECIPES
 from zoo.types import Stage, StepOutput, ZooModel
 
@@ -86,11 +83,8 @@ def clip3d(encoder: Callable[..., Any], head: Callable[..., Any], tokenizer: Any
                                 tasks=("caption",), lr=lr, weight_decay=weight_decay,
                                 epochs=epochs, warmup_ratio=warmup_ratio, batch_size=batch_size)}
     model = CLIP3D(vision, contrastive_head, stages, max_length)
-    if init_from:
-        from zoo.pretrained.m3d_clip import load_m3d_clip
+    from zoo.pretrained.m3d_clip import load_m3d_clip
+    from zoo.pretrained.report import init_from as load_init
 
-        if not on_meta():
-            model.init_report = load_m3d_clip(model, init_from)
-        elif not Path(init_from).exists():
-            raise MissingFileError(f"recipe.init_from={init_from} does not exist")
+    load_init(model, init_from, load_m3d_clip)
     return model

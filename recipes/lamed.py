@@ -16,7 +16,6 @@ add Dice + BCE (unweighted) to the LM loss; :meth:`LaMed.segment` returns texts 
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import torch
@@ -24,8 +23,6 @@ from torch import Tensor
 
 from recipes.lamed_seg import (SegProjector, batch_masks, generated_seg_positions, run_head,
                                seg_target, teacher_seg_positions, trainable_head_patterns)
-from zoo.build import on_meta
-from zoo.errors import MissingFileError
 from zoo.registry import RECIPES
 from zoo.seam import ImageTextCollator, decode_generated, splice_visual
 from zoo.types import TASK_NAMES, Conditioning, Stage, StepOutput, VisualTokens, ZooModel
@@ -373,11 +370,8 @@ def lamed(encoder: Callable[..., Any], connector: Callable[..., Any], lm: Callab
     model = LaMed(vision, projector, language_model, image_size, stages, template, max_length,
                   train_new_rows_only_in=("align",) if freeze_in_align else (),
                   bridge=middle, head=seg_head, seg_dropout=seg_dropout)
-    if init_from:
-        from zoo.pretrained.m3d_lamed import load_m3d_lamed
+    from zoo.pretrained.m3d_lamed import load_m3d_lamed
+    from zoo.pretrained.report import init_from as load_init
 
-        if not on_meta():
-            model.init_report = load_m3d_lamed(model, init_from)
-        elif not Path(init_from).exists():
-            raise MissingFileError(f"recipe.init_from={init_from} does not exist")
+    load_init(model, init_from, load_m3d_lamed)
     return model

@@ -102,5 +102,23 @@ class Placer:
         return self.report
 
 
+def init_from(model: nn.Module, path: str | None, loader: Callable[[nn.Module, str], LoadReport]
+              ) -> None:
+    """A recipe's ``init_from``: ``loader(model, path)`` sets ``model.init_report``; on the meta
+    device (parameter counting) nothing is read, but the path must exist."""
+    if not path:
+        return
+    from pathlib import Path
+
+    from zoo.build import on_meta
+    from zoo.errors import MissingFileError
+
+    if on_meta():
+        if not Path(path).exists():
+            raise MissingFileError(f"recipe.init_from={path} does not exist")
+        return
+    model.init_report = loader(model, path)
+
+
 def _short(keys: list[str], n: int = 8) -> str:
     return ", ".join(keys[:n]) + (f" ... ({len(keys)} in all)" if len(keys) > n else "")
