@@ -1,8 +1,13 @@
 """3D spatial pooling connector (M3D-LaMed's "spatial pooling perceiver"; Bai et al. 2024).
 
 Tokens ``(B, d*h*w, C_in)`` are put back on their grid, average-pooled with a 3D kernel (stride =
-kernel) and projected by an MLP to the LLM width: ``(B, (d/kd)*(h/kh)*(w/kw), C_out)``. With M3D's
-grid 8 x 16 x 16 and kernel 2, 2048 tokens become 256. No attention is involved.
+kernel) and projected by an MLP to the LLM width: ``(B, ceil(d/kd)*ceil(h/kh)*ceil(w/kw), C_out)``.
+With M3D's grid 8 x 16 x 16 and kernel 2, 2048 tokens become 256. No attention is involved.
+
+Any grid fits (docs/native3d.md): where a side is not a multiple of the kernel, the last window
+along it averages the tokens that remain, and a kernel longer than a side is cut to that side.
+So a slice tower's 32 x 7 x 7 grid with kernel 2 gives 16 x 4 x 4, and a 3D CNN's 1 x 8 x 8
+bottleneck gives 1 x 4 x 4; grids that divide pool exactly as M3D's.
 """
 
 from __future__ import annotations
@@ -10,42 +15,34 @@ from __future__ import annotations
 from typing import Sequence
 
 import torch.nn.functional as F
-from torch import nn
+from torch import Tensor
 
-from connectors._common import check_input, kernel3, projector, require_grid
+from connectors._common import kernel3
+from connectors.grid_reducer import GridReducer
 from zoo.registry import CONNECTORS
-from zoo.types import Grid, VisualTokens
+from zoo.types import Grid
 
 
-class SpatialPool(nn.Module):
-    """``avg_pool3d(kernel, stride=kernel)`` over the token grid, then :func:`projector`."""
+class SpatialPool(GridReducer):
+    """``avg_pool3d(kernel, stride=kernel, ceil_mode=True)`` over the token grid (the kernel cut
+    to the grid where longer), then :func:`connectors._common.projector`."""
+
+    name = "spatial_pool"
 
     def __init__(self, in_dim: int, out_dim: int, kernel: int | Sequence[int] = 2,
                  depth: int = 2, layer_type: str = "mlp") -> None:
-        super().__init__()
+        super().__init__(in_dim, out_dim, depth, layer_type)
         self.kernel = kernel3(kernel)
-        self.in_dim, self.out_dim = in_dim, out_dim
-        self.projector = projector(in_dim, out_dim, depth, layer_type)
 
-    def out_grid(self, num_tokens: int, grid: Grid | None) -> Grid:
-        grid = require_grid("spatial_pool", num_tokens, grid)
-        if any(g % k for g, k in zip(grid, self.kernel)):
-            raise ValueError(f"connector 'spatial_pool': grid {grid} is not divisible by kernel "
-                             f"{self.kernel}")
-        return tuple(g // k for g, k in zip(grid, self.kernel))  # type: ignore[return-value]
+    def window(self, grid: Grid) -> tuple[int, int, int]:
+        return tuple(min(k, g) for k, g in zip(self.kernel, grid))  # type: ignore[return-value]
 
-    def num_out_tokens(self, num_tokens: int, grid: Grid | None = None) -> int:
-        d, h, w = self.out_grid(num_tokens, grid)
-        return d * h * w
+    def reduced_grid(self, grid: Grid) -> Grid:
+        return tuple(-(-g // k) for g, k in zip(grid, self.window(grid)))  # type: ignore[return-value]
 
-    def forward(self, visual: VisualTokens) -> VisualTokens:
-        check_input(visual, self.in_dim, "spatial_pool")
-        x = visual.tokens
-        out_grid = self.out_grid(x.shape[1], visual.grid)
-        x = x.transpose(1, 2).reshape(x.shape[0], x.shape[2], *visual.grid)
-        x = F.avg_pool3d(x, kernel_size=self.kernel, stride=self.kernel)
-        x = self.projector(x.flatten(2).transpose(1, 2))
-        return visual.replace(tokens=x, grid=out_grid)
+    def reduce(self, x: Tensor) -> Tensor:
+        window = self.window(tuple(x.shape[2:]))  # type: ignore[arg-type]
+        return F.avg_pool3d(x, kernel_size=window, stride=window, ceil_mode=True)
 
 
 @CONNECTORS.register

@@ -11,12 +11,13 @@ The visual tokens are the ``layer4`` voxels ``(B, (D/32)(H/32)(W/32), out_dim)``
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Any, Sequence
 
 from monai.networks.nets import ResNet
 from torch import Tensor, nn
 
 from zoo.registry import ENCODERS
+from zoo.signature import forwards
 from zoo.types import Conditioning, VisualTokens, check_volume
 
 Grid = tuple[int, int, int]
@@ -89,9 +90,10 @@ def resnet3d(in_channels: int = 1, block: str = "basic", layers: Sequence[int] =
 
 
 @ENCODERS.register
+@forwards(resnet3d)
 def test_resnet3d(in_channels: int = 1, block_inplanes: Sequence[int] = (4, 8, 8, 16),
-                  layers: Sequence[int] = (1, 1, 1, 1), **kwargs) -> ResNet3DEncoder:
+                  layers: Sequence[int] = (1, 1, 1, 1), conv1_size: int = 3,
+                  **kwargs: Any) -> ResNet3DEncoder:
     """Tiny 3D ResNet for tests: one basic block per stage, widths 4-8-8-16, stem 3^3."""
-    kwargs.setdefault("conv1_size", 3)
     return resnet3d(in_channels=in_channels, block_inplanes=block_inplanes, layers=layers,
-                    **kwargs)
+                    conv1_size=conv1_size, **kwargs)

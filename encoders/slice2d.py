@@ -31,6 +31,7 @@ from torch.utils.checkpoint import checkpoint as _checkpoint
 
 from encoders.backbones2d import Backbone2D, attend, build_backbone2d, run_block
 from zoo.registry import ENCODERS, suggest
+from zoo.signature import forwards
 from zoo.types import Conditioning, Grid, VisualTokens, check_volume
 
 PATCH_MODES: tuple[str, ...] = ("slice", "inflate", "fresh3d")
@@ -454,6 +455,7 @@ TINY_TIMM = {"embed_dim": 32, "depth": 2, "num_heads": 2, "img_size": 32}
 
 
 @ENCODERS.register
+@forwards(SliceEncoder, exclude=("backbone", "patch_mode"))
 def slice2d(backbone: str = "open_clip:ViT-B-16", pretrained: str | None = None,
             backbone_kwargs: dict | None = None, slice_size: int | None = 224, pool_hw: int = 2,
             **options: Any) -> SliceEncoder:
@@ -464,6 +466,7 @@ def slice2d(backbone: str = "open_clip:ViT-B-16", pretrained: str | None = None,
 
 
 @ENCODERS.register
+@forwards(SliceEncoder, exclude=("backbone", "patch_mode"))
 def inflate3d(backbone: str = "open_clip:ViT-B-16", pretrained: str | None = None,
               backbone_kwargs: dict | None = None, depth_patch: int = 4, slice_size: int | None = 224,
               attn3d_blocks: int | None = -1, **options: Any) -> SliceEncoder:
@@ -475,6 +478,7 @@ def inflate3d(backbone: str = "open_clip:ViT-B-16", pretrained: str | None = Non
 
 
 @ENCODERS.register
+@forwards(SliceEncoder, exclude=("backbone", "patch_mode"))
 def medblip3d(backbone: str = "open_clip:ViT-B-16", pretrained: str | None = None,
               backbone_kwargs: dict | None = None, depth_patch: int = 4, slice_size: int | None = 224,
               attn3d_blocks: int | None = -1, **options: Any) -> SliceEncoder:
@@ -486,23 +490,26 @@ def medblip3d(backbone: str = "open_clip:ViT-B-16", pretrained: str | None = Non
 
 
 @ENCODERS.register
-def test_slice2d(**options: Any) -> SliceEncoder:
+@forwards(SliceEncoder, exclude=("backbone", "patch_mode"))
+def test_slice2d(attn3d_blocks: int | None = 1, **options: Any) -> SliceEncoder:
     """Tiny ``slice2d`` on a random timm ViT (width 32, 2 blocks, 32 px slices, patch 16)."""
-    options.setdefault("attn3d_blocks", 1)
-    return build_slice_encoder("timm:vit_tiny_patch16_224", None, TINY_TIMM, patch_mode="slice", **options)
+    return build_slice_encoder("timm:vit_tiny_patch16_224", None, TINY_TIMM, patch_mode="slice",
+                               attn3d_blocks=attn3d_blocks, **options)
 
 
 @ENCODERS.register
-def test_inflate3d(**options: Any) -> SliceEncoder:
+@forwards(SliceEncoder, exclude=("backbone", "patch_mode"))
+def test_inflate3d(depth_patch: int = 2, attn3d_blocks: int | None = -1,
+                   **options: Any) -> SliceEncoder:
     """Tiny ``inflate3d``: random timm ViT (width 32, 2 blocks), depth patch 2, 3D attention."""
-    options.setdefault("depth_patch", 2)
-    options.setdefault("attn3d_blocks", -1)
-    return build_slice_encoder("timm:vit_tiny_patch16_224", None, TINY_TIMM, patch_mode="inflate", **options)
+    return build_slice_encoder("timm:vit_tiny_patch16_224", None, TINY_TIMM, patch_mode="inflate",
+                               depth_patch=depth_patch, attn3d_blocks=attn3d_blocks, **options)
 
 
 @ENCODERS.register
-def test_medblip3d(**options: Any) -> SliceEncoder:
+@forwards(SliceEncoder, exclude=("backbone", "patch_mode"))
+def test_medblip3d(depth_patch: int = 2, attn3d_blocks: int | None = -1,
+                   **options: Any) -> SliceEncoder:
     """Tiny ``medblip3d``: fresh 3D patch embedding (depth patch 2) over a random timm ViT."""
-    options.setdefault("depth_patch", 2)
-    options.setdefault("attn3d_blocks", -1)
-    return build_slice_encoder("timm:vit_tiny_patch16_224", None, TINY_TIMM, patch_mode="fresh3d", **options)
+    return build_slice_encoder("timm:vit_tiny_patch16_224", None, TINY_TIMM, patch_mode="fresh3d",
+                               depth_patch=depth_patch, attn3d_blocks=attn3d_blocks, **options)

@@ -25,6 +25,7 @@ from torch import Tensor, nn
 from zoo.build import on_meta
 from zoo.checkpoint import read_state_dict
 from zoo.registry import ENCODERS
+from zoo.signature import forwards
 from zoo.types import Conditioning, VisualTokens, check_volume
 
 Grid = tuple[int, int, int]
@@ -134,6 +135,7 @@ def swin3d(in_channels: int = 1, feature_size: int = 48, depths: Sequence[int] =
 
 
 @ENCODERS.register
+@forwards(swin3d)
 def test_swin3d(in_channels: int = 1, feature_size: int = 12, depths: Sequence[int] = (1, 1, 1, 1),
                 num_heads: Sequence[int] = (1, 2, 2, 4), window_size: int = 2,
                 **kwargs) -> Swin3DEncoder:

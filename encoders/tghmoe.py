@@ -35,6 +35,7 @@ from encoders.backbones2d import build_backbone2d
 from encoders.moe import GroupedMoE, RouteContext
 from encoders.slice2d import TINY_TIMM, SliceEncoder, _choice, top_blocks
 from zoo.registry import ENCODERS, suggest
+from zoo.signature import forwards
 from zoo.types import TASK_NAMES, Conditioning
 
 TASK_GROUP_NAMES: tuple[str, ...] = ("caption", "vqa", "positioning", "segmentation", "other")
@@ -206,6 +207,7 @@ def build_tghmoe(backbone: str, pretrained: str | None, backbone_kwargs: dict | 
 
 
 @ENCODERS.register
+@forwards(TGHMoEEncoder, SliceEncoder, exclude=("backbone",))
 def tghmoe(backbone: str = "open_clip:ViT-L-14-336", pretrained: str | None = None,
            backbone_kwargs: dict | None = None, prompt_dim: int | None = None,
            slice_size: int | None = 224, pool_hw: int = 2, **options: Any) -> TGHMoEEncoder:
@@ -217,12 +219,14 @@ def tghmoe(backbone: str = "open_clip:ViT-L-14-336", pretrained: str | None = No
 
 
 @ENCODERS.register
-def test_tghmoe(prompt_dim: int | None = 16, **options: Any) -> TGHMoEEncoder:
+@forwards(TGHMoEEncoder, SliceEncoder, exclude=("backbone",))
+def test_tghmoe(prompt_dim: int | None = 16, experts_per_group: int = 3,
+                attn3d_blocks: int | None = 1, **options: Any) -> TGHMoEEncoder:
     """Tiny TGH-MoE on a random timm ViT (width 32, 2 blocks): MoE and 3D attention in the top
     block, 3 experts per group, top-2 routing, prompt width 16."""
-    options.setdefault("experts_per_group", 3)
-    options.setdefault("attn3d_blocks", 1)
-    return build_tghmoe("timm:vit_tiny_patch16_224", None, TINY_TIMM, prompt_dim=prompt_dim, **options)
+    return build_tghmoe("timm:vit_tiny_patch16_224", None, TINY_TIMM, prompt_dim=prompt_dim,
+                        experts_per_group=experts_per_group, attn3d_blocks=attn3d_blocks,
+                        **options)
 
 
 def tghmoe_param_formula(tower_params: int, width: int, ffn_params: int, moe_blocks: int,

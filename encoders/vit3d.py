@@ -32,6 +32,7 @@ from torch.utils.checkpoint import checkpoint as _checkpoint
 from zoo.build import on_meta
 from zoo.checkpoint import read_state_dict
 from zoo.registry import ENCODERS, suggest
+from zoo.signature import forwards
 from zoo.types import Conditioning, Grid, VisualTokens, check_volume
 
 POS_EMBED_TYPES = ("learnable", "sincos", "none")
@@ -414,6 +415,7 @@ def _preset(defaults: dict[str, Any], overrides: dict[str, Any], name: str) -> V
 
 
 @ENCODERS.register
+@forwards(vit3d, defaults=M3D_VIT)
 def vit3d_base_m3d(**overrides: Any) -> ViT3D:
     """M3D-LaMed's 3D ViT-B/(4, 16, 16) at 1 x 32 x 256 x 256: 2048 patch tokens + CLS, width 768,
     12 blocks, 12 heads, MLP 3072, no qkv bias (about 87.4 M parameters). Keyword arguments of
@@ -422,6 +424,7 @@ def vit3d_base_m3d(**overrides: Any) -> ViT3D:
 
 
 @ENCODERS.register
+@forwards(vit3d, defaults=TEST_VIT)
 def test_vit3d(**overrides: Any) -> ViT3D:
     """Tiny 3D ViT for tests: 1 x 32 x 64 x 64, patch (4, 16, 16) -> grid 8 x 4 x 4 = 128 tokens,
     width 64, 2 blocks, 4 heads, MLP 128, CLS token. Keyword arguments of :func:`vit3d` override."""

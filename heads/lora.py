@@ -10,6 +10,7 @@ LLM* (``model.layers.0.self_attn.q_proj``), never a list of leaf names: leaf nam
 from __future__ import annotations
 
 import re
+import warnings
 
 from torch import nn
 
@@ -53,7 +54,12 @@ def wrap_with_lora(model: nn.Module, r: int = 16, alpha: int = 32, dropout: floa
 
     config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=target,
                         bias="none", modules_to_save=modules_to_save)
-    return get_peft_model(model, config)
+    with warnings.catch_warnings():
+        # peft (0.21.2, the newest) reads transformers' deprecated `is_gradient_checkpointing`,
+        # which warns on every wrap; only that message is silenced, here only
+        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated",
+                                category=FutureWarning)
+        return get_peft_model(model, config)
 
 
 def lora_parameter_names(model: nn.Module) -> list[str]:

@@ -34,6 +34,7 @@ from monai.networks.blocks.dynunet_block import get_conv_layer
 from torch import Tensor, nn
 
 from zoo.registry import HEADS
+from zoo.signature import forwards
 from zoo.types import MaskOutput, check_volume
 
 Triple = tuple[int, int, int]
@@ -217,6 +218,7 @@ def unetr_decoder(feature_dims: Sequence[int], feature_strides: Sequence[int | S
 
 
 @HEADS.register
+@forwards(unetr_decoder)
 def test_unetr_decoder(feature_dims: Sequence[int], feature_strides: Sequence[int | Sequence[int]],
                        out_channels: int = 2, in_channels: int = 1, feature_size: int = 4,
                        **kwargs: Any) -> UNETRDecoder:

@@ -13,6 +13,9 @@
 Shapes: volume ``(B, 1, D, H, W)``; prompts as :meth:`heads.segvol.SegVolHead.forward` in native
 voxel coordinates; returns logits ``(B, K, D, H, W)``. Text prompts (names or embeddings) are
 position-free and go to every window unchanged.
+
+``rule="segvol"`` runs SegVol's own procedure instead (:mod:`heads.segvol_official_rule`; the
+differences are listed in docs/segvol.md "Zoom-out-zoom-in").
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from torch import Tensor
 from zoo.types import check_volume
 
 BACKGROUND_LOGIT = -20.0
+RULES = ("zoo", "segvol")
 
 
 def _scale_prompts(points: Tensor | None, boxes: Tensor | None, scale: Tensor
@@ -82,21 +86,35 @@ def zoom_out_zoom_in(head: Any, volume: Tensor, *, text: Sequence[Any] | None = 
                      text_embedding: Tensor | None = None, points: Tensor | None = None,
                      point_labels: Tensor | None = None, boxes: Tensor | None = None,
                      overlap: float = 0.5, margin: int = 4, sw_batch_size: int = 1,
-                     mode: str = "constant") -> Tensor:
+                     mode: str = "constant", rule: str = "zoo",
+                     generator: torch.Generator | None = None) -> Tensor:
     """Zoom-out-zoom-in logits ``(B, K, D, H, W)`` of a SegVol head (see module docstring).
 
     ``head`` is a :class:`heads.segvol.SegVolHead` with its own image encoder; its
     ``image_size`` is the model input. A volume no larger than that on every axis is
     segmented in one pass at its own size (resized to the input and back).
+
+    ``rule``: ``zoo`` (the steps above) or ``segvol`` (SegVol's procedure, one prompt at a time;
+    ``margin`` and ``mode`` do not apply; ``generator`` draws its per-window points, None:
+    torch's global generator as SegVol).
     """
     from monai.inferers import sliding_window_inference
 
     check_volume(volume)
+    if rule not in RULES:
+        from zoo.errors import ConfigError
+        from zoo.registry import suggest
+
+        raise ConfigError(f"rule={rule!r}: expected one of {RULES}.{suggest(rule, list(RULES))}")
     if head.share_encoder:
         raise ValueError("zoom_out_zoom_in needs a SegVol head with its own image encoder "
                          "(share_encoder=False): every window is re-encoded")
     if not 0.0 <= overlap < 1.0:
         raise ValueError(f"overlap must be in [0, 1), got {overlap}")
+    if rule == "segvol":
+        return torch.cat([_segvol_rule(head, volume[i:i + 1], i, text, text_embedding, points,
+                                       point_labels, boxes, overlap, sw_batch_size, generator)
+                          for i in range(volume.shape[0])])
     roi = tuple(head.image_size)
     native = tuple(volume.shape[2:])
     results = []
@@ -109,6 +127,40 @@ def zoom_out_zoom_in(head: Any, volume: Tensor, *, text: Sequence[Any] | None = 
         results.append(_one(head, volume[i:i + 1], one, roi, native, overlap, margin,
                              sw_batch_size, mode, sliding_window_inference))
     return torch.cat(results)
+
+
+def _segvol_rule(head: Any, volume: Tensor, i: int, text: Sequence[Any] | None,
+                 text_embedding: Tensor | None, points: Tensor | None,
+                 point_labels: Tensor | None, boxes: Tensor | None, overlap: float,
+                 sw_batch_size: int, generator: torch.Generator | None) -> Tensor:
+    """Image ``i`` by SegVol's procedure, each of its K prompts on its own: ``(1, K, D, H, W)``."""
+    from heads.segvol_official_rule import official_zoom_out_zoom_in
+
+    names = None
+    if text is not None:
+        names = [text[i]] if isinstance(text[i], str) else list(text[i])
+    ranks = {"text_embedding": (text_embedding, 2), "points": (points, 3),
+             "point_labels": (point_labels, 2), "boxes": (boxes, 2)}
+    per_image = {key: (x[i] if x is not None else None, rank) for key, (x, rank) in ranks.items()}
+    counts = [x.shape[0] for x, rank in per_image.values() if x is not None and x.dim() == rank]
+    k_all = max(counts + [len(names) if names is not None else 1])
+
+    def pick(key: str, k: int) -> Tensor | None:
+        """Prompt ``k`` of a kind given per prompt (a K axis) or once for all."""
+        x, rank = per_image[key]
+        if x is None:
+            return None
+        return (x[k] if x.shape[0] > 1 else x[0]) if x.dim() == rank else x
+
+    masks = []
+    for k in range(k_all):
+        embedding = pick("text_embedding", k)
+        masks.append(official_zoom_out_zoom_in(
+            head, volume, text=names[k if len(names) > 1 else 0] if names is not None else None,
+            text_embedding=embedding[None] if embedding is not None else None,
+            points=pick("points", k), point_labels=pick("point_labels", k), box=pick("boxes", k),
+            overlap=overlap, sw_batch_size=sw_batch_size, generator=generator))
+    return torch.cat(masks, dim=1)
 
 
 def _one(head: Any, volume: Tensor, prompts: dict[str, Any], roi: tuple[int, ...],

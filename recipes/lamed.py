@@ -4,10 +4,12 @@ Tensor contract: ``batch["image"] (B, C, D, H, W)``; the collator turns each sam
 answer into ``input_ids``/``labels`` with exactly ``num_image_tokens`` ``<im_patch>`` ids, whose
 embeddings are replaced by the connector's output ``(B, num_image_tokens, H_lm)``.
 
-Stages (docs/reference.md A): ``align`` trains the connector and the new special-token rows only
-(LR 1e-4, warmup 3 %, cosine); ``instruct`` trains LoRA adapters on the LLM plus the full encoder,
-connector, embeddings and LM head (LR 5e-5), and the ``[SEG]`` path when a SegVol ``head`` is
-given. Freezing, LoRA targets and the image-token count are decided here and only here.
+Stages (docs/reference.md A): ``align`` trains the connector and embedding rows (LR 1e-4, warmup
+3 %, cosine); ``instruct`` trains LoRA adapters on the LLM plus the full encoder, connector,
+embeddings and LM head (LR 5e-5), and the ``[SEG]`` path when a SegVol ``head`` is given. What
+differs between the zoo's defaults and M3D's code (the data mix and the embedding rows of each
+stage) is data, :data:`STAGE_PRESETS`, chosen with ``stage_preset`` (docs/reference.md H).
+Freezing, LoRA targets and the image-token count are decided here and only here.
 
 Segmentation (``head``, :mod:`recipes.lamed_seg`): the hidden state predicting each ``[SEG]`` is
 projected to a SegVol prompt; samples with a ``mask`` ``(K, D, H, W)`` and ``[SEG]`` in the answer
@@ -16,20 +18,80 @@ add Dice + BCE (unweighted) to the LM loss; :meth:`LaMed.segment` returns texts 
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 from torch import Tensor
 
 from recipes.lamed_seg import (SegProjector, batch_masks, generated_seg_positions, run_head,
                                seg_target, teacher_seg_positions, trainable_head_patterns)
-from zoo.registry import RECIPES
+from zoo.errors import ConfigError
+from zoo.registry import RECIPES, suggest
 from zoo.seam import ImageTextCollator, decode_generated, splice_visual
 from zoo.types import TASK_NAMES, Conditioning, Stage, StepOutput, VisualTokens, ZooModel
 
 # Parameter-name patterns inside a CausalLM wrapper (heads/causal_lm.py); ``lm.model`` is the HF model.
-EMBED_PATTERNS = (r"lm\.model\..*embed_tokens\.", r"lm\.model\..*lm_head\.")
+INPUT_EMBED_PATTERN = r"lm\.model\..*embed_tokens\."
+OUTPUT_EMBED_PATTERN = r"lm\.model\..*lm_head\."
+EMBED_PATTERNS = (INPUT_EMBED_PATTERN, OUTPUT_EMBED_PATTERN)
 LORA_PATTERN = r"lm\.model\..*lora_"
+ROWS = ("all", "new", "none")
+
+
+@dataclass(frozen=True)
+class StagePreset:
+    """The per-stage choices on which the zoo's defaults and M3D's code differ.
+
+    ``tasks``: the data mix (empty = every task the data offers); ``input_rows`` /
+    ``output_rows``: which rows of the LLM's input embedding and output (LM head) matrices train in
+    the stage: ``all``, ``new`` (the added special tokens' rows only, by a gradient mask) or
+    ``none`` (frozen).
+    """
+
+    tasks: tuple[str, ...] = ()
+    input_rows: str = "all"
+    output_rows: str = "all"
+
+    def __post_init__(self) -> None:
+        for name in ("input_rows", "output_rows"):
+            if getattr(self, name) not in ROWS:
+                raise ConfigError(f"{name}={getattr(self, name)!r}: expected one of {ROWS}")
+
+
+# Named presets, stage -> settings (docs/reference.md H; docs/lm.md "LaMed stages").
+STAGE_PRESETS: dict[str, dict[str, StagePreset]] = {
+    # the zoo: align on image-report pairs; the LLM's pretrained rows stay as they are and only the
+    # four new tokens' input and output rows move
+    "zoo": {"align": StagePreset(tasks=("caption",), input_rows="new", output_rows="new"),
+            "instruct": StagePreset()},
+    # M3D's train.py as coded: align on captions + closed + open VQA, every input-embedding row
+    # trains, the LM head is frozen
+    "m3d": {"align": StagePreset(tasks=("caption", "vqa_closed", "vqa_open"), input_rows="all",
+                                 output_rows="none"),
+            "instruct": StagePreset()},
+}
+
+
+def stage_presets(name: str, align_tasks: Sequence[str] | None = None,
+                  instruct_tasks: Sequence[str] | None = None) -> dict[str, StagePreset]:
+    """The preset ``name`` with the data mixes overridden where ``*_tasks`` is not None."""
+    if name not in STAGE_PRESETS:
+        raise ConfigError(f"recipe.stage_preset={name!r}: unknown preset."
+                          f"{suggest(name, list(STAGE_PRESETS))} "
+                          f"Presets: {', '.join(STAGE_PRESETS)}")
+    presets = dict(STAGE_PRESETS[name])
+    for stage, tasks in (("align", align_tasks), ("instruct", instruct_tasks)):
+        if tasks is not None:
+            presets[stage] = dataclasses.replace(presets[stage], tasks=tuple(tasks))
+    return presets
+
+
+def embedding_patterns(preset: StagePreset) -> tuple[str, ...]:
+    """Trainable-name patterns of the embedding matrices a stage moves (all or some rows)."""
+    return ((INPUT_EMBED_PATTERN,) if preset.input_rows != "none" else ()) + \
+        ((OUTPUT_EMBED_PATTERN,) if preset.output_rows != "none" else ())
 
 
 class LaMed(ZooModel):
@@ -47,8 +109,9 @@ class LaMed(ZooModel):
     """
 
     def __init__(self, encoder: torch.nn.Module, connector: torch.nn.Module, lm: torch.nn.Module,
-                 image_size: Sequence[int], stages: dict[str, Stage], template: str = "<image>{prompt}",
-                 max_length: int = 512, train_new_rows_only_in: Sequence[str] = ("align",),
+                 image_size: Sequence[int], stages: dict[str, Stage],
+                 template: str | Mapping[str, str] = "<image>{prompt}", max_length: int = 512,
+                 embedding_rows: Mapping[str, tuple[str, str]] | None = None,
                  bridge: torch.nn.Module | None = None, head: torch.nn.Module | None = None,
                  seg_dropout: float = 0.1) -> None:
         super().__init__()
@@ -64,7 +127,13 @@ class LaMed(ZooModel):
         self.generation_collator = ImageTextCollator(lm.tokenizer, self.num_image_tokens,
                                                      template=template, max_length=max_length,
                                                      for_generation=True)
-        self._new_rows_only_in = set(train_new_rows_only_in)
+        # stage -> (input_rows, output_rows), each "all", "new" or "none" (StagePreset); a stage
+        # not listed trains whatever its patterns select
+        self._embedding_rows = {k: tuple(v) for k, v in (embedding_rows or {}).items()}
+        for stage, rows in self._embedding_rows.items():
+            if len(rows) != 2 or set(rows) - set(ROWS):
+                raise ConfigError(f"embedding_rows[{stage!r}]={rows}: expected (input, output), "
+                                  f"each one of {ROWS}")
         self._row_hooks: list[Any] = []
         self._masked_rows: dict[int, int] = {}  # id(weight) -> rows the gradient mask lets move
         self.heads = torch.nn.ModuleDict({"seg": head}) if head is not None else None
@@ -73,17 +142,23 @@ class LaMed(ZooModel):
 
     # -------------------------------------------------------------- stages
     def apply_stage(self, stage: Stage | str) -> list[str]:
-        """Freeze per the stage; in ``align`` only the new special-token rows of the embedding
-        and output matrices get gradients (a gradient mask), as in M3D's first stage."""
+        """Freeze per the stage; where the stage's preset says ``new`` rows (the zoo's ``align``),
+        only the new special-token rows of that embedding matrix get gradients (a gradient
+        mask)."""
         stage = self.stages[stage] if isinstance(stage, str) else stage
         names = super().apply_stage(stage)
         for hook in self._row_hooks:
             hook.remove()
         self._row_hooks, self._masked_rows = [], {}
-        if stage.name in self._new_rows_only_in:
+        rows_setting = self._embedding_rows.get(stage.name)
+        if rows_setting is not None:
             hf_model = self.lm.model
-            matrices = {id(m.weight): m.weight for m in (hf_model.get_input_embeddings(),
-                                                          hf_model.get_output_embeddings())}
+            pair = (hf_model.get_input_embeddings().weight, hf_model.get_output_embeddings().weight)
+            if pair[0] is pair[1] and rows_setting[0] != rows_setting[1]:
+                raise ConfigError(f"stage {stage.name!r} trains input embedding rows "
+                                  f"{rows_setting[0]!r} and output rows {rows_setting[1]!r}, but "
+                                  "this LLM ties its input and output embeddings")
+            matrices = {id(w): w for w, r in zip(pair, rows_setting) if r == "new"}
             rows = sorted(set(self.lm.special_ids.values()))
             for key, weight in matrices.items():
                 if weight.requires_grad:
@@ -265,24 +340,25 @@ def flat_stats(stats: dict[str, Any], prefix: str = "router/") -> dict[str, floa
 
 
 def lamed_stages(align_lr: float, instruct_lr: float, epochs: float, batch_size: int,
-                 warmup_ratio: float, align_tasks: Sequence[str], instruct_tasks: Sequence[str],
-                 train_lm: str, has_bridge: bool = False,
-                 seg_part: Sequence[str] = (), freeze_in_align: bool = True) -> dict[str, Stage]:
-    """``align`` and ``instruct`` stages; ``seg_part`` (the [SEG] path's patterns) joins
-    ``instruct``. ``freeze_in_align=False`` trains the encoder and the LM (per ``train_lm``) in
-    ``align`` too."""
+                 warmup_ratio: float, presets: Mapping[str, StagePreset], train_lm: str,
+                 has_bridge: bool = False, seg_part: Sequence[str] = (),
+                 freeze_in_align: bool = True) -> dict[str, Stage]:
+    """``align`` and ``instruct`` stages with the data mixes and embedding matrices of
+    ``presets`` (:func:`stage_presets`); ``seg_part`` (the [SEG] path's patterns) joins
+    ``instruct``. ``freeze_in_align=False`` trains the encoder, the LM (per ``train_lm``) and
+    both embedding matrices in ``align`` too."""
     lm_part = {"lora": (LORA_PATTERN,), "full": (r"lm\.",), "frozen": ()}[train_lm]
     new = (r"bridge\.", r"connector\.") if has_bridge else (r"connector\.",)
-    align = new + EMBED_PATTERNS
+    align = new + embedding_patterns(presets["align"])
     if not freeze_in_align:
-        align = (r"encoder\.",) + align + lm_part
+        align = (r"encoder\.",) + new + EMBED_PATTERNS + lm_part
     return {
-        "align": Stage("align", trainable=align, tasks=tuple(align_tasks),
+        "align": Stage("align", trainable=align, tasks=presets["align"].tasks,
                        lr=align_lr, epochs=epochs, warmup_ratio=warmup_ratio, batch_size=batch_size),
         "instruct": Stage("instruct",
-                          trainable=((r"encoder\.",) + new + EMBED_PATTERNS + lm_part
-                                     + tuple(seg_part)),
-                          tasks=tuple(instruct_tasks), lr=instruct_lr, epochs=epochs,
+                          trainable=((r"encoder\.",) + new + embedding_patterns(presets["instruct"])
+                                     + lm_part + tuple(seg_part)),
+                          tasks=presets["instruct"].tasks, lr=instruct_lr, epochs=epochs,
                           warmup_ratio=warmup_ratio, batch_size=batch_size),
     }
 
@@ -327,21 +403,29 @@ def build_seg_head(head: Callable[..., Any], vision: Any, image_size: Sequence[i
 
 @RECIPES.register
 def lamed(encoder: Callable[..., Any], connector: Callable[..., Any], lm: Callable[..., Any],
-          bridge: Callable[..., Any] | None = None, image_size: Sequence[int] = (32, 256, 256), template: str = "<image>{prompt}",
-          max_length: int = 512, train_lm: str = "lora", lora_r: int = 16, lora_alpha: int = 32,
+          bridge: Callable[..., Any] | None = None, image_size: Sequence[int] = (32, 256, 256),
+          template: str | Mapping[str, str] = "<image>{prompt}", max_length: int = 512,
+          train_lm: str = "lora", lora_r: int = 16, lora_alpha: int = 32,
           lora_dropout: float = 0.05, lora_target: str | None = None, align_lr: float = 1e-4,
           instruct_lr: float = 5e-5, epochs: float = 3.0, batch_size: int = 2,
-          warmup_ratio: float = 0.03, align_tasks: Sequence[str] = ("caption",),
-          instruct_tasks: Sequence[str] = (), head: Callable[..., Any] | None = None,
-          share_encoder: bool | None = None, seg_dropout: float = 0.1,
-          freeze_in_align: bool = True, init_from: str | None = None) -> LaMed:
+          warmup_ratio: float = 0.03, stage_preset: str = "zoo",
+          align_tasks: Sequence[str] | None = None, instruct_tasks: Sequence[str] | None = None,
+          head: Callable[..., Any] | None = None, share_encoder: bool | None = None,
+          seg_dropout: float = 0.1, freeze_in_align: bool = True,
+          init_from: str | None = None) -> LaMed:
     """M3D-LaMed: ``encoder`` (+ optional token-reducing ``bridge``) and ``connector`` into
     ``lm`` (factories from the config).
 
     ``train_lm``: ``lora`` (M3D: r 16, alpha 32, dropout 0.05 on the LLM's linear layers),
     ``full`` (every LLM weight; for tiny randomly initialised LMs) or ``frozen``.
-    ``align_tasks`` defaults to captions (M3D aligns on image-report pairs); ``instruct_tasks``
-    empty means every task the data offers.
+
+    ``template``: one template, a ``{task: template}`` mapping or a preset name (``m3d``: M3D's
+    strings); see :mod:`zoo.seam`.
+
+    ``stage_preset`` (:data:`STAGE_PRESETS`): ``zoo`` aligns on captions and moves only the four
+    new tokens' embedding and LM-head rows; ``m3d`` is M3D's code: captions + closed + open VQA,
+    every embedding row, LM head frozen. ``align_tasks`` / ``instruct_tasks`` (None: the preset's;
+    empty: every task the data offers) override the mixes.
 
     ``head`` (a SegVol head factory, e.g. ``head=test_segvol``) adds the ``[SEG]`` path: the
     projector MLP (dropout ``seg_dropout``) and ``heads["seg"]``, trained in ``instruct``.
@@ -356,6 +440,7 @@ def lamed(encoder: Callable[..., Any], connector: Callable[..., Any], lm: Callab
     builds M3D's), a stage-1 ``mm_projector.bin`` or a stage-2 ``model_with_lora.bin``; local
     paths only, skipped on the meta device. The report is ``model.init_report``.
     """
+    presets = stage_presets(stage_preset, align_tasks, instruct_tasks)
     lora = {"r": lora_r, "alpha": lora_alpha, "dropout": lora_dropout, "target": lora_target}
     vision, middle, projector, language_model = build_parts(encoder, connector, lm, bridge,
                                                             train_lm, lora)
@@ -364,12 +449,14 @@ def lamed(encoder: Callable[..., Any], connector: Callable[..., Any], lm: Callab
         seg_head = build_seg_head(head, vision, image_size, share_encoder)
         seg_part = (r"seg_projector\.",) + trainable_head_patterns(
             "heads.seg.", own_encoder=not seg_head.share_encoder)
-    stages = lamed_stages(align_lr, instruct_lr, epochs, batch_size, warmup_ratio, align_tasks,
-                          instruct_tasks, train_lm, has_bridge=middle is not None,
+    stages = lamed_stages(align_lr, instruct_lr, epochs, batch_size, warmup_ratio, presets,
+                          train_lm, has_bridge=middle is not None,
                           seg_part=seg_part, freeze_in_align=freeze_in_align)
+    rows = {name: (p.input_rows, p.output_rows) for name, p in presets.items()}
+    if not freeze_in_align:
+        rows["align"] = ("all", "all")
     model = LaMed(vision, projector, language_model, image_size, stages, template, max_length,
-                  train_new_rows_only_in=("align",) if freeze_in_align else (),
-                  bridge=middle, head=seg_head, seg_dropout=seg_dropout)
+                  embedding_rows=rows, bridge=middle, head=seg_head, seg_dropout=seg_dropout)
     from zoo.pretrained.m3d_lamed import load_m3d_lamed
     from zoo.pretrained.report import init_from as load_init
 

@@ -74,4 +74,4 @@ def tghmoe(encoder: Callable[..., Any], connector: Callable[..., Any], lm: Calla
                           epochs=epochs, warmup_ratio=warmup_ratio, batch_size=batch_size),
     }
     return TGHMoELaMed(vision, projector, language_model, image_size, stages, template,
-                       max_length, train_new_rows_only_in=(), bridge=middle)
+                       max_length, bridge=middle)

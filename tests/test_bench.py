@@ -210,3 +210,14 @@ def test_bench_sections_are_validated():
 
     with pytest.raises(ValueError, match="unknown bench section 'gpux'. Did you mean: gpu"):
         run_bench(out=None, sections=("gpux",))
+
+
+def test_outputs_follow_out_outside_the_repository(tmp_path, monkeypatch):
+    """From a folder without docs/, the table and the scaling plot land under --out's folder."""
+    from zoo.bench.run import run_bench
+
+    monkeypatch.chdir(tmp_path)
+    run_bench(out="docs/BENCHMARKS.md", quick=True, sections=("scaling",), log=lambda *_: None,
+              time_budget_gflop=0.0)
+    assert (tmp_path / "docs" / "BENCHMARKS.md").is_file()
+    assert (tmp_path / "docs" / "bench_scaling.png").is_file()

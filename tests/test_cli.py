@@ -18,7 +18,48 @@ def test_list_json_is_valid_and_complete(capsys):
     assert code == 0
     assert set(listing) == set(REGISTRIES)
     assert "lamed" in listing["recipe"] and "test_vit3d" in listing["encoder"]
-    assert all(names == sorted(names) for names in listing.values())
+    assert all(list(entries) == sorted(entries) for entries in listing.values())
+    # one line of description per entry, from the builder's docstring
+    assert all(text and "\n" not in text for entries in listing.values() for text in entries.values())
+    assert listing["connector"]["identity"].startswith("No-op connector")
+
+
+def test_list_takes_a_pattern_like_timm(capsys):
+    code, out, _ = run(capsys, "list", "encoder", "*vit*", "--json")
+    assert code == 0 and list(json.loads(out)["encoder"]) == ["test_vit3d", "vit3d",
+                                                              "vit3d_base_m3d"]
+    code, out, _ = run(capsys, "list", "*perceiver*", "--json")  # a pattern over every kind
+    assert code == 0 and json.loads(out) == {"connector": {
+        "perceiver": json.loads(out)["connector"]["perceiver"],
+        "test_perceiver": json.loads(out)["connector"]["test_perceiver"]}}
+    code, out, _ = run(capsys, "list", "connector", "*pool")
+    assert code == 0 and out.splitlines()[0] == "connector:"
+    assert [line.split()[0] for line in out.splitlines()[1:]] == ["sequence_pool", "spatial_pool"]
+
+
+def test_show_a_recipe_lists_arguments_stages_and_data_tasks(capsys):
+    code, out, _ = run(capsys, "show", "recipe", "lamed", "--json")
+    report = json.loads(out)
+    args = {a["name"]: a for a in report["arguments"]}
+    assert code == 0 and args["lora_r"]["default"] == "16" and args["lora_r"]["type"] == "int"
+    assert "LoRA" in args["train_lm"]["doc"] or "lora" in args["train_lm"]["doc"]
+    assert args["image_size"]["option_file"] == "${data.size}"
+    assert report["components"] == {"encoder": "required", "bridge": "optional",
+                                    "connector": "required", "lm": "required", "head": "optional"}
+    stages = {s["name"]: s for s in report["stages"]}
+    assert list(stages) == ["align", "instruct"] and stages["align"]["tasks"] == ["caption"]
+    code, out, _ = run(capsys, "show", "recipe", "lamed")
+    assert code == 0 and "align: data tasks caption" in out
+
+
+def test_show_an_encoder_lists_its_preset_arguments(capsys):
+    code, out, _ = run(capsys, "show", "encoder", "vit3d_base_m3d")
+    assert code == 0 and "hidden_size: int = 768" in out and "depth: int = 12" in out
+    code, out, _ = run(capsys, "show", "encoder", "slice2d", "--json")
+    args = {a["name"]: a for a in json.loads(out)["arguments"]}
+    assert args["depth_pos"]["default"] == "'rope'" and "RoPE" in args["depth_pos"]["doc"]
+    code, _, err = run(capsys, "show", "encoder", "vit3d_bse")
+    assert code == 2 and "Did you mean: vit3d_base_m3d" in err
 
 
 def test_list_one_kind_accepts_plural(capsys):
@@ -72,3 +113,88 @@ def test_pass_through_commands_receive_a_leading_option(capsys):
 
     assert main(["bench", "--strict"]) == 2  # bench's own parser saw --strict
     assert "--strict only applies with --check" in capsys.readouterr().err
+
+
+def test_commands_print_no_library_warnings(capsys):
+    """A plain command shows no warning (peft's FutureWarning is silenced at its one call site)."""
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert main(["params", "--json"]) == 0
+    shown = [f"{w.category.__name__}: {w.message}" for w in caught
+             if not issubclass(w.category, DeprecationWarning)]
+    assert not shown, shown
+
+
+def test_options_and_overrides_in_any_order():
+    from zoo.cli import parse_args
+
+    args = parse_args(["eval", "RUN", "--tracking-uri", "sqlite:///x.db", "eval.max_items=2"])
+    assert (args.run_id, args.tracking_uri, args.overrides) == ("RUN", "sqlite:///x.db",
+                                                                 ["eval.max_items=2"])
+    args = parse_args(["-q", "params", "encoder=test_vit3d", "--json", "lm=test_llama",
+                       "--stage", "instruct"])
+    assert args.overrides == ["encoder=test_vit3d", "lm=test_llama"] and args.json and args.quiet
+    assert args.stage == "instruct" and parse_args(["train", "-v", "seed=1"]).verbose
+    bench = parse_args(["-q", "bench", "--quick"])  # a pass-through command keeps its options
+    assert bench.args == ["--quick"] and bench.quiet
+
+
+def test_cfg_job_prints_the_composed_config_with_builder_defaults(capsys):
+    import yaml
+
+    code, out, _ = run(capsys, "params", "--cfg", "job", "encoder.depth=1", "-p", "encoder")
+    node = yaml.safe_load(out)
+    assert code == 0 and node["_target_"].endswith("test_vit3d") and node["depth"] == 1
+    assert node["hidden_size"] == 64  # filled from the builder's signature
+    code, out, _ = run(capsys, "train", "--cfg", "job", "--resolve", "-p", "recipe.image_size")
+    assert code == 0 and yaml.safe_load(out) == [32, 64, 64]
+    code, _, err = run(capsys, "train", "--cfg", "hydra")
+    assert code == 2 and "--cfg job" in err and len(err.strip().splitlines()) == 1
+
+
+def test_sweep_cfg_job_prints_every_job_and_accepts_multirun(capsys):
+    code, out, _ = run(capsys, "sweep", "-m", "--cfg", "job", "-p", "connector._target_",
+                       "experiment=compare_strategies_mini")
+    lines = out.splitlines()
+    assert code == 0 and lines[0].startswith("# job 1/2 vit3d_spatial_pool")
+    assert lines[1:4:2] == ["connectors.spatial_pool.spatial_pool",
+                            "connectors.sequence_pool.sequence_pool"]
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["train", "-m", "encoder=test_vit3d"], "zoo sweep"),
+    (["train", "hydra.run.dir=out"], "trainer.output_dir"),
+    (["sweep", "hydra.sweep.dir=out"], "MLflow parent run"),
+    (["params", "hydra.job.chdir=true"], "never changes directory"),
+    (["params", "hydra.launcher.n_jobs=2"], "only zoo sweep launches jobs"),
+    (["params", "trainer.nokey=1"], "To append to your config use +trainer.nokey=1"),
+    (["params", "trainer.max_steps=1,2"], "run it with `zoo sweep`"),
+    (["params", "recipe.lora_rr=4"], "Did you mean: lora_r"),
+    (["params", "bridge.num_queries=4"], "set bridge=NAME first"),
+])
+def test_hydra_habits_are_refused_in_one_line_with_what_to_use(capsys, argv, needle):
+    code, out, err = run(capsys, *argv)
+    assert code == 2 and out == "" and needle in err and len(err.strip().splitlines()) == 1
+
+
+def test_verbosity_switches_and_hydra_verbose(capsys, monkeypatch):
+    import logging
+
+    from zoo import verbosity
+
+    monkeypatch.setenv("TRANSFORMERS_VERBOSITY", "warning")  # -q/-v only set it when unset
+    try:
+        assert main(["-q", "list", "head"]) == 0
+        assert not verbosity.show_progress()
+        assert main(["params", "--json", "hydra.verbose=[zoo.training]"]) == 0
+        assert verbosity.show_progress()
+        assert logging.getLogger("zoo.training").level == logging.DEBUG
+        assert main(["list", "head", "-v"]) == 0
+        assert logging.getLogger("zoo").level == logging.DEBUG
+    finally:
+        logging.getLogger("zoo.training").setLevel(logging.NOTSET)
+        verbosity.set_verbosity(verbosity.NORMAL)
+    verbosity.get_logger("zoo.test").info("a progress line")
+    assert "a progress line" in capsys.readouterr().out

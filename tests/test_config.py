@@ -49,6 +49,35 @@ def test_component_option_file_is_target_plus_kwargs_of_its_registry_key(group, 
         f"as {option!r}")
 
 
+@pytest.mark.parametrize("group,option", [(g, o) for g, o in OPTION_FILES if g in GROUP_KINDS])
+def test_option_file_lists_only_builder_arguments_that_differ_from_the_defaults(group, option):
+    """open_clip's habit: an option file names its builder and what differs from its defaults;
+    every key is an argument of the builder (composed configs are completed from the signature)."""
+    from zoo.signature import HYDRA_KEYS, arguments, config_value, takes_any_keyword
+
+    raw = yaml.safe_load((conf_dir() / group / f"{option}.yaml").read_text())
+    builder = _resolve(raw["_target_"])
+    args = {a.name: a for a in arguments(builder)}
+    for key, value in raw.items():
+        if key in HYDRA_KEYS:
+            continue
+        assert key in args or takes_any_keyword(builder), (
+            f"{group}/{option}.yaml: {key!r} is not an argument of {raw['_target_']}")
+        if key in args and not args[key].required:
+            representable, default = config_value(args[key].default)
+            repeats = representable and value == default and \
+                isinstance(value, bool) == isinstance(default, bool)
+            assert not repeats, f"{group}/{option}.yaml: {key}: {value!r} repeats the default"
+
+
+def test_composed_components_carry_every_builder_default():
+    cfg = compose(["encoder=vit3d"])
+    assert cfg.encoder.hidden_size == 768 and cfg.encoder.img_size == [32, 256, 256]
+    assert list(cfg.encoder)[0] == "_target_" and cfg.data.size == [32, 64, 64]
+    assert "bridge" not in cfg.recipe  # component arguments come from their own groups
+    assert compose(["encoder=vit3d", "encoder.depth=2"]).encoder.depth == 2  # no "+" needed
+
+
 def test_unknown_option_suggests():
     groups = config_groups()
     with pytest.raises(ConfigError) as info:
@@ -73,3 +102,22 @@ def test_bad_override_syntax_is_one_line():
 def test_hydra_does_not_change_directory():
     cfg = OmegaConf.load(conf_dir() / "config.yaml")
     assert cfg.hydra.job.chdir is False
+
+
+def test_a_users_experiments_folder_does_not_shadow_the_config_tree(tmp_path):
+    """`python` puts the working directory first on sys.path; a user's `experiments` package
+    there (regular or namespace) must not replace the zoo's config tree."""
+    import subprocess
+    import sys
+
+    (tmp_path / "experiments" / "conf").mkdir(parents=True)
+    (tmp_path / "experiments" / "__init__.py").write_text("")
+    code = ("import experiments, zoo.config as c; "
+            "assert experiments.__file__.startswith(%r), experiments.__file__; "
+            "print(c.conf_dir()); print(c.compose(['trainer.max_steps=3']).trainer.max_steps)"
+            % str(tmp_path))
+    done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    where, steps = done.stdout.split()
+    assert where == str(conf_dir()) and steps == "3"

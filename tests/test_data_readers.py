@@ -9,6 +9,7 @@ import pytest
 
 from zoo.data import splits
 from zoo.data.io import save_sparse_mask
+from zoo.errors import DataError
 
 SIZE = (8, 16, 16)
 
@@ -48,8 +49,8 @@ def m3d_root(tmp_path):
                        "Answer": "It is [SEG]."})
         seg_case = tmp_path / "0001" / f"case{i}"
         seg_case.mkdir(parents=True)
-        np.save(seg_case / "image.npy", volume(10 + i).transpose(0, 2, 3, 1))  # (1, H, W, D)
-        onehot = np.stack([labels, np.zeros_like(labels)]).transpose(0, 2, 3, 1)  # (C, H, W, D)
+        np.save(seg_case / "image.npy", volume(10 + i).transpose(0, 3, 2, 1))  # (1, W, H, D)
+        onehot = np.stack([labels, np.zeros_like(labels)]).transpose(0, 3, 2, 1)  # (C, W, H, D)
         mask = save_sparse_mask(seg_case, onehot)
         dec.append({"image": f"0001/case{i}/image.npy", "label": f"0001/case{i}/{mask.name}"})
     (tmp_path / "M3D_Cap.json").write_text(json.dumps({"train": entries[:2], "validation": [],
@@ -69,7 +70,7 @@ def all_samples(source):
 def test_m3d_cap_keeps_the_file_splits(m3d_root, tmp_path):
     from zoo.data.m3d import m3d_cap
 
-    src = m3d_cap(root=str(m3d_root), manifest=str(tmp_path / "cap.json"))
+    src = m3d_cap(root=str(m3d_root), size=SIZE, manifest=str(tmp_path / "cap.json"))
     assert src.describe()["samples"]["test"] == {"caption": 1}
     s = src.dataset("test")[0]
     assert s["answer"] == "Report 2: liver lesion." and s["image"].shape == (1, *SIZE)
@@ -79,7 +80,7 @@ def test_m3d_cap_keeps_the_file_splits(m3d_root, tmp_path):
 def test_m3d_vqa_gives_closed_and_open_from_one_row(m3d_root, tmp_path):
     from zoo.data.m3d import m3d_vqa
 
-    samples = all_samples(m3d_vqa(root=str(m3d_root), manifest=str(tmp_path / "v.json")))
+    samples = all_samples(m3d_vqa(root=str(m3d_root), size=SIZE, manifest=str(tmp_path / "v.json")))
     closed = [s for s in samples if s["task"] == "vqa_closed"]
     opened = [s for s in samples if s["task"] == "vqa_open"]
     assert len(closed) == len(opened) == 3
@@ -107,10 +108,54 @@ def test_m3d_seg_masks_and_positioning(m3d_root, tmp_path):
     assert "<bx_start>" in reg["prompt"] and reg["answer"] == "The target is liver."
 
 
+def test_m3d_seg_reads_the_published_layout(tmp_path):
+    """M3D-Seg as published: ``<root>/<code>/<code>.json`` whose paths are relative to ``<root>``
+    (M3D reads it with MONAI's ``load_decathlon_datalist(base_dir=<root>)``), arrays stored as
+    ``(C, W, H, D)``, turned into ``(C, D, H, W)`` by swapping axes 1 and 3 (M3D's and SegVol's
+    ``np.swapaxes(array, -1, -3)``)."""
+    from zoo.data.m3d import m3d_seg
+
+    root = tmp_path / "M3D_Seg"
+    stored = {}
+    for code, names in (("0000", ["liver"]), ("0003", ["liver", "kidney"])):
+        entries = []
+        for i in range(2):
+            case = root / code / f"{names[0]}_{i}"
+            case.mkdir(parents=True)
+            image = np.random.default_rng(i).random((1, 12, 10, 6), dtype=np.float32)  # (1, W, H, D)
+            mask = np.zeros((len(names), 12, 10, 6), np.uint8)
+            mask[0, 2:5, 1:3, 4] = 1
+            np.save(case / "image.npy", image)
+            saved = save_sparse_mask(case, mask)
+            entries.append({"image": f"{code}/{case.name}/image.npy",
+                            "label": f"{code}/{case.name}/{saved.name}"})
+            stored[f"{code}/{case.name}"] = (image, mask)
+        labels = {"0": "background", **{str(k + 1): n for k, n in enumerate(names)}}
+        (root / code / f"{code}.json").write_text(json.dumps(
+            {"name": f"{code} Dataset", "labels": labels, "train": entries[:1],
+             "test": entries[1:]}))
+    source = m3d_seg(root=str(root), manifest=str(tmp_path / "all.json"), positioning=False)
+    seg = all_samples(source)
+    assert len(seg) == 2 * 1 + 2 * 2
+    for s in seg:
+        case = s["meta"]["id"].rsplit("/seg/", 1)[0]
+        image, mask = stored[case]
+        k = int(s["meta"]["id"].rsplit("/", 1)[1])
+        assert s["image"].shape == (1, 6, 10, 12)
+        assert np.array_equal(s["image"].numpy(), np.swapaxes(image, -1, -3))
+        assert np.array_equal(s["mask"].numpy()[0], np.swapaxes(mask, -1, -3)[k - 1])
+    one = m3d_seg(root=str(root / "0003"), manifest=str(tmp_path / "one.json"))
+    assert {i["case"] for s in ("train", "validation", "test") for i in one.items(s)} == \
+        {"0003/liver_0", "0003/liver_1"}
+    picked = m3d_seg(root=str(root), datasets=["0000"], manifest=str(tmp_path / "0.json"))
+    assert {i["target"] for s in ("train", "validation", "test") for i in picked.items(s)} == {"liver"}
+
+
 def test_m3d_refseg(m3d_root, tmp_path):
     from zoo.data.m3d import m3d_refseg
 
-    samples = all_samples(m3d_refseg(root=str(m3d_root), manifest=str(tmp_path / "r.json")))
+    samples = all_samples(m3d_refseg(root=str(m3d_root), size=SIZE,
+                                     manifest=str(tmp_path / "r.json")))
     assert len(samples) == 3 and all(s["mask"].sum() == 60 for s in samples)
 
 
@@ -140,7 +185,8 @@ def nifti(path: Path, seed: int = 0, shape=(20, 24, 12)) -> Path:
 
 
 def write_dicom_slice(path: Path, hu: np.ndarray, position, orientation=(1, 0, 0, 0, 1, 0),
-                      pixel_spacing=(0.7, 0.7)) -> None:
+                      pixel_spacing=(0.7, 0.7), series_uid: str | None = None,
+                      series_number: int | None = None) -> None:
     """One CT slice file: ``hu`` (rows, cols) stored as uint16 with rescale intercept -1024."""
     from pydicom.dataset import FileDataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, generate_uid
@@ -160,11 +206,14 @@ def write_dicom_slice(path: Path, hu: np.ndarray, position, orientation=(1, 0, 0
     ds.PixelData = (np.asarray(hu) + 1024).astype(np.uint16).tobytes()
     ds.SOPClassUID = meta.MediaStorageSOPClassUID
     ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    if series_uid is not None:
+        ds.SeriesInstanceUID, ds.SeriesNumber = series_uid, series_number
     ds.save_as(str(path), enforce_file_format=True)
 
 
 def dicom_series(folder: Path, n: int = 6, rows: int = 16, cols: int = 16, skip: int | None = None,
-                 odd_size_at: int | None = None) -> Path:
+                 odd_size_at: int | None = None, series_uid: str | None = None,
+                 series_number: int | None = None, prefix: str = "s") -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)
     for k in range(n):
@@ -172,7 +221,8 @@ def dicom_series(folder: Path, n: int = 6, rows: int = 16, cols: int = 16, skip:
             continue
         r = rows + 2 if k == odd_size_at else rows
         hu = (rng.random((r, cols)) * 200 + 1000).astype(np.uint16).astype(np.float64) - 1024
-        write_dicom_slice(folder / f"s{k:03d}.dcm", hu, position=(0, 0, 2.5 * k))
+        write_dicom_slice(folder / f"{prefix}{k:03d}.dcm", hu, position=(0, 0, 2.5 * k),
+                          series_uid=series_uid, series_number=series_number)
     return folder
 
 
@@ -250,3 +300,15 @@ def test_prepare_writes_npy_and_spec(tmp_path):
         assert arr.shape == (1, 8, 16, 16) and arr.dtype == np.float32
         assert spec["spec"]["window"] == "brain" and spec["orientation"] == "IPL"
     assert main(["check", "--format", "prepared", str(out)]) == 0
+
+
+def test_m3d_volumes_of_another_size_than_data_size_are_named(m3d_root, tmp_path):
+    from zoo.config import compose
+    from zoo.data.m3d import m3d_cap
+
+    src = m3d_cap(root=str(m3d_root), manifest=str(tmp_path / "cap.json"))  # M3D's 32 x 256 x 256
+    with pytest.raises(DataError, match=r"Axial_non_contrast\.npy: volume size \(8, 16, 16\) "
+                                        r"differs from the data set's size \(32, 256, 256\)"):
+        src.dataset("test")[0]
+    cfg = compose(["data=m3d_vqa", f"data.root={m3d_root}", "data.size=[8,16,16]"])
+    assert list(cfg.recipe.image_size) == [8, 16, 16]

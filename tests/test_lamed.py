@@ -58,6 +58,50 @@ def test_align_stage_changes_only_connector_and_new_token_rows():
         assert set(diff) <= set(new_rows), f"{key}: old rows {set(diff) - set(new_rows)} moved"
 
 
+def test_m3d_stage_preset_trains_every_input_row_and_freezes_the_lm_head_in_align():
+    """M3D's first stage as coded (docs/reference.md H): the projector and every row of the input
+    embeddings train, the LM head and the rest of the LLM stay frozen; the mix is captions + closed
+    + open VQA. The zoo's preset moves only the new rows of both matrices, on captions."""
+    torch.manual_seed(0)
+    model = build_lamed(stage_preset="m3d")
+    assert model.stages["align"].tasks == ("caption", "vqa_closed", "vqa_open")
+    assert build_lamed().stages["align"].tasks == ("caption",)
+    assert build_lamed(stage_preset="m3d", align_tasks=["caption"]).stages["align"].tasks == (
+        "caption",)
+    model.apply_stage("align")
+    before = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2,
+                            weight_decay=0.0)
+    model(model.collate(samples())).loss.backward()
+    opt.step()
+    after = model.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert all(k.startswith("connector.") or "embed_tokens" in k for k in changed)
+    embed = next(k for k in changed if "embed_tokens" in k)
+    moved = (before[embed] != after[embed]).any(dim=1).nonzero().flatten().tolist()
+    assert set(moved) - set(model.lm.special_ids.values())  # old rows move too
+    head = [n for n, p in model.named_parameters() if "lm_head" in n]
+    assert head and not any(p.requires_grad for n, p in model.named_parameters() if "lm_head" in n)
+    # instruct is the same in both presets: both matrices, every row
+    model.apply_stage("instruct")
+    assert all(p.requires_grad for n, p in model.named_parameters()
+               if "lm_head" in n or "embed_tokens" in n)
+
+
+def test_stage_preset_errors_are_named():
+    from recipes.lamed import StagePreset
+
+    with pytest.raises(ValueError, match="stage_preset='m3e'.*Did you mean: m3d"):
+        build_lamed(stage_preset="m3e")
+    with pytest.raises(ValueError, match="input_rows='some'"):
+        StagePreset(input_rows="some")
+    model = build_lamed(stage_preset="m3d", train_lm="full")
+    hf = model.lm.model
+    hf.get_output_embeddings().weight = hf.get_input_embeddings().weight  # a tied LLM
+    with pytest.raises(ValueError, match="ties its input and output embeddings"):
+        model.apply_stage("align")
+
+
 def test_generate_returns_text_per_sample():
     model = build_lamed()
     texts = model.generate(samples(), max_new_tokens=3)

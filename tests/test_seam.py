@@ -190,3 +190,68 @@ def test_decode_generated_keeps_boxes_and_seg(lm):
     rows = torch.tensor([ids + [lm.eos_id, 7, 8],
                          [lm.special_ids["<im_patch>"]] + ids + [lm.pad_id] * 2])
     assert decode_generated(lm.tokenizer, rows) == [text, text]
+
+
+# ------------------------------------------------------------------ per-task templates, M3D preset
+N_IMAGE = 16
+M3D_SAMPLES = [  # (task, prompt, answer) in the formats of M3D's data (closed VQA with choices)
+    ("caption", "Describe the findings.", "A hypodense lesion in the right liver lobe."),
+    ("vqa_closed", "Which plane is this MRI volume acquired in? Choices: A. Axial B. Sagittal "
+                   "C. Coronal D. Oblique", "B. Sagittal"),
+    ("vqa_open", "Which plane is this MRI volume acquired in?", "Sagittal."),
+    ("rec", "Locate the aorta.", "<bx_start>[0.000, 0.312, 0.438, 1.000, 0.562, 0.625]<bx_end>"),
+    ("reg", "Describe the region <bx_start>[0.000, 0.312, 0.438, 1.000, 0.562, 0.625]<bx_end>.",
+     "The aorta."),
+    ("seg", "Please segment the kidney.", "It is [SEG]."),
+]
+
+
+def m3d_encoding(tokenizer, task, question, answer):
+    """``(input_ids, labels)`` as M3D's dataset classes build them (docs/reference.md H), re-stated:
+    the question is ``"<im_patch>" * N`` followed directly by the caption prompt, or by one space
+    and the question for every other task (VQA closed and open, REC, REG, segmentation); the text
+    ``question + " " + answer`` is tokenised at once; labels are -100 over as many tokens as the
+    question alone encodes to; eos follows the text (M3D writes it into the first padding slot,
+    which carries its label)."""
+    question = "<im_patch>" * N_IMAGE + ("" if task == "caption" else " ") + question
+    ids = tokenizer(question + " " + answer)["input_ids"] + [tokenizer.eos_token_id]
+    n_question = len(tokenizer(question)["input_ids"])
+    return ids, [IGNORE_INDEX] * n_question + ids[n_question:]
+
+
+@pytest.mark.parametrize("task,question,answer", M3D_SAMPLES)
+def test_m3d_template_preset_gives_m3d_token_ids(lm, task, question, answer):
+    sample = {"image": torch.rand(1, 4, 8, 8), "prompt": question, "answer": answer, "task": task}
+    ids, labels = m3d_encoding(lm.tokenizer, task, question, answer)
+    batch = ImageTextCollator(lm.tokenizer, N_IMAGE, template="m3d")([sample])
+    assert batch["input_ids"][0].tolist() == ids
+    assert batch["labels"][0].tolist() == labels
+    # generation prompts are the question alone, the same ids as M3D's question
+    prompt = ImageTextCollator(lm.tokenizer, N_IMAGE, template="m3d", for_generation=True)([sample])
+    assert prompt["input_ids"][0].tolist() == ids[:labels.count(IGNORE_INDEX)]
+    # the zoo's default drops the space: ids differ from the first question token on (position
+    # 17 = bos + 16 image tokens), captions are the same
+    zoo = ImageTextCollator(lm.tokenizer, N_IMAGE)([sample])["input_ids"][0].tolist()
+    first_diff = next((i for i, (a, b) in enumerate(zip(zoo, ids)) if a != b), None)
+    assert first_diff == (None if task == "caption" else 1 + N_IMAGE)
+
+
+def test_templates_per_task_mapping_and_errors(lm):
+    samples = _samples(2)
+    samples[1]["task"] = "caption"
+    collate = ImageTextCollator(lm.tokenizer, 3, template={"vqa_open": "<image>Q: {prompt}",
+                                                           "default": "<image>{prompt}"})
+    texts = [lm.tokenizer.decode(row, skip_special_tokens=True)
+             for row in collate(samples)["input_ids"]]
+    assert texts[0].startswith("Q: Which plane?") and texts[1].startswith("Describe")
+    assert collate.template == {"vqa_open": "<image>Q: {prompt}", "default": "<image>{prompt}"}
+    assert ImageTextCollator(lm.tokenizer, 3, template="zoo").template == "<image>{prompt}"
+    no_default = ImageTextCollator(lm.tokenizer, 3, template={"caption": "<image>{prompt}"})
+    with pytest.raises(ValueError, match="no template for task 'vqa_open'"):
+        no_default(_samples(1))
+    with pytest.raises(ValueError, match="Did you mean: m3d"):
+        ImageTextCollator(lm.tokenizer, 3, template="m3e")
+    with pytest.raises(ValueError, match="'vqa' is not a task.*vqa_open"):
+        ImageTextCollator(lm.tokenizer, 3, template={"vqa": "<image>{prompt}"})
+    with pytest.raises(ValueError, match="exactly one"):
+        ImageTextCollator(lm.tokenizer, 3, template={"default": "{prompt}"})

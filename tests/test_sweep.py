@@ -10,13 +10,31 @@ from zoo.config import ConfigError
 from zoo.sweep import launcher_settings, plan, submitit_parameters
 
 
-def test_default_sweep_is_compare_strategies_with_six_variants():
+def default_variants() -> list[dict]:
+    import yaml
+
+    from zoo.config import conf_dir
+
+    text = (conf_dir() / "experiment" / "compare_strategies.yaml").read_text()
+    return yaml.safe_load(text)["sweep"]["variants"]
+
+
+def test_default_sweep_is_compare_strategies_with_its_variants():
     experiment, jobs, launcher = plan([])
     assert experiment == "compare_strategies" and launcher == {"launcher": "local"}
-    names = [name for name, _ in jobs]
-    assert names == ["vit3d_spatial_pool", "vit3d_sequence_pool", "vit3d_perceiver",
-                     "slice2d_spatial_pool", "tghmoe", "vit3d_psat_bridge"]
+    assert [name for name, _ in jobs] == [v["name"] for v in default_variants()]
     assert all(overrides[0] == "experiment=compare_strategies" for _, overrides in jobs)
+
+
+@pytest.mark.parametrize("variant", [v["name"] for v in default_variants()])
+def test_every_default_sweep_variant_builds_with_the_same_visual_token_budget(variant):
+    """Each variant composes and builds on meta, with the 16 visual tokens all variants share."""
+    from zoo.build import build_on_meta
+    from zoo.config import compose
+
+    overrides = dict(plan([])[1])[variant]
+    model = build_on_meta(compose(overrides))
+    assert model.stages and model.num_image_tokens == 16
 
 
 def test_comma_lists_expand_to_the_cartesian_product_after_the_variant():

@@ -1,7 +1,11 @@
-"""The ``zoo`` command line: ``zoo list | params | train | sweep | eval | compare | data | bench``.
+"""The ``zoo`` command line: ``zoo list | show | params | train | sweep | eval | compare | data |
+bench``.
 
-Config-taking commands accept Hydra overrides (``encoder=vit3d_base_m3d lm.path=/models/x``).
-Configuration errors exit with code 2 and one readable line, never a stack trace.
+Config-taking commands accept Hydra overrides (``encoder=vit3d_base_m3d lm.path=/models/x``) and
+options in any order, and Hydra's habits: ``--cfg job [--resolve] [-p KEY]`` prints the composed
+config, ``hydra.verbose=...`` turns on debug logging; ``-m`` belongs to ``zoo sweep``. ``-v``/``-q``
+set how much is printed (:mod:`zoo.verbosity`). Configuration errors exit with code 2 and one
+readable line, never a stack trace.
 """
 
 from __future__ import annotations
@@ -38,14 +42,59 @@ def _kind(name: str) -> str:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    kinds = [_kind(args.kind)] if args.kind else list(REGISTRIES)
-    listing = {kind: REGISTRIES[kind].list() for kind in kinds}
+    from zoo.catalog import description, shorten
+
+    kind, pattern = args.kind, args.pattern
+    if kind and pattern is None and any(c in kind for c in "*?[") and kind not in REGISTRIES:
+        kind, pattern = None, kind  # `zoo list '*vit*'`: a pattern over every kind
+    kinds = [_kind(kind)] if kind else list(REGISTRIES)
+    listing = {k: {name: description(REGISTRIES[k].get(name))
+                   for name in REGISTRIES[k].list(pattern or "*")} for k in kinds}
+    if pattern and not kind:
+        listing = {k: entries for k, entries in listing.items() if entries}
     if args.json:
         print(json.dumps(listing, indent=2))
-    else:
-        for kind, names in listing.items():
-            print(f"{kind}: {', '.join(names) if names else '(none)'}")
+        return 0
+    for k, entries in listing.items():
+        print(f"{k}:" + ("" if entries else " (none)"))
+        width = max(map(len, entries), default=0)
+        for name, text in entries.items():
+            print(f"  {name:<{width}}  {shorten(text)}")
     return 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    from zoo.catalog import show
+
+    report = show(_kind(args.kind), args.name)
+    print(json.dumps(report, indent=2, default=str) if args.json else report["text"])
+    return 0
+
+
+def print_config(args: argparse.Namespace, overrides: list[str]) -> int:
+    """``--cfg job``: the composed config as YAML (``--resolve``, ``-p KEY``), nothing run."""
+    from omegaconf import OmegaConf
+
+    from zoo.config import compose
+
+    if args.cfg != "job":
+        raise ConfigError(f"--cfg {args.cfg}: the zoo composes configs with Hydra but runs no Hydra "
+                          "job, so there is no Hydra config to show; --cfg job prints the composed "
+                          "config (sweep launchers: experiments/conf/hydra/launcher)")
+    cfg = compose(overrides)
+    node = OmegaConf.select(cfg, args.package) if args.package else cfg
+    if args.package and node is None:
+        raise ConfigError(f"--package {args.package}: no such key in the composed config")
+    print(OmegaConf.to_yaml(node, resolve=args.resolve) if OmegaConf.is_config(node) else node,
+          end="" if OmegaConf.is_config(node) else "\n")
+    return 0
+
+
+def refuse_multirun(args: argparse.Namespace) -> None:
+    if args.multirun:
+        raise ConfigError(f"-m/--multirun: zoo {args.command} composes one job; `zoo sweep "
+                          "OVERRIDES` runs every combination of comma lists (encoder=a,b) as "
+                          "one MLflow parent run, then compares them")
 
 
 def cmd_params(args: argparse.Namespace) -> int:
@@ -53,6 +102,9 @@ def cmd_params(args: argparse.Namespace) -> int:
     from zoo.config import chosen_options, compose
     from zoo.params import parameter_report
 
+    refuse_multirun(args)
+    if args.cfg:
+        return print_config(args, args.overrides)
     cfg = compose(args.overrides)
     model = build_on_meta(cfg)
     stage = args.stage or next(iter(model.stages), None)
@@ -77,6 +129,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     from zoo.config import compose
     from zoo.jobs import run_training
 
+    refuse_multirun(args)
+    if args.cfg:
+        return print_config(args, args.overrides)
     result = run_training(compose(args.overrides))  # prints one summary line per stage
     if result["run_id"]:
         print(f"mlflow run {result['run_id']} (split {result['split_hash'][:12]})")
@@ -84,8 +139,14 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from zoo.sweep import run_sweep
+    from zoo.sweep import plan, run_sweep
 
+    if args.cfg:  # every job's composed config
+        _, jobs, _ = plan(args.overrides)
+        for i, (variant, overrides) in enumerate(jobs, 1):
+            print(f"# job {i}/{len(jobs)} {variant}: {' '.join(overrides)}")
+            print_config(args, overrides)
+        return 0
     run_sweep(args.overrides)  # prints progress, the comparison table and the paths
     return 0
 
@@ -120,42 +181,73 @@ def explain(err: BaseException) -> str:
     return f"{key}: {text}" if key else text
 
 
-def _add_overrides(p: argparse.ArgumentParser) -> None:
-    p.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. encoder=test_vit3d")
+def _add_overrides(p: argparse.ArgumentParser, multirun_help: str | None = None) -> None:
+    p.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. encoder=test_vit3d "
+                   "encoder.depth=4 (any builder argument; `zoo show KIND NAME` lists them)")
+    p.add_argument("--cfg", choices=("job", "hydra", "all"),
+                   help="print the composed config and exit (job; the zoo runs no Hydra job)")
+    p.add_argument("--resolve", action="store_true", help="with --cfg: resolve interpolations")
+    p.add_argument("-p", "--package", help="with --cfg: print only this key (e.g. encoder)")
+    p.add_argument("-m", "--multirun", action="store_true",
+                   help=multirun_help or "Hydra's multirun: use `zoo sweep` instead")
+
+
+def _verbosity_options() -> argparse.ArgumentParser:
+    """-v/-q, accepted before or after the command."""
+    common = argparse.ArgumentParser(add_help=False)
+    group = common.add_mutually_exclusive_group()
+    group.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                       help="debug messages and library warnings")
+    group.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS,
+                       help="no progress lines or bars: results and errors only")
+    return common
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="zoo", description=__doc__.splitlines()[0])
+    common = _verbosity_options()
+    parser = argparse.ArgumentParser(prog="zoo", description=__doc__.splitlines()[0],
+                                     parents=[common])
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("list", help="registered names per kind")
-    p.add_argument("kind", nargs="?", help=f"one of: {', '.join(REGISTRIES)}")
+    p = sub.add_parser("list", help="registered names per kind, with one line each",
+                       parents=[common])
+    p.add_argument("kind", nargs="?", help=f"one of: {', '.join(REGISTRIES)}; or a pattern")
+    p.add_argument("pattern", nargs="?", help="shell-style pattern of names, e.g. '*vit*'")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_list)
 
-    p = sub.add_parser("params", help="parameter counts of a composed model, built on meta")
+    p = sub.add_parser("show", help="one component: arguments with defaults, types and docs; a "
+                                    "recipe's stages and data tasks", parents=[common])
+    p.add_argument("kind", help=f"one of: {', '.join(REGISTRIES)}")
+    p.add_argument("name", help="a registered name (see `zoo list KIND`)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_show)
+
+    p = sub.add_parser("params", help="parameter counts of a composed model, built on meta",
+                       parents=[common])
     _add_overrides(p)
     p.add_argument("--stage", help="count trainable parameters in this stage (default: the first)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_params)
 
-    p = sub.add_parser("train", help="train a recipe stage by stage")
+    p = sub.add_parser("train", help="train a recipe stage by stage", parents=[common])
     _add_overrides(p)
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("sweep", help="train and evaluate a grid of variants, then compare "
-                                     "(default experiment: compare_strategies)")
-    _add_overrides(p)
+                                     "(default experiment: compare_strategies)", parents=[common])
+    _add_overrides(p, multirun_help="accepted: zoo sweep is always a multirun")
     p.set_defaults(func=cmd_sweep)
 
-    p = sub.add_parser("eval", help="evaluate a trained run on the test split (M3D-Bench tasks)")
+    p = sub.add_parser("eval", help="evaluate a trained run on the test split (M3D-Bench tasks)",
+                       parents=[common])
     p.add_argument("run_id", help="MLflow run id of a `zoo train` / sweep job")
     p.add_argument("overrides", nargs="*", help="config changes, e.g. eval.max_items=32 "
                                                 "eval.tasks=[vqa_closed]")
     p.add_argument("--tracking-uri", help="MLflow store (default: as `zoo train`)")
     p.set_defaults(func=cmd_eval)
 
-    p = sub.add_parser("compare", help="paired comparison of a sweep's runs")
+    p = sub.add_parser("compare", help="paired comparison of a sweep's runs", parents=[common])
     p.add_argument("--parent", help="the sweep's parent run id (compares its child runs)")
     p.add_argument("--runs", nargs="+", help="run ids to compare instead of a sweep")
     p.add_argument("--baseline", help="reference variant name for paired differences "
@@ -192,15 +284,57 @@ _PASSTHROUGH_COMMANDS: list[tuple[str, str, Callable[[argparse.Namespace], int]]
 ]
 
 
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    """The command's namespace. After the command name, options and overrides come in any order
+    (each command's parser reads them intermixed); ``-v``/``-q`` may also come before it. A
+    pass-through command (``data``, ``bench``) gets everything after its name untouched
+    (argparse's REMAINDER would drop a leading option such as ``zoo bench --quick``)."""
+    parser = build_parser()
+    at = next((i for i, arg in enumerate(argv) if not arg.startswith("-")), None)
+    if at is None or any(arg in ("-h", "--help") for arg in argv[:at]):
+        return parser.parse_args(argv)  # top-level help, or "a command is required"
+    head = argparse.ArgumentParser(prog="zoo", parents=[_verbosity_options()], add_help=False)
+    flags = vars(head.parse_args(argv[:at]))
+    name, rest = argv[at], argv[at + 1:]
+    runners = {cmd: runner for cmd, _, runner in _PASSTHROUGH_COMMANDS}
+    if name in runners:
+        return argparse.Namespace(command=name, args=rest, func=runners[name], **flags)
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    if name not in commands.choices:
+        return parser.parse_args(argv)  # argparse's "invalid choice" message
+    args = commands.choices[name].parse_intermixed_args(rest)
+    for key, value in flags.items():
+        setattr(args, key, getattr(args, key, False) or value)
+    args.command = name
+    return args
+
+
+def configure_output(args: argparse.Namespace) -> None:
+    """-v/-q and Hydra's ``hydra.verbose=...`` (taken out of the overrides) set the verbosity."""
+    from zoo import verbosity
+
+    hydra_verbose = None
+    overrides = getattr(args, "overrides", None)
+    if overrides:
+        import yaml
+
+        keep = []
+        for override in overrides:
+            key, _, value = override.partition("=")
+            if key == "hydra.verbose":
+                hydra_verbose = yaml.safe_load(value) if value else True
+            else:
+                keep.append(override)
+        args.overrides = keep
+    level = (verbosity.QUIET if getattr(args, "quiet", False) else
+             verbosity.VERBOSE if getattr(args, "verbose", False) else verbosity.NORMAL)
+    verbosity.set_verbosity(level, hydra_verbose)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    runners = {name: runner for name, _, runner in _PASSTHROUGH_COMMANDS}
-    if argv and argv[0] in runners:
-        # hand everything after the name over untouched (argparse's REMAINDER drops a leading
-        # option such as `zoo bench --quick`)
-        args = argparse.Namespace(command=argv[0], args=argv[1:], func=runners[argv[0]])
-    else:
-        args = build_parser().parse_args(argv)
+    args = parse_args(argv)
+    configure_output(args)
     try:
         return args.func(args)
     except ZooError as err:

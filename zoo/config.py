@@ -1,5 +1,9 @@
 """Hydra composition of the config tree in ``experiments/conf`` with readable errors.
 
+The tree is found beside the running ``zoo`` package (wheel and editable installs both place
+``zoo`` and ``experiments`` side by side), never by importing ``experiments``: a user's own folder
+of that name on ``sys.path`` cannot shadow it.
+
 Config groups mirror the registries (``encoder``, ``bridge``, ``connector``, ``head``, ``lm``,
 ``recipe``, ``data``) plus ``trainer``, ``tracking`` and ``experiment``. Option files are named
 after registry keys, so an unknown option is reported like an unknown registry name: one line with
@@ -8,7 +12,6 @@ the key, the value and close matches.
 
 from __future__ import annotations
 
-from importlib import resources
 from pathlib import Path
 from typing import Iterable
 
@@ -23,7 +26,12 @@ GROUP_KINDS: dict[str, str] = {"encoder": "encoder", "bridge": "bridge", "connec
 
 
 def conf_dir() -> Path:
-    return Path(str(resources.files("experiments") / "conf"))
+    """The zoo's config tree: ``experiments/conf`` next to this ``zoo`` package."""
+    path = Path(__file__).resolve().parent.parent / "experiments" / "conf"
+    if not (path / "config.yaml").is_file():
+        raise ConfigError(f"{path / 'config.yaml'}: the zoo's config tree is missing (it is "
+                          "installed beside the zoo package; reinstall medzoo3d)")
+    return path
 
 
 def group_options(group: str) -> list[str]:
@@ -85,23 +93,117 @@ def recipe_defaults(overrides: list[str]) -> list[str]:
             for group, option in implied.items() if group not in given]
 
 
+# Hydra runtime settings the zoo does not use, and what to use instead (`zoo` composes configs
+# with Hydra but runs no Hydra job: no run folder, no change of directory, its own sweep)
+HYDRA_INSTEAD: dict[str, str] = {
+    "hydra.run": "the zoo writes no Hydra run folder and never changes directory; checkpoints go "
+                 "to trainer.output_dir=DIR and runs to the MLflow store (tracking.uri=URI)",
+    "hydra.sweep": "zoo sweep keeps its jobs in one MLflow parent run; job outputs go to "
+                   "trainer.output_dir=DIR, the comparison to runs/compare/<parent> (zoo compare "
+                   "--out DIR)",
+    "hydra.launcher": "only zoo sweep launches jobs (zoo sweep launcher=joblib "
+                      "hydra.launcher.n_jobs=4)",
+    "hydra/launcher": "choose a launcher with launcher=joblib or launcher=submitit_slurm on zoo sweep",
+    "hydra.job.chdir": "the zoo never changes directory (relative paths follow the working "
+                       "directory)",
+    "hydra.verbose": "give hydra.verbose on the zoo command line (or -v)",
+}
+
+
+def refuse_hydra_overrides(overrides: Iterable[str]) -> None:
+    """One line for a ``hydra.*`` override that would otherwise be silently ignored."""
+    for override in overrides:
+        key = override.lstrip("+~").split("=", 1)[0]
+        if key != "hydra" and not key.startswith(("hydra.", "hydra/")):
+            continue
+        instead = next((text for prefix, text in HYDRA_INSTEAD.items()
+                        if key == prefix or key.startswith(prefix + ".")), None)
+        raise ConfigError(f"{override}: " + (instead or "the zoo composes configs with Hydra but runs "
+                          "no Hydra job, so Hydra's runtime settings have no effect (accepted: "
+                          "hydra.verbose, and hydra.launcher.* with zoo sweep)"))
+
+
+def force_component_keys(overrides: Iterable[str]) -> list[str]:
+    """``group.key=value`` on a component group becomes Hydra's ``++group.key=value``: a builder
+    argument can be set whether or not its option file lists it (option files list only what
+    differs from the defaults); :func:`complete_components` then checks the key."""
+    out = []
+    for override in overrides:
+        key = override.split("=", 1)[0]
+        if override[:1] not in "+~" and "=" in override and "." in key \
+                and key.split(".", 1)[0] in GROUP_KINDS:
+            override = "++" + override
+        out.append(override)
+    return out
+
+
+def complete_components(cfg: DictConfig) -> None:
+    """Every component node checked against its builder's signature and completed with the
+    builder's defaults (:func:`zoo.signature.complete_node`)."""
+    from omegaconf import OmegaConf, open_dict
+
+    from zoo.signature import complete_node
+
+    with open_dict(cfg):
+        for group, kind in GROUP_KINDS.items():
+            node = cfg.get(group)
+            if node is None:
+                continue
+            if not isinstance(node, DictConfig) or "_target_" not in node:
+                keys = list(node) if isinstance(node, DictConfig) else []
+                raise ConfigError(f"{group}.{keys[0] if keys else ''}: no {group} is chosen to take "
+                                  f"it; set {group}=NAME first (see `zoo list {kind}`)")
+            # a recipe's component arguments (encoder, bridge, ...) come from their own groups
+            skip = [g for g in GROUP_KINDS if g not in ("recipe", "data")] if group == "recipe" else ()
+            cfg[group] = complete_node(OmegaConf.to_container(node, resolve=False), group, skip)
+
+
+def hydra_message(err: BaseException) -> str:
+    """Hydra's whole message (its advice included) on one line, without OmegaConf's key dump;
+    its sweep advice (``--multirun``) points to ``zoo sweep``."""
+    lines = [line.strip() for line in str(err).strip().splitlines()]
+    lines = [line for line in lines if line and not line.startswith(
+        ("full_key:", "object_type=", "reference_type=", "value_type="))]
+    text = " ".join(lines) or type(err).__name__
+    return text.replace("add --multirun to your command line", "run it with `zoo sweep`")
+
+
+def register_resolvers() -> None:
+    """``${zoo.prepared_size:DIR}``: the (D, H, W) a prepared data folder records
+    (:func:`zoo.data.table.prepared_size`), so that ``recipe.image_size: ${data.size}`` follows
+    the data (docs/data.md, "Bring your own data")."""
+    from omegaconf import OmegaConf
+
+    if not OmegaConf.has_resolver("zoo.prepared_size"):
+        def prepared_size(root: str) -> list[int]:
+            from zoo.data.table import prepared_size as size
+
+            return size(root)
+
+        OmegaConf.register_new_resolver("zoo.prepared_size", prepared_size)
+
+
 def compose(overrides: Iterable[str] = (), config_name: str = "config") -> DictConfig:
     """Compose the primary config with command-line style overrides (after the recipe's
-    implied component choices, see :func:`recipe_defaults`)."""
+    implied component choices, see :func:`recipe_defaults`), completed with the builders'
+    defaults (:func:`complete_components`)."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
     overrides = list(overrides)
+    refuse_hydra_overrides(overrides)
     validate_overrides(overrides)
-    overrides = recipe_defaults(overrides) + overrides
+    register_resolvers()
+    overrides = force_component_keys(recipe_defaults(overrides) + overrides)
     try:
         with initialize_config_dir(version_base="1.3", config_dir=str(conf_dir()), job_name="zoo"):
-            return hydra_compose(config_name=config_name, overrides=overrides)
+            cfg = hydra_compose(config_name=config_name, overrides=overrides)
     except (HydraException, OmegaConfBaseException) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ConfigError(f"config error: {first}") from err
+        raise ConfigError(f"config error: {hydra_message(err)}") from err
+    complete_components(cfg)
+    return cfg
 
 
 def chosen_options(cfg: DictConfig) -> dict[str, str]:

@@ -7,6 +7,7 @@ from typing import Any
 from omegaconf import DictConfig
 
 from zoo.build import build_model
+from zoo.data.source import check_data_fit
 from zoo.config import chosen_options
 from zoo.params import parameter_report
 from zoo.tracking import Run, Tracker, job_name
@@ -54,6 +55,11 @@ def run_training(cfg: DictConfig, parent: Run | None = None,
     set_seed(int(cfg.seed))
     data = build_data(cfg)
     model = build_model(cfg)
+    summary = check_data_fit(data, model, str(cfg.eval.get("split") or "test") if eval_enabled(cfg)
+                             else None, "training would end in an evaluation with nothing to "
+                             "score: add cases, change data.fractions, or set eval.enabled=false")
+    if summary and state.is_main_process:
+        print(summary, flush=True)
     choices = chosen_options(cfg)
     run = None
     if state.is_main_process:
@@ -163,6 +169,7 @@ def run_evaluation(run_id: str, overrides: list[str] = (), tracking_uri: str | N
         raise ValueError(f"run {run_id}: trained on split {run_split[:12]}, the data now has split "
                          f"{data.split_hash[:12]}; refusing to evaluate on a different split")
     model = build_model(cfg)
+    check_data_fit(data, model, str(cfg.eval.get("split") or "test"), "nothing to evaluate")
     model.load_state_dict(load_file(str(final_checkpoint(cfg, model))), strict=True)
     results = evaluate(model, data, cfg.eval, run=Run(tracker.client, run_id))
     return {"run_id": run_id, "eval": results}

@@ -11,6 +11,7 @@ COMPONENT_MODULES: tuple[str, ...] = (
     "zoo.data.synth",
     "zoo.data.m3d",
     "zoo.data.medical",
+    "zoo.data.table",
     "zoo.evaluation.tasks",
     # encoders: native 3D ViTs, slice-inflated 2D towers, TGH-MoE, 3D backbones, bridges
     "encoders.vit3d",
@@ -22,7 +23,8 @@ COMPONENT_MODULES: tuple[str, ...] = (
     "encoders.resnet3d",
     "encoders.psat",
     "encoders.slice_weighting",
-    # connectors
+    # connectors (grid_reducer: the base of the grid-reducing ones)
+    "connectors.grid_reducer",
     "connectors.spatial_pool",
     "connectors.sequence_pool",
     "connectors.mlp",
@@ -43,6 +45,7 @@ COMPONENT_MODULES: tuple[str, ...] = (
     "heads.segvol_text",
     "heads.segvol",
     "heads.segvol_inference",
+    "heads.segvol_official_rule",
     # recipes
     "recipes.lamed",
     "recipes.lamed_seg",

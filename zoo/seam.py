@@ -2,22 +2,40 @@
 
 Text follows M3D-LaMed (Bai et al. 2024): image tokens, then the question, then the answer and
 eos; no chat template by default; labels are ``-100`` over everything but the answer and eos.
-The template holds one ``<image>`` placeholder, expanded to exactly ``num_image_tokens`` image
+A template holds one ``<image>`` placeholder, expanded to exactly ``num_image_tokens`` image
 token ids; the model later replaces those positions by visual tokens with :func:`splice_visual`.
 No fixed offsets and no assumption about BOS: positions are found by id.
+
+Templates can differ per task (a sample's ``task``): a mapping ``{task: template}`` with an
+optional ``default``, or a preset name from :data:`TEMPLATE_PRESETS`. The zoo's default is one
+template for every task; ``m3d`` reproduces the strings M3D's dataset classes build
+(docs/reference.md H).
 """
 
 from __future__ import annotations
 
 import warnings
-from typing import Any, Iterable
+from typing import Any, Iterable, Mapping
 
 import torch
 from torch import Tensor
 
+from zoo.errors import ConfigError
+from zoo.types import TASK_NAMES
+
 IMAGE_PLACEHOLDER = "<image>"
 PROMPT_FIELD = "{prompt}"
 IGNORE_INDEX = -100
+DEFAULT_KEY = "default"
+
+# Named template sets, ``{task or "default": template}`` (docs/reference.md H).
+TEMPLATE_PRESETS: dict[str, dict[str, str]] = {
+    # one template for every task
+    "zoo": {DEFAULT_KEY: "<image>{prompt}"},
+    # M3D's dataset classes: the caption prompt follows the image tokens directly, every other
+    # task's question (VQA, REC, REG, segmentation) after one space
+    "m3d": {DEFAULT_KEY: "<image> {prompt}", "caption": "<image>{prompt}"},
+}
 
 
 def check_template(template: str) -> None:
@@ -27,8 +45,37 @@ def check_template(template: str) -> None:
     for field in (IMAGE_PLACEHOLDER, PROMPT_FIELD):
         n = template.count(field)
         if n != 1:
-            raise ValueError(f"template {template!r} must contain exactly one {field!r}, "
-                             f"found {n}")
+            hint = ""
+            if IMAGE_PLACEHOLDER not in template and PROMPT_FIELD not in template:
+                from zoo.registry import suggest
+
+                hint = (f" or name a preset ({', '.join(TEMPLATE_PRESETS)})."
+                        f"{suggest(template, list(TEMPLATE_PRESETS))}")
+            raise ConfigError(f"template {template!r} must contain exactly one {field!r}, "
+                              f"found {n}{hint}")
+
+
+def resolve_templates(template: str | Mapping[str, str]) -> dict[str, str]:
+    """``{task or "default": template}`` from a preset name, one template, or a mapping whose keys
+    are task names (:data:`zoo.types.TASK_NAMES`) or ``default``; every template is checked."""
+    if isinstance(template, str):
+        if template in TEMPLATE_PRESETS:
+            return dict(TEMPLATE_PRESETS[template])
+        check_template(template)
+        return {DEFAULT_KEY: template}
+    if not isinstance(template, Mapping):
+        raise TypeError(f"template must be a string or a mapping, got {type(template).__name__}")
+    templates = {str(k): v for k, v in template.items()}
+    if not templates:
+        raise ConfigError("template mapping is empty: give a 'default' or per-task templates")
+    for key, value in templates.items():
+        if key != DEFAULT_KEY and key not in TASK_NAMES:
+            from zoo.registry import suggest
+
+            raise ConfigError(f"template key {key!r} is not a task or {DEFAULT_KEY!r}."
+                              f"{suggest(key, list(TASK_NAMES) + [DEFAULT_KEY])}")
+        check_template(value)
+    return templates
 
 
 def _single_token_id(tokenizer: Any, token: str) -> int:
@@ -53,11 +100,12 @@ class ImageTextCollator:
     warning naming the samples).
     """
 
-    def __init__(self, tokenizer: Any, num_image_tokens: int, template: str = "<image>{prompt}",
-                 max_length: int = 512, image_token: str = "<im_patch>", add_eos: bool = True,
+    def __init__(self, tokenizer: Any, num_image_tokens: int,
+                 template: str | Mapping[str, str] = "<image>{prompt}", max_length: int = 512,
+                 image_token: str = "<im_patch>", add_eos: bool = True,
                  answer_separator: str = " ", chat_template: bool = False,
                  for_generation: bool = False) -> None:
-        check_template(template)
+        self.templates = resolve_templates(template)
         if not isinstance(num_image_tokens, int) or num_image_tokens < 1:
             raise ValueError(f"num_image_tokens must be a positive int, got {num_image_tokens!r}")
         if num_image_tokens >= max_length:
@@ -72,7 +120,9 @@ class ImageTextCollator:
                              f"{getattr(tokenizer, 'name_or_path', '')!r} has no chat template")
         self.tokenizer = tokenizer
         self.num_image_tokens = num_image_tokens
-        self.template = template
+        # one plain string when a single template serves every task (a stable, readable record)
+        self.template = (self.templates[DEFAULT_KEY] if set(self.templates) == {DEFAULT_KEY}
+                         else dict(self.templates))
         self.max_length = max_length
         self.image_token = image_token
         self.image_token_id = _single_token_id(tokenizer, image_token)
@@ -82,10 +132,20 @@ class ImageTextCollator:
         self.for_generation = for_generation
 
     # ------------------------------------------------------------ text
-    def prompt_text(self, prompt: str | None, with_image: bool = True) -> str:
-        """The template filled with ``prompt`` and ``num_image_tokens`` image tokens (none with
-        ``with_image=False``)."""
-        before, after = self.template.split(IMAGE_PLACEHOLDER)
+    def template_for(self, task: str | None) -> str:
+        """The template of ``task`` (its own, else ``default``); raises naming the task."""
+        found = self.templates.get(task) if task is not None else None
+        found = found or self.templates.get(DEFAULT_KEY)
+        if found is None:
+            raise ConfigError(f"no template for task {task!r}: the templates cover "
+                              f"{sorted(self.templates)}; add it or a {DEFAULT_KEY!r} template")
+        return found
+
+    def prompt_text(self, prompt: str | None, with_image: bool = True,
+                    task: str | None = None) -> str:
+        """The task's template filled with ``prompt`` and ``num_image_tokens`` image tokens (none
+        with ``with_image=False``)."""
+        before, after = self.template_for(task).split(IMAGE_PLACEHOLDER)
         prompt = prompt or ""
         image = self.image_token * self.num_image_tokens if with_image else ""
         text = before.replace(PROMPT_FIELD, prompt) + image + after.replace(PROMPT_FIELD, prompt)
@@ -103,7 +163,7 @@ class ImageTextCollator:
         The whole text is tokenised at once (as M3D does) when the prompt's tokens are a prefix
         of it; otherwise prompt and answer are tokenised separately and concatenated.
         """
-        text = self.prompt_text(sample.get("prompt"))
+        text = self.prompt_text(sample.get("prompt"), task=sample.get("task"))
         prompt_ids = self._encode(text)
         found = prompt_ids.count(self.image_token_id)
         if found != self.num_image_tokens:
@@ -142,7 +202,8 @@ class ImageTextCollator:
         for i, s in enumerate(samples):
             if not isinstance(s.get("answer"), str):
                 raise ValueError(f"sample {i} (task {s.get('task')!r}) has no answer string")
-            ids = self._encode(self.prompt_text(s.get("prompt"), with_image=False)
+            ids = self._encode(self.prompt_text(s.get("prompt"), with_image=False,
+                                                task=s.get("task"))
                                + self.answer_separator + s["answer"])
             rows.append((ids + [self.tokenizer.eos_token_id] if self.add_eos else ids)
                         [:self.max_length])

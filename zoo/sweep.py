@@ -16,6 +16,9 @@ import time
 from typing import Any, Sequence
 
 from zoo.config import ConfigError, validate_overrides
+from zoo.verbosity import get_logger
+
+log = get_logger(__name__)
 
 DEFAULT_EXPERIMENT = "compare_strategies"
 LAUNCHERS = ("local", "joblib", "submitit_slurm")
@@ -29,7 +32,9 @@ def parse_overrides(overrides: Sequence[str]) -> tuple[list[str], list[list[str]
     try:
         parsed = OverridesParser.create().parse_overrides(list(overrides))
     except HydraException as err:
-        raise ConfigError(f"sweep overrides: {str(err).splitlines()[0]}") from err
+        from zoo.config import hydra_message
+
+        raise ConfigError(f"sweep overrides: {hydra_message(err)}") from err
     fixed, sweeps = [], []
     for override in parsed:
         if override.is_sweep_override():
@@ -47,10 +52,12 @@ def plan(overrides: Sequence[str]) -> tuple[str, list[tuple[str, list[str]]], di
     from zoo.config import compose
 
     launcher = "local"
-    rest = []
+    rest, launcher_overrides = [], []
     for item in overrides:
         if item.startswith("launcher="):
             launcher = item.split("=", 1)[1]
+        elif item.lstrip("+~").startswith("hydra.launcher."):
+            launcher_overrides.append(item)
         else:
             rest.append(item)
     if launcher not in LAUNCHERS:
@@ -81,22 +88,30 @@ def plan(overrides: Sequence[str]) -> tuple[str, list[tuple[str, list[str]]], di
                 else ",".join(combo)
             # experiment first, then the variant, then the command line (the user wins)
             jobs.append((label, [fixed[0], *extra, *fixed[1:], *combo]))
-    return experiment, jobs, launcher_settings(launcher)
+    return experiment, jobs, launcher_settings(launcher, launcher_overrides)
 
 
-def launcher_settings(name: str) -> dict[str, Any]:
-    """The composed Hydra launcher config ``hydra/launcher=zoo_<name>`` (``local``: none)."""
+def launcher_settings(name: str, overrides: Sequence[str] = ()) -> dict[str, Any]:
+    """The composed Hydra launcher config ``hydra/launcher=zoo_<name>`` with Hydra's own
+    ``hydra.launcher.KEY=VALUE`` overrides (``local``: none)."""
     if name == "local":
+        if overrides:
+            raise ConfigError(f"{overrides[0]}: the local launcher has no settings; choose "
+                              "launcher=joblib or launcher=submitit_slurm")
         return {"launcher": "local"}
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
+    from hydra.errors import HydraException
     from omegaconf import OmegaConf
 
-    from zoo.config import conf_dir
+    from zoo.config import conf_dir, hydra_message
 
     with initialize_config_dir(version_base="1.3", config_dir=str(conf_dir()), job_name="zoo"):
-        cfg = hydra_compose("config", overrides=[f"hydra/launcher=zoo_{name}"],
-                            return_hydra_config=True)
+        try:
+            cfg = hydra_compose("config", overrides=[f"hydra/launcher=zoo_{name}", *overrides],
+                                return_hydra_config=True)
+        except HydraException as err:
+            raise ConfigError(f"launcher={name}: {hydra_message(err)}") from err
     return {**OmegaConf.to_container(cfg.hydra.launcher, resolve=True), "launcher": name}
 
 
@@ -147,12 +162,12 @@ def run_sweep(overrides: Sequence[str] = ()) -> dict[str, Any]:
     parent.log_dict({"jobs": [{"variant": v, "overrides": o} for v, o in jobs],
                      "launcher": launcher}, "sweep.json")
     start = time.perf_counter()
-    print(f"sweep {experiment}: {len(jobs)} jobs, launcher {launcher['launcher']}, "
-          f"mlflow {tracker.uri} (parent run {parent.run_id})", flush=True)
+    log.info(f"sweep {experiment}: {len(jobs)} jobs, launcher {launcher['launcher']}, "
+             f"mlflow {tracker.uri} (parent run {parent.run_id})")
     try:
         if launcher["launcher"] == "local":
             for i, (variant, job) in enumerate(jobs, 1):
-                print(f"[job {i}/{len(jobs)}] {variant}: {' '.join(job)}", flush=True)
+                log.info(f"[job {i}/{len(jobs)}] {variant}: {' '.join(job)}")
                 run_job(job, parent.run_id, variant)
         elif launcher["launcher"] == "joblib":
             from joblib import Parallel, delayed
@@ -169,7 +184,7 @@ def run_sweep(overrides: Sequence[str] = ()) -> dict[str, Any]:
             executor.update_parameters(**submitit_parameters(launcher))
             submitted = executor.map_array(run_job, [j for _, j in jobs],
                                            [parent.run_id] * len(jobs), [v for v, _ in jobs])
-            print(f"submitted {len(submitted)} Slurm jobs: {submitted[0].job_id} ...", flush=True)
+            log.info(f"submitted {len(submitted)} Slurm jobs: {submitted[0].job_id} ...")
             for job in submitted:
                 job.result()
         result = run_compare(parent=parent.run_id, tracking_uri=tracker.uri,

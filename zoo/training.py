@@ -33,6 +33,9 @@ from torch.utils.data import DataLoader, Sampler
 from zoo import checkpoint
 from zoo.registry import suggest
 from zoo.types import Stage, ZooModel
+from zoo.verbosity import get_logger, show_progress
+
+log = get_logger(__name__)
 
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
@@ -213,7 +216,7 @@ class Trainer:
             acc.wait_for_everyone()
 
         bar = tqdm(total=total, initial=step, desc=f"stage {stage.name}",
-                   disable=not acc.is_local_main_process, dynamic_ncols=True)
+                   disable=not (acc.is_local_main_process and show_progress()), dynamic_ncols=True)
         window: dict[str, list[float]] = {}
         losses: list[float] = []
         start = time.perf_counter()
@@ -268,7 +271,7 @@ class Trainer:
         if val_loss is not None:
             self._log(stage.name, step, {"val_loss": val_loss}, acc.is_main_process)
         if acc.is_main_process:
-            print(result.summary(), flush=True)
+            log.info(result.summary())
         self.model = acc.unwrap_model(model)
         acc.free_memory()
         return result

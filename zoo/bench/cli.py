@@ -12,7 +12,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="zoo bench", description="cost and speed benchmarks; writes "
                                 "the tables to --out (docs/BENCHMARKS.md)")
     p.add_argument("--quick", action="store_true", help="tiny components only (smoke test)")
-    p.add_argument("--out", default="docs/BENCHMARKS.md", help="Markdown file to write")
+    p.add_argument("--out", default="docs/BENCHMARKS.md",
+                   help="Markdown file to write, relative to the working directory; the scaling "
+                        "plot goes next to it (folders are created)")
     p.add_argument("--check", action="store_true",
                    help="compare with the table recorded in --out instead of overwriting it")
     p.add_argument("--strict", action="store_true", help="with --check: exit 1 on a regression")

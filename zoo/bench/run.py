@@ -10,6 +10,7 @@ stays within a few minutes on a 2-core CPU.
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any, Sequence
 
 import torch
@@ -75,6 +76,7 @@ def scaling_plot(rows: list[list[Any]], path: str) -> str | None:
            title="Cost growth per strategy (batch 1, meta-device count)")
     ax.legend(fontsize=8)
     fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
@@ -146,8 +148,6 @@ def run_bench(out: str | None = "docs/BENCHMARKS.md", quick: bool = False,
         body = (f"Full-size components; timed on {device.type} where fwd+bwd <= {budget:g} GFLOP, "
                 "the rest counted on meta.\n\n" + report.table(COST_HEADERS, rows))
         if out:
-            from pathlib import Path
-
             png = Path(out).with_name("bench_scaling.png")
             scaling_plot(rows, str(png))
             body += f"\n\n![scaling]({png.name})"

@@ -7,7 +7,7 @@ component manifest). See docs/data.md.
 
 from __future__ import annotations
 
-from zoo.data.io import DataError
+from zoo.errors import DataError
 
 
 def benchmark_corpus() -> list[str]:

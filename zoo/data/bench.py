@@ -67,7 +67,8 @@ def loading_throughput(num_samples: int = 64, batch_size: int = 4, workers: int 
         synth_ds = read_synth(synth_root, manifest=root / "synth_manifest.json").dataset(
             "train", tasks=["vqa_closed"])
         npy_root = write_npy_set(root / "npy", npy_cases, tuple(npy_size))
-        npy_ds = m3d_cap(root=str(npy_root), manifest=str(root / "npy_manifest.json")).dataset("train")
+        npy_ds = m3d_cap(root=str(npy_root), size=npy_size,
+                         manifest=str(root / "npy_manifest.json")).dataset("train")
         return {"synth_samples_per_s": _rate(synth_ds, num_samples, batch_size, workers),
                 "npy_samples_per_s": _rate(npy_ds, num_samples, batch_size, workers),
                 "synth_size": [32, 64, 64], "npy_size": list(npy_size), "batch_size": batch_size,

@@ -17,6 +17,7 @@ import importlib
 from typing import Callable, Mapping, Sequence
 
 from zoo.data import templates as T
+from zoo.errors import ConfigError
 
 CQ500_COLUMNS = ("ICH", "IPH", "IVH", "SDH", "EDH", "SAH", "BleedLocation-Left",
                  "BleedLocation-Right", "ChronicBleed", "Fracture", "CalvarialFracture",
@@ -52,7 +53,7 @@ def resolve_rephraser(rephraser: str | Rephraser | None) -> Rephraser | None:
         return rephraser
     module, _, attr = str(rephraser).partition(":")
     if not attr:
-        raise ValueError(f"rephraser must be 'module:function', got {rephraser!r}")
+        raise ConfigError(f"rephraser must be 'module:function', got {rephraser!r}")
     return getattr(importlib.import_module(module), attr)
 
 

@@ -1,32 +1,31 @@
-"""Validated readers for the files data sets are made of (npy, npz, csv, json, NIfTI, DICOM).
+"""Validated readers for the files data sets are made of (npy, npz, csv, json, text, NIfTI, DICOM).
 
-Every problem raises :class:`DataError` naming the file (and csv row) and the reason; nothing
-falls back to another sample. NumPy arrays are memory-mapped where the format allows it.
+Every problem raises :class:`zoo.errors.DataError` naming the file (and csv row or json key) and
+the reason, or :class:`zoo.errors.MissingFileError` for a file or folder the user named that does
+not exist; nothing falls back to another sample. NumPy arrays are memory-mapped where the format
+allows it. Text files are UTF-8 (a leading byte-order mark is accepted). Paths read from a table
+must stay inside the data set folder (docs/data.md, "Errors and loading").
 """
 
 from __future__ import annotations
 
 import csv
+import io
 import json
+import os
 import re
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-
-class DataError(ValueError):
-    """A data problem: ``str(err)`` is one line ``<file>[ row N]: <reason>``."""
-
-    def __init__(self, path: str | Path, reason: str, row: int | None = None) -> None:
-        self.path, self.reason, self.row = str(path), reason, row
-        where = f"{path} row {row}" if row is not None else str(path)
-        super().__init__(f"{where}: {reason}")
-
+from zoo.errors import ConfigError, DataError, MissingFileError
 
 def check_array(array: np.ndarray, path: str | Path, *, rank: int | None = None,
-                channels: int | None = None, unit_range: bool = False) -> np.ndarray:
-    """Validate rank, channel count, finiteness, non-emptiness and (optionally) [0, 1] range."""
+                channels: int | None = None, unit_range: bool = False,
+                constant_ok: bool = False) -> np.ndarray:
+    """Validate rank, channel count, finiteness, non-emptiness, (optionally) [0, 1] range and,
+    unless ``constant_ok`` (label maps may be all background), that not every voxel is equal."""
     if rank is not None and array.ndim != rank:
         raise DataError(path, f"expected rank {rank} array, got rank {array.ndim} shape "
                               f"{tuple(array.shape)}")
@@ -42,7 +41,7 @@ def check_array(array: np.ndarray, path: str | Path, *, rank: int | None = None,
         finite = np.isfinite(array)
         bad = "NaN" if np.isnan(array).any() else "infinite"
         raise DataError(path, f"{bad} voxel values ({int((~finite).sum())} voxels)")
-    if lo == hi:
+    if lo == hi and not constant_ok:
         raise DataError(path, f"empty volume (every voxel is {lo})")
     if unit_range and (lo < -1e-4 or hi > 1 + 1e-4):
         raise DataError(path, f"values must be scaled to [0, 1], found [{lo:.4g}, {hi:.4g}]")
@@ -50,8 +49,10 @@ def check_array(array: np.ndarray, path: str | Path, *, rank: int | None = None,
 
 
 def load_npy(path: str | Path, *, mmap: bool = True, rank: int | None = 4,
-             channels: int | None = 1, unit_range: bool = True) -> np.ndarray:
-    """Load (memory-mapped) and validate an M3D ``.npy`` volume, by default (1, D, H, W) in [0, 1]."""
+             channels: int | None = 1, unit_range: bool = True,
+             constant_ok: bool = False) -> np.ndarray:
+    """Load (memory-mapped) and validate an M3D ``.npy`` volume, by default (1, D, H, W) in [0, 1]
+    (``constant_ok`` for label maps)."""
     path = Path(path)
     if not path.is_file():
         raise DataError(path, "file does not exist")
@@ -61,7 +62,8 @@ def load_npy(path: str | Path, *, mmap: bool = True, rank: int | None = 4,
         raise DataError(path, f"unreadable or truncated .npy ({type(err).__name__}: {err})") from None
     if not isinstance(array, np.ndarray):
         raise DataError(path, f"expected one array, got {type(array).__name__}")
-    return check_array(array, path, rank=rank, channels=channels, unit_range=unit_range)
+    return check_array(array, path, rank=rank, channels=channels, unit_range=unit_range,
+                       constant_ok=constant_ok)
 
 
 SHAPE_IN_NAME = re.compile(r"_\(([\d,\s]+)\)\.npz$")
@@ -103,7 +105,6 @@ def save_sparse_mask(folder: Path, mask: np.ndarray, stem: str = "mask") -> Path
     """Write an integer one-hot mask (C, ...) as ``<stem>_(C, ...).npz``, scipy's sparse CSR
     layout (``scipy.sparse.load_npz`` reads it), with fixed zip timestamps so the bytes are
     reproducible (``scipy.sparse.save_npz`` stamps the current time)."""
-    import io
     import zipfile
 
     from scipy import sparse
@@ -122,51 +123,92 @@ def save_sparse_mask(folder: Path, mask: np.ndarray, stem: str = "mask") -> Path
     return path
 
 
-def read_json(path: str | Path) -> Any:
+def read_text(path: str | Path) -> str:
+    """A UTF-8 text file (a byte-order mark is dropped); one line naming the file and the line
+    of the first byte that is not UTF-8 otherwise."""
     path = Path(path)
     if not path.is_file():
-        raise DataError(path, "file does not exist")
+        raise MissingFileError(f"{path}: file does not exist")
+    raw = path.read_bytes()
     try:
-        return json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        line = raw[:err.start].count(b"\n") + 1
+        raise DataError(path, f"not UTF-8 text (byte 0x{raw[err.start]:02x} on line {line}); "
+                              f"save it as UTF-8") from None
+
+
+def read_json(path: str | Path) -> Any:
+    path = Path(path)
+    text = read_text(path)
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
         raise DataError(path, f"invalid json ({err})") from None
+
+
+def json_list(data: dict[str, Any], key: str, path: str | Path) -> list[Any]:
+    """``data[key]`` as a list (absent: empty); any other type names the file and key."""
+    value = data.get(key, [])
+    if not isinstance(value, list):
+        raise DataError(path, f"'{key}' must be a list, got {type(value).__name__} {value!r:.60}")
+    return value
 
 
 def read_csv(path: str | Path, required: Sequence[str]) -> Iterator[tuple[int, dict[str, str]]]:
     """Rows of a csv as ``(row number, dict)`` (row 2 is the first data row, as a spreadsheet
-    shows it); raises when a required column is missing."""
+    shows it); raises when a required column is missing, a column name repeats or a row has
+    more fields than the header."""
     path = Path(path)
-    if not path.is_file():
-        raise DataError(path, "file does not exist")
-    with path.open(newline="", encoding="utf-8") as fh:
-        reader = csv.DictReader(fh)
+    text = read_text(path)
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    rows = []
+    try:
         header = [h.strip() for h in (reader.fieldnames or [])]
+        repeated = sorted({h for h in header if header.count(h) > 1})
+        if repeated:
+            raise DataError(path, f"column(s) {repeated} appear more than once in the header")
         missing = [c for c in required if c not in header]
         if missing:
             raise DataError(path, f"missing column(s) {missing}; found {header}")
         reader.fieldnames = header
-        rows = list(reader)
-    for i, row in enumerate(rows, start=2):
-        yield i, {k: (v or "").strip() for k, v in row.items() if k is not None}
+        for i, row in enumerate(reader, start=2):
+            if None in row:
+                raise DataError(path, f"{len(header) + len(row[None])} fields but the header "
+                                      f"has {len(header)} columns", i)
+            rows.append((i, {k: (v or "").strip() for k, v in row.items()}))
+    except csv.Error as err:
+        raise DataError(path, f"unreadable csv ({err})", len(rows) + 2) from None
+    yield from rows
 
 
-def resolve(root: Path, value: str, csv_path: str | Path, row: int | None = None) -> Path:
-    """A path from a table, relative to ``root``; it must exist."""
+def resolve(root: Path, value: Any, table: str | Path, row: int | None = None,
+            key: str | None = None) -> Path:
+    """A path read from a table (csv cell or json value ``key``), relative to ``root``; it must be
+    a string, stay inside ``root`` (no ``..`` out of it, no absolute path elsewhere; compared
+    without following links, so a link inside the folder may point anywhere) and exist."""
+    where = f"{key}: " if key else ""
+    if not isinstance(value, str):
+        raise DataError(table, f"{where}path must be a string, got {type(value).__name__} "
+                               f"{value!r:.60}", row)
     if not value:
-        raise DataError(csv_path, "empty path", row)
+        raise DataError(table, f"{where}empty path", row)
     path = Path(value) if Path(value).is_absolute() else root / value
+    inside = os.path.abspath(root)
+    if os.path.commonpath([inside, os.path.abspath(path)]) != inside:
+        raise DataError(table, f"{where}path {value!r} is outside the data set folder {root}", row)
     if not path.exists():
-        raise DataError(csv_path, f"path {value!r} does not exist (looked at {path})", row)
+        raise DataError(table, f"{where}path {value!r} does not exist (looked at {path})", row)
     return path
 
 
 def data_root(root: str | Path | None, key: str) -> Path:
     """The ``root`` folder of a registered dataset; required and must exist."""
     if root is None:
-        raise ValueError(f"data {key}: 'root' (the data set folder) is required")
+        raise ConfigError(f"data {key}: 'root' (the data set folder) is required: data.root=DIR")
     path = Path(root).expanduser()
     if not path.is_dir():
-        raise DataError(path, "data set folder does not exist")
+        raise MissingFileError(f"{path}: data set folder does not exist")
     return path
 
 
@@ -185,8 +227,10 @@ def check_box(box: Sequence[float], path: str | Path, row: int | None = None) ->
     return values
 
 
-def load_nifti(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
-    """A NIfTI volume as ``(array (X, Y, Z) float32, affine 4x4)``; validated."""
+def load_nifti(path: str | Path, constant_ok: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """A NIfTI volume as ``(array (X, Y, Z) float32, affine 4x4)``; validated, including the
+    affine (finite, invertible: an all-zero or NaN sform/qform has no world frame);
+    ``constant_ok`` for label maps."""
     import nibabel as nib
 
     path = Path(path)
@@ -195,19 +239,62 @@ def load_nifti(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     try:
         img = nib.load(str(path))
         array = np.asarray(img.dataobj, dtype=np.float32)
+        affine = np.asarray(img.affine, dtype=np.float64)
     except Exception as err:
         raise DataError(path, f"unreadable or truncated NIfTI ({type(err).__name__}: {err})") from None
+    if not np.isfinite(affine).all():
+        raise DataError(path, "the affine (voxel to world, sform/qform) holds NaN or infinite "
+                              "values; fix the header")
+    if abs(float(np.linalg.det(affine[:3, :3]))) < 1e-12:
+        raise DataError(path, "the affine (voxel to world, sform/qform) is all zero or singular "
+                              "(no voxel spacing or direction); fix the header")
     if array.ndim == 4 and array.shape[-1] == 1:
         array = array[..., 0]
-    check_array(array, path, rank=3)
-    return array, np.asarray(img.affine, dtype=np.float64)
+    check_array(array, path, rank=3, constant_ok=constant_ok)
+    return array, affine
 
 
-def load_dicom_series(folder: str | Path) -> tuple[np.ndarray, np.ndarray]:
+def _series_label(uid: str, headers: list[Any]) -> str:
+    first = headers[0]
+    number = getattr(first, "SeriesNumber", None)
+    description = str(getattr(first, "SeriesDescription", "") or "").strip()
+    parts = [f"number {number}" if number not in (None, "") else "",
+             repr(description) if description else "", f"{len(headers)} files"]
+    return f"{uid or '(no SeriesInstanceUID)'} ({', '.join(p for p in parts if p)})"
+
+
+def pick_series(folder: Path, headers: list[tuple[Path, Any]], series: str | None
+                ) -> list[tuple[Path, Any]]:
+    """The files of one series: the only one in the folder, or the one ``series`` names (its
+    SeriesInstanceUID or SeriesNumber); several series without a name, or a name matching none,
+    raise listing the series."""
+    groups: dict[str, list[tuple[Path, Any]]] = {}
+    for f, ds in headers:
+        groups.setdefault(str(getattr(ds, "SeriesInstanceUID", "") or ""), []).append((f, ds))
+    if series is None and len(groups) == 1:
+        return next(iter(groups.values()))
+    listing = "; ".join(_series_label(uid, [d for _, d in g]) for uid, g in sorted(groups.items()))
+    if series is None:
+        raise DataError(folder, f"{len(groups)} DICOM series in one folder: {listing}; name one "
+                                f"(SeriesInstanceUID or SeriesNumber) with --series (zoo data "
+                                f"prepare) or a 'series' column (tables)")
+    wanted = str(series).strip()
+    chosen = [uid for uid, g in groups.items()
+              if wanted == uid or wanted == str(getattr(g[0][1], "SeriesNumber", "")).strip()]
+    if len(chosen) != 1:
+        how = "matches no" if not chosen else "matches more than one"
+        raise DataError(folder, f"series {wanted!r} {how} series in the folder: {listing}")
+    return groups[chosen[0]]
+
+
+def load_dicom_series(folder: str | Path, series: str | None = None
+                      ) -> tuple[np.ndarray, np.ndarray]:
     """A DICOM series (one folder) as ``(array (X, Y, Z) float32 in HU, RAS affine 4x4)``.
 
-    Slices are sorted by position along the slice normal; mixed slice sizes, duplicate positions
-    and gaps (a step more than 1.5 x the median step: a missing slice) raise.
+    Files are grouped by SeriesInstanceUID: a folder holding several series needs ``series``
+    (a SeriesInstanceUID or SeriesNumber, :func:`pick_series`); series are never merged. Slices
+    are sorted by position along the slice normal; mixed slice sizes, duplicate positions and
+    gaps (a step more than 1.5 x the median step: a missing slice) raise.
     """
     import pydicom
 
@@ -215,10 +302,15 @@ def load_dicom_series(folder: str | Path) -> tuple[np.ndarray, np.ndarray]:
     files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
     if not files:
         raise DataError(folder, "no DICOM files in the series folder")
-    slices = []
+    headers = []
     for f in files:
         try:
-            ds = pydicom.dcmread(str(f))
+            headers.append((f, pydicom.dcmread(str(f))))
+        except Exception as err:
+            raise DataError(f, f"unreadable DICOM file ({type(err).__name__}: {err})") from None
+    slices = []
+    for f, ds in pick_series(folder, headers, series):
+        try:
             pixels = ds.pixel_array.astype(np.float32)
             pos = [float(v) for v in ds.ImagePositionPatient]
             orient = [float(v) for v in ds.ImageOrientationPatient]

@@ -3,8 +3,9 @@
 Raw volumes are preprocessed when loaded (the same MONAI pipeline and spec as ``zoo data
 prepare``); for training speed, prepare them once and read the ``.npy`` output instead.
 
-- ``nifti_folder``: csv ``image, label`` (+ optional ``patient_id``, ``text``); ``image`` is a
-  NIfTI file, a DICOM series folder or a prepared ``.npy``; gives ``cls`` items (and ``caption``
+- ``nifti_folder``: csv ``image, label`` (+ optional ``patient_id``, ``text``, ``series``);
+  ``image`` is a NIfTI file, a DICOM series folder (``series`` picks one series where the folder
+  holds several) or a prepared ``.npy``; gives ``cls`` items (and ``caption``
   items where ``text`` is set).
 - ``cq500``: ``reads.csv`` (``name``, ``R1:ICH`` ... ``R3:MidlineShift``) + one DICOM series per
   case folder ``CQ500CT<n> ...``; ``ct_ich``: ``hemorrhage_diagnosis_raw_ct.csv`` (per slice)
@@ -23,14 +24,15 @@ from typing import Any, Sequence
 import numpy as np
 
 from zoo.data import brainct
-from zoo.data.io import DataError, data_root, read_csv, resolve
+from zoo.data.io import data_root, read_csv, resolve
 from zoo.data.prepare import NIFTI_SUFFIXES, PrepSpec, load_raw, preprocess
 from zoo.data.source import IMAGE_LOADERS, DataSource
+from zoo.errors import DataError
 from zoo.registry import DATASETS
 
 
 def _load_raw_item(item: dict[str, Any]) -> tuple[np.ndarray, dict[str, Any]]:
-    array, affine = load_raw(item["image"])
+    array, affine = load_raw(item["image"], item.get("series"))
     data, meta = preprocess(array, affine, PrepSpec(**item["spec"]), name=str(item["image"]))
     # affine: voxel (X, Y, Z) of the prepared array (its (D, H, W) transposed) -> world (RAS) of
     # the source scan, for writing model-space masks back as NIfTI (recipes.lamed_seg)
@@ -63,7 +65,7 @@ def raw_item(path: Path, spec: PrepSpec, **fields: Any) -> dict[str, Any]:
     return item
 
 
-def _spec(modality: str, size: Sequence[int], window: str | Sequence[float],
+def spec_of(modality: str, size: Sequence[int], window: str | Sequence[float],
           spacing: Sequence[float] | None) -> PrepSpec:
     return PrepSpec(modality=modality, size=tuple(size),
                     window=window if isinstance(window, str) else tuple(window),
@@ -79,10 +81,11 @@ def _qa_items(pairs: list[dict], source: str, case: str, path: Path, spec: PrepS
 @DATASETS.register
 def nifti_folder(root: str | None = None, labels: str = "labels.csv", modality: str = "ct",
                  size: Sequence[int] = (32, 256, 256), window: str | Sequence[float] = "abdomen",
-                 spacing: Sequence[float] | None = None, manifest: str | None = None) -> DataSource:
+                 spacing: Sequence[float] | None = None, patients: str | None = None,
+                 manifest: str | None = None) -> DataSource:
     """Raw NIfTI / DICOM volumes (or prepared npy) with a label table ``image, label``."""
     r = data_root(root, "nifti_folder")
-    spec = _spec(modality, size, window, spacing)
+    spec = spec_of(modality, size, window, spacing)
     table = r / labels
     items = []
     for row_no, row in read_csv(table, ("image", "label")):
@@ -93,13 +96,16 @@ def nifti_folder(root: str | None = None, labels: str = "labels.csv", modality: 
             raise DataError(table, f"label {row['label']!r} is not an integer", row_no) from None
         case = row.get("patient_id") or path.name.split(".")[0]
         base = {"case": case, "patient_id": row.get("patient_id") or case, "source": "nifti_folder"}
+        if row.get("series"):
+            base["series"] = row["series"]
         items.append(raw_item(path, spec, id=f"{case}/cls{row_no}", task="cls",
                               prompt="Classify this scan.", answer=str(label), label=label, **base))
         if row.get("text"):
             items.append(raw_item(path, spec, id=f"{case}/caption{row_no}", task="caption",
                                   prompt="Please write a radiology report for this scan.",
                                   answer=row["text"], **base))
-    return DataSource("nifti_folder", items, root=r, manifest=manifest)
+    return DataSource("nifti_folder", items, root=r, manifest=manifest,
+                      patients=r / patients if patients else None)
 
 
 def cq500_labels(row: dict[str, str], path: Path, row_no: int) -> dict[str, int]:
@@ -137,7 +143,7 @@ def cq500(root: str | None = None, reads: str = "reads.csv", series: str | None 
           rephraser: str | None = None, manifest: str | None = None) -> DataSource:
     """CQ500 (Chilamkurthy et al. 2018): DICOM series + reads csv -> 1 open, 5 closed QA pairs."""
     r = data_root(root, "cq500")
-    spec, hook = _spec("ct", size, window, None), brainct.resolve_rephraser(rephraser)
+    spec, hook = spec_of("ct", size, window, None), brainct.resolve_rephraser(rephraser)
     table = r / reads
     items = []
     for row_no, row in read_csv(table, ("name",)):
@@ -159,7 +165,7 @@ def ct_ich(root: str | None = None, diagnosis: str = "hemorrhage_diagnosis_raw_c
            manifest: str | None = None) -> DataSource:
     """PhysioNet CT-ICH (Hssayeni et al. 2020): NIfTI + per-slice diagnosis csv -> QA pairs."""
     r = data_root(root, "ct_ich")
-    spec, hook = _spec("ct", size, window, None), brainct.resolve_rephraser(rephraser)
+    spec, hook = spec_of("ct", size, window, None), brainct.resolve_rephraser(rephraser)
     table = r / diagnosis
     patients: dict[int, dict[str, int]] = {}
     first_row: dict[int, int] = {}

@@ -24,6 +24,8 @@ from typing import Any
 
 import numpy as np
 
+from zoo.errors import ConfigError
+
 FAMILIES = ("abdomen", "head")
 PHASES = ("non-contrast", "arterial", "portal venous")
 PLANE_AXES = {"axial": ("s", "a", "l"), "coronal": ("a", "s", "l"), "sagittal": ("l", "s", "a")}
@@ -277,11 +279,11 @@ def generate_case(index: int, seed: int = 0, size: tuple[int, int, int] = (32, 6
     questions; head findings keep their size).
     """
     if not lesion_scale > 0:
-        raise ValueError(f"lesion_scale must be > 0, got {lesion_scale!r}")
+        raise ConfigError(f"lesion_scale must be > 0, got {lesion_scale!r}")
     if family not in FAMILIES:
-        raise ValueError(f"family must be one of {FAMILIES}, got {family!r}")
+        raise ConfigError(f"family must be one of {FAMILIES}, got {family!r}")
     if len(size) != 3 or min(size) < 8:
-        raise ValueError(f"size must be three ints >= 8 (D, H, W), got {size}")
+        raise ConfigError(f"size must be three ints >= 8 (D, H, W), got {size}")
     rng = np.random.default_rng([seed, index, FAMILIES.index(family)])
     plane = PLANE_AXES_KEYS[int(rng.integers(3))]
     phase = PHASES[int(rng.integers(3))]

@@ -17,6 +17,7 @@ something else.
 from __future__ import annotations
 
 import hashlib
+import json
 from collections import Counter, OrderedDict
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -26,8 +27,9 @@ import torch
 from torch.utils.data import Dataset
 
 from zoo.boxes import box_from_mask
-from zoo.data.io import DataError, load_npy, load_sparse_mask
-from zoo.data.splits import SPLITS, read_manifest, split_hash, write_manifest
+from zoo.data.io import load_npy, load_sparse_mask
+from zoo.data.splits import SPLITS, read_manifest, read_patients, split_hash, write_manifest
+from zoo.errors import ConfigError, DataError
 from zoo.types import PLANES, TASK_NAMES
 
 AXIS_OF_PLANE = {"axial": "SI", "coronal": "AP", "sagittal": "LR"}
@@ -73,7 +75,7 @@ def load_image(item: dict[str, Any]) -> tuple[np.ndarray, dict[str, Any]]:
                            lambda: (np.asarray(load_npy(item["image"]), dtype=np.float32), {}))
     if fmt not in IMAGE_LOADERS:
         import zoo.data.medical  # noqa: F401  (registers the NIfTI / DICOM loaders)
-    return _IMAGES.get((fmt, *_file_key(item["image"]), item.get("spec_key")),
+    return _IMAGES.get((fmt, *_file_key(item["image"]), item.get("spec_key"), item.get("series")),
                        lambda: IMAGE_LOADERS[fmt](item))
 
 
@@ -83,23 +85,28 @@ def slice_axis(orientation: str, plane: str) -> int:
     for i, code in enumerate(orientation.upper()):
         if code in letters:
             return i
-    raise ValueError(f"orientation {orientation!r} has no axis for the {plane} plane")
+    raise DataError(f"orientation {orientation!r} has no axis for the {plane} plane")
+
+
+def to_cdhw(array: np.ndarray, axes: str) -> np.ndarray:
+    """A (C, ...) array whose axes are named by ``axes`` (a permutation of ``CDHW``; raw M3D-Seg
+    is ``CWHD``, docs/data.md "Real formats") as (C, D, H, W); a view, no copy."""
+    return array if axes == "CDHW" else array.transpose([axes.index(a) for a in "CDHW"])
 
 
 def _mask_channel(item: dict[str, Any], spatial: tuple[int, ...]) -> np.ndarray:
     spec = item["mask"]
     path = spec["path"]
     if spec["kind"] == "sparse":
-        full = _MASKS.get(_file_key(path), lambda: load_sparse_mask(path))
-        if spec.get("axes", "CDHW") == "CHWD":
-            full = full.transpose(0, 3, 1, 2)
+        full = to_cdhw(_MASKS.get(_file_key(path), lambda: load_sparse_mask(path)),
+                       spec.get("axes", "CDHW"))
         if spec["channel"] >= full.shape[0]:
             raise DataError(path, f"mask has {full.shape[0]} channels, class index "
                                   f"{spec['channel']} requested")
         channel = full[spec["channel"]]
     else:  # label map: target = (map == id)
-        full = _MASKS.get(_file_key(path), lambda: np.asarray(load_npy(path, channels=None, rank=None,
-                                                                 unit_range=False)))
+        full = _MASKS.get(_file_key(path), lambda: np.asarray(load_npy(
+            path, channels=None, rank=None, unit_range=False, constant_ok=True)))
         full = full[0] if full.ndim == 4 else full
         channel = np.isin(full, spec["ids"])
     if tuple(channel.shape) != tuple(spatial):
@@ -111,8 +118,10 @@ def _mask_channel(item: dict[str, Any], spatial: tuple[int, ...]) -> np.ndarray:
 def build_sample(item: dict[str, Any]) -> dict[str, Any]:
     """Load and assemble one sample from an item (see the module docstring)."""
     array, extra = load_image(item)
-    if item.get("image_axes", "CDHW") == "CHWD":  # raw M3D-Seg stores (1, H, W, D)
-        array = array.transpose(0, 3, 1, 2)
+    array = to_cdhw(array, item.get("image_axes", "CDHW"))
+    if item.get("size") is not None and tuple(array.shape[1:]) != tuple(item["size"]):
+        raise DataError(item["image"], f"volume size {tuple(array.shape[1:])} differs from the "
+                                       f"data set's size {tuple(item['size'])} (data.size)")
     meta = {"id": item["id"], "source": item["source"], "spacing": item.get("spacing"),
             "orientation": item.get("orientation", "IPL"), "plane": item.get("plane", "axial"),
             "patient_id": item.get("patient_id")}
@@ -170,8 +179,9 @@ class SampleDataset(Dataset):
         return build_sample(self.items[index])
 
 
-def _default_manifest_path(name: str, root: Path | None) -> Path:
-    key = hashlib.sha1(str(root.resolve() if root else name).encode()).hexdigest()[:10]
+def _default_manifest_path(name: str, root: Path | None, settings: str = "") -> Path:
+    """``runs/data/manifests/<name>-<hash of the root and the split settings>.json``."""
+    key = hashlib.sha1((str(root.resolve() if root else name) + settings).encode()).hexdigest()[:10]
     return Path("runs") / "data" / "manifests" / f"{name}-{key}.json"
 
 
@@ -180,22 +190,39 @@ class DataSource:
 
     ``split_hash`` (sha256 of the split manifest file), ``dataset(split, tasks)``, ``tasks()``,
     ``describe()``. Items are assigned to splits by the manifest: an existing manifest file is
-    read (every case must be listed), otherwise one is written by hashing the patient/case ids.
+    read (every case must be listed), otherwise one is written by hashing the patient/case ids;
+    ``patients`` (a csv ``case, patient_id``, e.g. written by ``zoo data check --groups``) gives
+    cases a patient id, so that cases of one patient (or copies of one scan) share a split.
     """
 
     def __init__(self, name: str, items: Sequence[dict[str, Any]], *, root: Path | None = None,
                  manifest: str | Path | None = None, fractions: Sequence[float] = (0.8, 0.1, 0.1),
-                 salt: str = "zoo", given_splits: dict[str, Sequence[str]] | None = None) -> None:
+                 salt: str = "zoo", given_splits: dict[str, Sequence[str]] | None = None,
+                 patients: str | Path | None = None, image_size: Sequence[int] | None = None
+                 ) -> None:
         self.name, self.root = name, root
+        self.split_mode = "the files' own split" if given_splits is not None else \
+            f"hash of the patient id, fractions {tuple(fractions)}"
+        # (D, H, W) of every volume when the source knows it (prepared data), else None
+        self.image_size = tuple(int(s) for s in image_size) if image_size is not None else None
+        if not items:
+            raise DataError(root or name, "the data set has no items")
         for item in items:
             if item["task"] not in TASK_NAMES:
-                raise ValueError(f"{name}: item {item['id']!r} has unknown task {item['task']!r}; "
+                raise DataError(f"{name}: item {item['id']!r} has unknown task {item['task']!r}; "
                                  f"tasks: {TASK_NAMES}")
             if item.get("plane", "axial") not in PLANES:
-                raise ValueError(f"{name}: item {item['id']!r} has plane {item['plane']!r}, "
+                raise DataError(f"{name}: item {item['id']!r} has plane {item['plane']!r}, "
                                  f"not one of {PLANES}")
-        path = Path(manifest) if manifest else _default_manifest_path(name, root)
         cases = {item["case"]: item.get("patient_id") or item["case"] for item in items}
+        if patients is not None:
+            if given_splits is not None:
+                raise ConfigError(f"{name}: patients= groups cases for a hash split; this data "
+                                  f"set uses its files' own split (set split_by=hash)")
+            cases.update(read_patients(patients, set(cases)))
+        settings = json.dumps([given_splits is not None, list(fractions), salt,
+                               str(Path(patients).resolve()) if patients else None])
+        path = Path(manifest) if manifest else _default_manifest_path(name, root, settings)
         if manifest and path.is_file():
             splits = read_manifest(path)
         else:
@@ -217,7 +244,7 @@ class DataSource:
         if split not in SPLITS:
             from zoo.registry import suggest
 
-            raise KeyError(f"unknown split {split!r}.{suggest(split, SPLITS)} Splits: {SPLITS}")
+            raise ConfigError(f"unknown split {split!r}.{suggest(split, SPLITS)} Splits: {SPLITS}")
         return self._items[split]
 
     def dataset(self, split: str, tasks: Sequence[str] | None = None) -> SampleDataset:
@@ -226,7 +253,7 @@ class DataSource:
         if tasks is not None:
             unknown = [t for t in tasks if t not in TASK_NAMES]
             if unknown:
-                raise KeyError(f"unknown task(s) {unknown}; tasks: {TASK_NAMES}")
+                raise ConfigError(f"unknown task(s) {unknown}; tasks: {TASK_NAMES}")
             items = [i for i in items if i["task"] in set(tasks)]
         return SampleDataset(items)
 
@@ -243,6 +270,34 @@ class DataSource:
                 "manifest": str(self.manifest_path), "split_hash": self.split_hash,
                 "cases": cases, "samples": counts}
 
+    def split_summary(self) -> str:
+        """One line: cases and items per split and how the split was made."""
+        parts = [f"{s} {len({i['case'] for i in items})} cases ({len(items)} items)"
+                 for s, items in self._items.items()]
+        return f"data {self.name}: {', '.join(parts)}; split by {self.split_mode}"
+
+    def require_split(self, split: str, why: str) -> None:
+        """Raise naming the split and the counts when ``split`` holds no item."""
+        if not self.items(split):
+            raise DataError(self.manifest_path, f"the {split} split of data {self.name} is empty "
+                                                f"({self.split_summary().split(': ', 1)[1]}); "
+                                                f"{why}")
+
     def __repr__(self) -> str:
         sizes = ", ".join(f"{s}={len(v)}" for s, v in self._items.items())
         return f"DataSource({self.name!r}, {sizes}, split_hash={self.split_hash[:12]})"
+
+
+def check_data_fit(data: Any, model: Any, eval_split: str | None, why: str) -> str | None:
+    """Before a run: the model's input size (``model.image_size``, the recipe's ``image_size``)
+    equals the data's volume size where both are known, and ``eval_split`` (when given) holds
+    items (``why`` ends that error). Returns the data's one-line split summary, if it has one."""
+    want, have = getattr(model, "image_size", None), getattr(data, "image_size", None)
+    if want is not None and have is not None and tuple(want) != tuple(have):
+        raise ConfigError(f"recipe.image_size={list(want)} but the volumes of data "
+                          f"{getattr(data, 'name', '?')} are {list(have)}: drop the "
+                          f"recipe.image_size override (it follows data.size), or prepare the "
+                          f"data at that size")
+    if eval_split is not None and hasattr(data, "require_split"):
+        data.require_split(eval_split, why)
+    return data.split_summary() if hasattr(data, "split_summary") else None

@@ -13,12 +13,14 @@ import json
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
+from zoo.errors import ConfigError, DataError
+
 SPLITS: tuple[str, ...] = ("train", "validation", "test")
 
 
 def _check_fractions(fractions: Sequence[float]) -> None:
     if len(fractions) != 3 or any(f < 0 for f in fractions) or abs(sum(fractions) - 1) > 1e-6:
-        raise ValueError(f"fractions must be three non-negative numbers summing to 1 "
+        raise ConfigError(f"fractions must be three non-negative numbers summing to 1 "
                          f"(train, validation, test), got {tuple(fractions)}")
 
 
@@ -28,7 +30,7 @@ def assign_split(case_id: str, fractions: Sequence[float] = (0.8, 0.1, 0.1), sal
     _check_fractions(fractions)
     key = patient_id if patient_id else case_id
     if not key:
-        raise ValueError("assign_split needs a non-empty case_id or patient_id")
+        raise DataError("assign_split needs a non-empty case_id or patient_id")
     digest = hashlib.sha256(f"{salt}/{key}".encode()).digest()
     u = int.from_bytes(digest[:8], "big") / 2.0 ** 64
     edge = 0.0
@@ -59,7 +61,7 @@ def write_manifest(path: str | Path, ids: Iterable[str] | Mapping[str, str] | No
     if splits is not None:
         unknown = set(splits) - set(SPLITS)
         if unknown:
-            raise ValueError(f"unknown split name(s) {sorted(unknown)}; use {SPLITS}")
+            raise ConfigError(f"unknown split name(s) {sorted(unknown)}; use {SPLITS}")
         manifest = {"salt": salt, "fractions": None,
                     "splits": {s: sorted(splits.get(s, ())) for s in SPLITS}}
     elif ids is not None:
@@ -76,7 +78,7 @@ def write_manifest(path: str | Path, ids: Iterable[str] | Mapping[str, str] | No
 
 def read_manifest(path: str | Path) -> dict[str, list[str]]:
     """``{split: [ids]}`` from a manifest file; raises naming the file when malformed."""
-    from zoo.data.io import DataError, read_json
+    from zoo.data.io import read_json
 
     data = read_json(path)
     splits = data.get("splits") if isinstance(data, dict) else None
@@ -84,11 +86,28 @@ def read_manifest(path: str | Path) -> dict[str, list[str]]:
         raise DataError(path, f"a split manifest needs 'splits' with keys {SPLITS}")
     seen: dict[str, str] = {}
     for name, ids in splits.items():
+        if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+            raise DataError(path, f"splits.{name} must be a list of case ids (strings), got "
+                                  f"{ids!r:.60}")
         for i in ids:
             if i in seen:
                 raise DataError(path, f"id {i!r} is in both {seen[i]!r} and {name!r}")
             seen[i] = name
     return {s: list(splits[s]) for s in SPLITS}
+
+
+def read_patients(path: str | Path, cases: set[str]) -> dict[str, str]:
+    """``{case: patient id}`` from a csv ``case, patient_id``; every case must be in ``cases``."""
+    from zoo.data.io import read_csv
+
+    out = {}
+    for row_no, row in read_csv(path, ("case", "patient_id")):
+        if row["case"] not in cases:
+            raise DataError(path, f"case {row['case']!r} is not in the data set", row_no)
+        if not row["patient_id"]:
+            raise DataError(path, "empty patient_id", row_no)
+        out[row["case"]] = row["patient_id"]
+    return out
 
 
 def split_hash(path: str | Path) -> str:

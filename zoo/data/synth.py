@@ -29,6 +29,7 @@ from zoo.data import templates as T
 from zoo.data.io import save_sparse_mask
 from zoo.data.source import DataSource
 from zoo.data.splits import write_manifest
+from zoo.errors import ConfigError, DataError
 from zoo.registry import DATASETS
 
 GENERATOR_VERSION = 1
@@ -39,11 +40,11 @@ LESION_CLASS = {"abdomen": "lesion", "head": "haemorrhage"}
 def case_plan(cases: int, family: str) -> list[tuple[str, int]]:
     """(family, index within family) for each case; 'both' alternates abdomen and head."""
     if cases < 1:
-        raise ValueError(f"cases must be >= 1, got {cases}")
+        raise ConfigError(f"cases must be >= 1, got {cases}")
     if family == "both":
         return [(P.FAMILIES[i % 2], i // 2) for i in range(cases)]
     if family not in P.FAMILIES:
-        raise ValueError(f"family must be one of {P.FAMILIES + ('both',)}, got {family!r}")
+        raise ConfigError(f"family must be one of {P.FAMILIES + ('both',)}, got {family!r}")
     return [(family, i) for i in range(cases)]
 
 
@@ -195,7 +196,7 @@ def ensure_benchmark(cache_dir: str | Path, cases: int, size: Sequence[int], see
 def read_synth(root: Path, manifest: str | Path | None = None) -> DataSource:
     """Read a written benchmark through the M3D readers (same code path as real data)."""
     from zoo.data import m3d
-    from zoo.data.io import DataError, read_csv, resolve
+    from zoo.data.io import read_csv, resolve
 
     if not (root / "synth.json").is_file():
         raise DataError(root / "synth.json", "not a synthetic benchmark folder (run `zoo data synth`)")

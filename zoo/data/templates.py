@@ -10,12 +10,14 @@ D. .."`` -> ``"{letter}. {answer}"``; boxes ``<bx_start>[x1, y1, z1, x2, y2, z2]
 from __future__ import annotations
 
 import hashlib
+import string
 from typing import Sequence
 
 from zoo.boxes import format_box
 from zoo.data import phantom as P
 
-LETTERS = ("A", "B", "C", "D")
+LETTERS = ("A", "B", "C", "D")  # M3D-VQA's four choices
+CHOICE_LETTERS = string.ascii_uppercase  # a closed question has 2 to 26 choices
 QUESTION_TYPES = ("plane", "phase", "organ", "abnormality", "location")
 SEG = "[SEG]"
 
@@ -70,13 +72,14 @@ CLS_PROMPT = "Is there an abnormality in this scan?"
 
 # ------------------------------------------------------------------------------- closed VQA
 def closed_question(question: str, choices: Sequence[str]) -> str:
-    """M3D closed form: question + ' Choices: A. .. B. .. C. .. D. ..' (missing choices 'NA')."""
-    parts = [f"{LETTERS[i]}. {c}" for i, c in enumerate(choices)]
+    """M3D closed form: question + ' Choices: A. .. B. .. C. .. D. ..' (M3D-VQA pads missing
+    choices with 'NA'; other sources give 2 to 26 choices, lettered A, B, ...)."""
+    parts = [f"{CHOICE_LETTERS[i]}. {c}" for i, c in enumerate(choices)]
     return f"{question} Choices: {' '.join(parts)}"
 
 
 def closed_answer(choices: Sequence[str], answer: str) -> str:
-    return f"{LETTERS[list(choices).index(answer)]}. {answer}"
+    return f"{CHOICE_LETTERS[list(choices).index(answer)]}. {answer}"
 
 
 # ------------------------------------------------------------------------------- benchmark text

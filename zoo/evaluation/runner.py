@@ -17,6 +17,9 @@ from omegaconf import DictConfig, OmegaConf
 from zoo.evaluation.base import TaskResult, mean_scores
 from zoo.evaluation.tasks import DATA_TASK, EvalContext
 from zoo.registry import TASKS
+from zoo.verbosity import get_logger, show_progress
+
+log = get_logger(__name__)
 
 
 def spaced(n: int, limit: int | None) -> list[int]:
@@ -86,9 +89,14 @@ def evaluate(model: torch.nn.Module, data: Any, eval_cfg: Any, run: Any = None,
         if isinstance(eval_cfg, DictConfig) else OmegaConf.create(dict(eval_cfg))
     split = str(eval_cfg.get("split") or "test")
 
+    from tqdm.auto import tqdm
+
+    bars: dict[str, Any] = {}  # a bar per task, as training shows (none when quiet)
+
     def progress(task: str, done: int, total: int) -> None:
-        if verbose:
-            print(f"\r  eval {task}: {done}/{total}", end="" if done < total else "\n", flush=True)
+        if task in bars:
+            bars[task].total = total
+            bars[task].update(done - bars[task].n)
 
     ctx = context(eval_cfg, data, progress)
     results: dict[str, TaskResult] = {}
@@ -99,15 +107,22 @@ def evaluate(model: torch.nn.Module, data: Any, eval_cfg: Any, run: Any = None,
             ds = data.dataset(split, [DATA_TASK[task]])
             samples = [ds[i] for i in spaced(len(ds), eval_cfg.get("max_items"))]
             start = time.perf_counter()
+            # the task's summary line replaces its bar (leave=False)
+            bars[task] = tqdm(total=len(samples), desc=f"eval {task}", unit="item",
+                              dynamic_ncols=True, leave=False,
+                              disable=not (verbose and samples and show_progress()))
             with torch.no_grad():
                 result = (TASKS.get(task)(model, samples, ctx) if samples else
                           TaskResult(task, note=f"no {split} samples", skipped=True))
+            bars.pop(task).close()
             results[task] = result
             if verbose:
-                print(summary_line(result, time.perf_counter() - start), flush=True)
+                log.info(summary_line(result, time.perf_counter() - start))
             if run is not None:
                 log_result(run, result)
     finally:
+        for bar in bars.values():  # a task that raised mid-way
+            bar.close()
         model.train(was_training)
     return results
 

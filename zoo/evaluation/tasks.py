@@ -118,7 +118,8 @@ def reg(model: Any, samples: list[dict], ctx: EvalContext) -> TaskResult:
 def vqa_closed(model: Any, samples: list[dict], ctx: EvalContext) -> TaskResult:
     """Closed VQA: strict letter accuracy and M3D's substring rule on the greedy output, per
     question type; for models with ``answer_logprob`` also ``accuracy_ll`` (the most likely of
-    the four full answers); baseline: the train split's majority answer per question type."""
+    the item's full answers, 2 to 26); baseline: the train split's majority answer per question
+    type."""
     if not can_generate(model):
         return _no_generate("vqa_closed", model)
     predictions = generate_all(model, samples, ctx, "vqa_closed")

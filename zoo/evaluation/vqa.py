@@ -5,21 +5,31 @@
 - ``accuracy`` (strict): the chosen letter is parsed from the start of the output (``"B"``,
   ``"B."``, ``"(B)"``, ``"B) ..."``); failing that, an output equal to exactly one choice's text
   selects that choice. Anything else is wrong.
+
+A closed item has 2 to 26 choices lettered A, B, ... (M3D-VQA: four, missing ones ``NA``); only
+the letters of its own choices are read from an output.
 """
 
 from __future__ import annotations
 
+import functools
 import re
+import string
 from collections import Counter
 from typing import Any, Sequence
 
-LETTERS = ("A", "B", "C", "D")
-_LEADING = re.compile(r"^\s*\(?([A-D])(?:[\.\):,]|\s|$)")
+LETTERS = string.ascii_uppercase
+
+
+@functools.lru_cache(maxsize=None)
+def _leading(count: int) -> re.Pattern:
+    """A leading choice letter among the first ``count`` letters (``A-D`` for four choices)."""
+    return re.compile(rf"^\s*\(?([A-{LETTERS[count - 1]}])(?:[\.\):,]|\s|$)")
 
 
 def answer_letter(answer: str, choices: Sequence[str]) -> str:
     """The correct letter of a closed item whose answer is ``"{letter}. {text}"`` or a choice."""
-    match = _LEADING.match(str(answer))
+    match = _leading(len(choices)).match(str(answer))
     if match:
         return match.group(1)
     if answer in choices:
@@ -35,7 +45,7 @@ def contains_letter(prediction: str, letter: str) -> bool:
 def parse_choice(prediction: str, choices: Sequence[str]) -> str | None:
     """The letter the output commits to, or ``None`` (see the module docstring)."""
     text = str(prediction)
-    match = _LEADING.match(text)
+    match = _leading(len(choices)).match(text)
     if match:
         return match.group(1)
     norm = text.strip().rstrip(".").strip().lower()
@@ -50,8 +60,9 @@ def closed_scores(prediction: str, answer: str, choices: Sequence[str]) -> dict[
 
 
 def majority_answers(items: Sequence[dict[str, Any]]) -> dict[str, tuple[str, str]]:
-    """Per question type: (most frequent answer text, most frequent letter) over train items
-    (``answer`` ``"{letter}. {text}"`` with ``choices``); ties broken by first occurrence."""
+    """Per question type: (most frequent answer text, the letters from most to least frequent)
+    over train items (``answer`` ``"{letter}. {text}"`` with ``choices``); ties broken by first
+    occurrence."""
     texts: dict[str, Counter] = {}
     letters: dict[str, Counter] = {}
     for item in items:
@@ -59,14 +70,17 @@ def majority_answers(items: Sequence[dict[str, Any]]) -> dict[str, tuple[str, st
         letter = answer_letter(item["answer"], item["choices"])
         texts.setdefault(qtype, Counter())[item["choices"][LETTERS.index(letter)]] += 1
         letters.setdefault(qtype, Counter())[letter] += 1
-    return {q: (texts[q].most_common(1)[0][0], letters[q].most_common(1)[0][0]) for q in texts}
+    return {q: (texts[q].most_common(1)[0][0], "".join(k for k, _ in letters[q].most_common()))
+            for q in texts}
 
 
 def majority_prediction(majority: dict[str, tuple[str, str]], question_type: str | None,
                         choices: Sequence[str]) -> str:
     """The baseline's output: the type's majority answer when it is among the choices, else the
-    type's majority letter (``"{letter}. {text}"``)."""
-    text, letter = majority.get(question_type or "all") or next(iter(majority.values()))
+    type's most frequent letter that the item has (``"{letter}. {text}"``)."""
+    text, ranked = majority.get(question_type or "all") or next(iter(majority.values()))
     if text in choices:
         letter = LETTERS[list(choices).index(text)]
+    else:
+        letter = next((k for k in ranked if LETTERS.index(k) < len(choices)), "A")
     return f"{letter}. {choices[LETTERS.index(letter)]}"
