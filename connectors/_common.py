@@ -17,15 +17,27 @@ def positive_int(name: str, value: Any) -> int:
     return value
 
 
-def projector(in_dim: int, out_dim: int, depth: int) -> nn.Sequential:
-    """M3D's projector: ``Linear(in, out)`` then ``depth - 1`` times ``GELU, Linear(out, out)``.
+# M3D's ``proj_layer_type`` values (docs/native3d.md "Connectors"): "mlp" puts GELU between the
+# Linears, "linear" stacks them without an activation.
+LAYER_TYPES = ("mlp", "linear")
 
-    ``depth=2`` gives ``Linear(in, out), GELU, Linear(out, out)`` (LLaVA-1.5's ``mlp2x_gelu``).
+
+def projector(in_dim: int, out_dim: int, depth: int, layer_type: str = "mlp") -> nn.Sequential:
+    """M3D's projector: ``Linear(in, out)`` then ``depth - 1`` times ``Linear(out, out)``, with a
+    GELU before each of those for ``layer_type="mlp"`` and nothing for ``"linear"``.
+
+    ``depth=2`` gives ``Linear, GELU, Linear`` (indices 0, 2; LLaVA-1.5's ``mlp2x_gelu``) or
+    ``Linear, Linear`` (indices 0, 1); the Sequential's indices are M3D's state-dict keys.
     """
     positive_int("in_dim", in_dim), positive_int("out_dim", out_dim), positive_int("depth", depth)
+    if layer_type not in LAYER_TYPES:
+        from zoo.registry import suggest
+
+        raise ConfigError(f"layer_type={layer_type!r} is not one of {LAYER_TYPES}."
+                          f"{suggest(str(layer_type), LAYER_TYPES)}")
     layers: list[nn.Module] = [nn.Linear(in_dim, out_dim)]
     for _ in range(depth - 1):
-        layers += [nn.GELU(), nn.Linear(out_dim, out_dim)]
+        layers += ([nn.GELU()] if layer_type == "mlp" else []) + [nn.Linear(out_dim, out_dim)]
     return nn.Sequential(*layers)
 
 

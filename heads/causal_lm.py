@@ -272,20 +272,31 @@ def _from_config(config: Any, dtype: torch.dtype | None, seed: int | None = None
         return AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation="sdpa")
 
 
+def folder_config(folder: Path) -> Any:
+    """The LLM config of a local folder: ``AutoConfig``'s, or for an M3D-LaMed release
+    (``lamed_phi3`` / ``lamed_llama``, which transformers does not know) its Phi-3 / LLaMA part
+    (:func:`zoo.pretrained.m3d_lamed.base_llm_config`)."""
+    from transformers import AutoConfig
+
+    from zoo.pretrained.m3d_lamed import base_llm_config
+
+    lamed = base_llm_config(folder)
+    if lamed is not None:
+        return lamed
+    with reading_hf_folder(folder, "model folder (config.json)"):
+        return AutoConfig.from_pretrained(str(folder), local_files_only=True)
+
+
 def _from_pretrained(path: Path, dtype: torch.dtype | None) -> nn.Module:
+    """Weights of ``path``; in an M3D-LaMed release only the LLM's tensors are read here (the
+    vision, projector and SegVol tensors are the recipe's, ``recipe.init_from``)."""
     from transformers import AutoModelForCausalLM
 
     kwargs = {"dtype": dtype} if dtype is not None else {}
     with reading_hf_folder(path, "causal LM folder"):
-        return AutoModelForCausalLM.from_pretrained(str(path), local_files_only=True,
+        return AutoModelForCausalLM.from_pretrained(str(path), config=folder_config(path),
+                                                    local_files_only=True,
                                                     attn_implementation="sdpa", **kwargs)
-
-
-def _config(path: Path) -> Any:
-    from transformers import AutoConfig
-
-    with reading_hf_folder(path, "model folder (config.json)"):
-        return AutoConfig.from_pretrained(str(path), local_files_only=True)
 
 
 def set_gradient_checkpointing(model: nn.Module, enable: bool = True) -> None:
@@ -318,7 +329,7 @@ def _published(name: str, config_cls: Any, published: dict[str, Any], path: str 
         model = _from_config(config_cls(**published), torch_dtype)
         return _finish(model, resolve_tokenizer(tokenizer, corpus), gradient_checkpointing)
     folder = _check_dir(path)
-    config = _config(folder)
+    config = folder_config(folder)
     for key in _ARCH_KEYS:
         if key in published and getattr(config, key, None) != published[key]:
             raise ConfigError(f"lm {name}: {folder}/config.json has {key}="
@@ -412,15 +423,15 @@ def phi3_mini(path: str | None = None, tokenizer: Any = None, dtype: str | None 
 @LMS.register
 def hf(path: str, tokenizer: Any = None, dtype: str | None = None,
        gradient_checkpointing: bool = False) -> CausalLM:
-    """Any local Hugging Face causal-LM folder (``AutoModelForCausalLM``), its tokenizer from the
-    same folder unless ``tokenizer`` names another; on the meta device only ``config.json`` is
-    read."""
+    """Any local Hugging Face causal-LM folder (``AutoModelForCausalLM``; an M3D-LaMed release
+    gives its LLM and tokenizer), its tokenizer from the same folder unless ``tokenizer`` names
+    another; on the meta device only ``config.json`` is read."""
     if path is None:
         raise ConfigError("lm=hf needs lm.path=/a/local/model/folder")
     folder = _check_dir(path)
     torch_dtype = _torch_dtype(dtype)
     if on_meta():
-        model = _from_config(_config(folder), torch_dtype)
+        model = _from_config(folder_config(folder), torch_dtype)
     else:
         model = _from_pretrained(folder, torch_dtype)
     return _finish(model, resolve_tokenizer(tokenizer if tokenizer is not None else folder),

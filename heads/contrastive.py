@@ -118,6 +118,11 @@ class ContrastiveHead(nn.Module):
             return self.logit_scale
         return self.logit_scale.exp().clamp(max=self.max_logit_scale)
 
+    def similarity(self, image: Tensor, text: Tensor) -> Tensor:
+        """``(B_i, B_t)``: :meth:`scale` times the cosine similarities of unit embeddings (M3D's
+        ``logits_per_image``; with ``m3d_as_coded_scale`` the raw parameter multiplies)."""
+        return self.scale() * image @ text.T
+
     def loss(self, image: Tensor, text: Tensor, scale: Tensor) -> Tensor:
         """Symmetric InfoNCE over the global batch (open_clip ``ClipLoss``, local rows against
         all-gathered columns when ``torch.distributed`` is initialised)."""

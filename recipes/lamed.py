@@ -411,7 +411,8 @@ def lamed(encoder: Callable[..., Any], connector: Callable[..., Any], lm: Callab
           warmup_ratio: float = 0.03, stage_preset: str = "zoo",
           align_tasks: Sequence[str] | None = None, instruct_tasks: Sequence[str] | None = None,
           head: Callable[..., Any] | None = None, share_encoder: bool | None = None,
-          seg_dropout: float = 0.1, freeze_in_align: bool = True) -> LaMed:
+          seg_dropout: float = 0.1, freeze_in_align: bool = True,
+          init_from: str | None = None) -> LaMed:
     """M3D-LaMed: ``encoder`` (+ optional token-reducing ``bridge``) and ``connector`` into
     ``lm`` (factories from the config).
 
@@ -433,6 +434,11 @@ def lamed(encoder: Callable[..., Any], connector: Callable[..., Any], lm: Callab
     ``freeze_in_align`` (M3D: true, the encoder and LLM come pretrained): false trains the encoder
     and the LM in ``align`` as well, every embedding row included; for components that start from
     random weights, whose frozen features would carry nothing to align to.
+
+    ``init_from``: weights M3D released or wrote (:func:`zoo.pretrained.m3d_lamed.load_m3d_lamed`):
+    a release folder (``config.json`` checked against the components; ``experiment=m3d_lamed``
+    builds M3D's), a stage-1 ``mm_projector.bin`` or a stage-2 ``model_with_lora.bin``; local
+    paths only, skipped on the meta device. The report is ``model.init_report``.
     """
     presets = stage_presets(stage_preset, align_tasks, instruct_tasks)
     lora = {"r": lora_r, "alpha": lora_alpha, "dropout": lora_dropout, "target": lora_target}
@@ -449,5 +455,10 @@ def lamed(encoder: Callable[..., Any], connector: Callable[..., Any], lm: Callab
     rows = {name: (p.input_rows, p.output_rows) for name, p in presets.items()}
     if not freeze_in_align:
         rows["align"] = ("all", "all")
-    return LaMed(vision, projector, language_model, image_size, stages, template, max_length,
-                 embedding_rows=rows, bridge=middle, head=seg_head, seg_dropout=seg_dropout)
+    model = LaMed(vision, projector, language_model, image_size, stages, template, max_length,
+                  embedding_rows=rows, bridge=middle, head=seg_head, seg_dropout=seg_dropout)
+    from zoo.pretrained.m3d_lamed import load_m3d_lamed
+    from zoo.pretrained.report import init_from as load_init
+
+    load_init(model, init_from, load_m3d_lamed)
+    return model

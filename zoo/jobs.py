@@ -95,6 +95,8 @@ def run_training(cfg: DictConfig, parent: Run | None = None,
         run.set_tags({"zoo.run_dir": str(folder)})
         run.log_config(cfg)
         run.log_parameter_counts(parameter_report(model))
+        if getattr(model, "init_report", None) is not None:  # released weights (recipe.init_from)
+            run.log_dict(model.init_report.to_dict(), "init_report.json")
     state.wait_for_everyone()
     try:
         if cfg.get("lm_warmup") is not None:
