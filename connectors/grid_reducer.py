@@ -18,14 +18,14 @@ from zoo.types import Grid, VisualTokens
 
 
 class GridReducer(nn.Module):
-    """Grid in, smaller grid out, then ``projector(in_dim, out_dim, depth)``."""
+    """Grid in, smaller grid out, then ``projector(in_dim, out_dim, depth, layer_type)``."""
 
     name = "grid_reducer"  # the registry name, for messages
 
-    def __init__(self, in_dim: int, out_dim: int, depth: int = 2) -> None:
+    def __init__(self, in_dim: int, out_dim: int, depth: int = 2, layer_type: str = "mlp") -> None:
         super().__init__()
         self.in_dim, self.out_dim = in_dim, out_dim
-        self.projector = projector(in_dim, out_dim, depth)
+        self.projector = projector(in_dim, out_dim, depth, layer_type)
 
     def reduced_grid(self, grid: Grid) -> Grid:
         """The ``(d', h', w')`` that :meth:`reduce` makes of ``grid``."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 from torch import nn
 
 from connectors._common import check_input, positive_int
+from zoo.errors import ConfigError
 from zoo.registry import CONNECTORS
 from zoo.types import Grid, VisualTokens
 
@@ -16,9 +17,9 @@ class IdentityConnector(nn.Module):
         super().__init__()
         positive_int("in_dim", in_dim), positive_int("out_dim", out_dim)
         if in_dim != out_dim:
-            raise ValueError(f"connector 'identity' needs in_dim == out_dim, got in_dim={in_dim} "
-                             f"(encoder width) and out_dim={out_dim} (LLM width); use linear, mlp "
-                             "or spatial_pool to change the width")
+            raise ConfigError(f"connector 'identity' needs in_dim == out_dim, got in_dim={in_dim} "
+                              f"(encoder width) and out_dim={out_dim} (LLM width); use linear, mlp "
+                              "or spatial_pool to change the width")
         self.in_dim = self.out_dim = in_dim
 
     def num_out_tokens(self, num_tokens: int, grid: Grid | None = None) -> int:

@@ -15,10 +15,10 @@ from zoo.types import Grid, VisualTokens
 class TokenMLP(nn.Module):
     """:func:`connectors._common.projector` applied to every token."""
 
-    def __init__(self, in_dim: int, out_dim: int, depth: int = 2) -> None:
+    def __init__(self, in_dim: int, out_dim: int, depth: int = 2, layer_type: str = "mlp") -> None:
         super().__init__()
         self.in_dim, self.out_dim = in_dim, out_dim
-        self.projector = projector(in_dim, out_dim, depth)
+        self.projector = projector(in_dim, out_dim, depth, layer_type)
 
     def num_out_tokens(self, num_tokens: int, grid: Grid | None = None) -> int:
         return num_tokens

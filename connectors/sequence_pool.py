@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from connectors._common import check_input, positive_int, projector
+from zoo.errors import ConfigError
 from zoo.registry import CONNECTORS
 from zoo.types import Grid, VisualTokens
 
@@ -22,16 +23,16 @@ class SequencePool(nn.Module):
     covers ``k`` neighbours along W); otherwise its grid is None.
     """
 
-    def __init__(self, in_dim: int, out_dim: int, kernel: int = 8, depth: int = 2) -> None:
+    def __init__(self, in_dim: int, out_dim: int, kernel: int = 8, depth: int = 2, layer_type: str = "mlp") -> None:
         super().__init__()
         self.kernel = positive_int("kernel", kernel)
         self.in_dim, self.out_dim = in_dim, out_dim
-        self.projector = projector(in_dim, out_dim, depth)
+        self.projector = projector(in_dim, out_dim, depth, layer_type)
 
     def num_out_tokens(self, num_tokens: int, grid: Grid | None = None) -> int:
         if num_tokens % self.kernel:
-            raise ValueError(f"connector 'sequence_pool': {num_tokens} tokens are not divisible by "
-                             f"kernel {self.kernel}")
+            raise ConfigError(f"connector 'sequence_pool': {num_tokens} tokens are not divisible by "
+                              f"kernel {self.kernel}")
         return num_tokens // self.kernel
 
     def out_grid(self, grid: Grid | None) -> Grid | None:
@@ -48,7 +49,8 @@ class SequencePool(nn.Module):
 
 
 @CONNECTORS.register
-def sequence_pool(*, in_dim: int, out_dim: int, kernel: int = 8, depth: int = 2) -> SequencePool:
+def sequence_pool(*, in_dim: int, out_dim: int, kernel: int = 8, depth: int = 2,
+                  layer_type: str = "mlp") -> SequencePool:
     """M3D's 1D variant: average pool the flat token list by ``kernel`` (2048 -> 256 at 8), then
-    the same MLP as :func:`connectors.spatial_pool.spatial_pool`."""
-    return SequencePool(in_dim, out_dim, kernel=kernel, depth=depth)
+    the same projector as :func:`connectors.spatial_pool.spatial_pool`."""
+    return SequencePool(in_dim, out_dim, kernel=kernel, depth=depth, layer_type=layer_type)

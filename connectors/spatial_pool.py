@@ -30,8 +30,8 @@ class SpatialPool(GridReducer):
     name = "spatial_pool"
 
     def __init__(self, in_dim: int, out_dim: int, kernel: int | Sequence[int] = 2,
-                 depth: int = 2) -> None:
-        super().__init__(in_dim, out_dim, depth)
+                 depth: int = 2, layer_type: str = "mlp") -> None:
+        super().__init__(in_dim, out_dim, depth, layer_type)
         self.kernel = kernel3(kernel)
 
     def window(self, grid: Grid) -> tuple[int, int, int]:
@@ -47,7 +47,8 @@ class SpatialPool(GridReducer):
 
 @CONNECTORS.register
 def spatial_pool(*, in_dim: int, out_dim: int, kernel: int | Sequence[int] = 2,
-                 depth: int = 2) -> SpatialPool:
+                 depth: int = 2, layer_type: str = "mlp") -> SpatialPool:
     """M3D's connector: 3D average pool (kernel 2: 2048 -> 256 tokens), then Linear(in, out), GELU,
-    Linear(out, out) for ``depth=2`` (768 -> 4096: 19,931,136 parameters)."""
-    return SpatialPool(in_dim, out_dim, kernel=kernel, depth=depth)
+    Linear(out, out) for ``depth=2`` (768 -> 4096: 19,931,136 parameters); ``layer_type="linear"``
+    drops the GELU (M3D's ``proj_layer_type``)."""
+    return SpatialPool(in_dim, out_dim, kernel=kernel, depth=depth, layer_type=layer_type)

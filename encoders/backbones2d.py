@@ -35,9 +35,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from zoo.errors import CheckpointError, ConfigError, MissingFileError
 import zoo  # noqa: F401  (environment fixes before timm / open_clip / transformers imports)
 from zoo.build import on_meta
-from zoo.checkpoint import read_state_dict
+from zoo.checkpoint import read_state_dict, reading_hf_folder
 from zoo.registry import suggest
 
 ECOSYSTEMS: tuple[str, ...] = ("timm", "open_clip", "hf")
@@ -71,16 +72,16 @@ def _heads(x: Tensor, num_heads: int) -> Tensor:
 def parse_backbone(backbone: str) -> tuple[str, str]:
     """``"eco:name" -> (eco, name)``; a clear error for a missing or unknown ecosystem prefix."""
     if not isinstance(backbone, str) or ":" not in backbone:
-        raise ValueError(f"backbone={backbone!r} names no ecosystem; write '<prefix>:<name>' with a "
-                         f"prefix among {', '.join(ECOSYSTEMS)} (e.g. 'timm:vit_base_patch16_224', "
-                         "'open_clip:ViT-L-14-336', 'hf:/path/to/clip')")
+        raise ConfigError(f"backbone={backbone!r} names no ecosystem; write '<prefix>:<name>' with a "
+                          f"prefix among {', '.join(ECOSYSTEMS)} (e.g. 'timm:vit_base_patch16_224', "
+                          "'open_clip:ViT-L-14-336', 'hf:/path/to/clip')")
     eco, name = backbone.split(":", 1)
     if eco not in ECOSYSTEMS:
-        raise ValueError(f"backbone={backbone!r}: unknown ecosystem prefix {eco!r}."
-                         f"{suggest(eco, ECOSYSTEMS)} "
-                         f"Known prefixes: {', '.join(ECOSYSTEMS)}")
+        raise ConfigError(f"backbone={backbone!r}: unknown ecosystem prefix {eco!r}."
+                          f"{suggest(eco, ECOSYSTEMS)} "
+                          f"Known prefixes: {', '.join(ECOSYSTEMS)}")
     if not name:
-        raise ValueError(f"backbone={backbone!r}: empty model name after '{eco}:'")
+        raise ConfigError(f"backbone={backbone!r}: empty model name after '{eco}:'")
     return eco, name
 
 
@@ -93,9 +94,9 @@ def _strip_prefix(state: dict[str, Tensor], prefix: str) -> dict[str, Tensor]:
 def _load_strict(module: nn.Module, state: dict[str, Tensor], source: str) -> None:
     missing, unexpected = module.load_state_dict(state, strict=False)
     if missing or unexpected:
-        raise KeyError(f"pretrained={source!r} does not fit {type(module).__name__}: missing keys "
-                       f"{missing[:8]}{' ...' if len(missing) > 8 else ''}, unexpected keys "
-                       f"{unexpected[:8]}{' ...' if len(unexpected) > 8 else ''}")
+        raise CheckpointError(f"pretrained={source!r} does not fit {type(module).__name__}: missing keys "
+                              f"{missing[:8]}{' ...' if len(missing) > 8 else ''}, unexpected keys "
+                              f"{unexpected[:8]}{' ...' if len(unexpected) > 8 else ''}")
 
 
 class Backbone2D(nn.Module):
@@ -127,9 +128,9 @@ class Backbone2D(nn.Module):
         """Patch grid ``(h, w)`` of an ``(H, W)`` slice; a clear error when not divisible."""
         h, w = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
         if h % self.patch_size or w % self.patch_size or h < 1 or w < 1:
-            raise ValueError(f"slice size (H, W) = {(h, w)} is not divisible by the patch size "
-                             f"{self.patch_size} of backbone {self.ecosystem}:{self.name}; resize "
-                             f"slices (slice_size=...) to a multiple of {self.patch_size}")
+            raise ConfigError(f"slice size (H, W) = {(h, w)} is not divisible by the patch size "
+                              f"{self.patch_size} of backbone {self.ecosystem}:{self.name}; resize "
+                              f"slices (slice_size=...) to a multiple of {self.patch_size}")
         return h // self.patch_size, w // self.patch_size
 
     def patchify(self, images: Tensor) -> Tensor:
@@ -214,18 +215,18 @@ class TimmViT(Backbone2D):
         from timm.models.vision_transformer import Block, VisionTransformer
 
         if not isinstance(model, VisionTransformer):
-            raise NotImplementedError(f"timm:{name} is a {type(model).__name__}; only timm "
-                                      "VisionTransformer models are supported")
+            raise ConfigError(f"timm:{name} is a {type(model).__name__}; only timm "
+                              "VisionTransformer models are supported")
         cfg = getattr(model, "pretrained_cfg", {}) or {}
         super().__init__(name, cfg.get("mean", OPENAI_CLIP_MEAN), cfg.get("std", OPENAI_CLIP_STD))
         for i, block in enumerate(model.blocks):
             if type(block) is not Block or not isinstance(block.attn, Attention) \
                     or getattr(block.attn, "gate", None) is not None:
-                raise NotImplementedError(f"timm:{name} block {i} is a {type(block).__name__} with "
-                                          f"{type(block.attn).__name__}; only the standard pre-norm "
-                                          "Block with timm Attention (ungated) is supported")
+                raise ConfigError(f"timm:{name} block {i} is a {type(block).__name__} with "
+                                  f"{type(block.attn).__name__}; only the standard pre-norm "
+                                  "Block with timm Attention (ungated) is supported")
         if getattr(model.patch_embed, "dynamic_img_pad", False):
-            raise NotImplementedError(f"timm:{name}: dynamic_img_pad is not supported")
+            raise ConfigError(f"timm:{name}: dynamic_img_pad is not supported")
         self.patch_embed = model.patch_embed
         self.cls_token, self.reg_token = model.cls_token, model.reg_token
         self.pos_embed_param = model.pos_embed
@@ -234,7 +235,7 @@ class TimmViT(Backbone2D):
         self.width = model.embed_dim
         ps = model.patch_embed.patch_size
         if ps[0] != ps[1]:
-            raise NotImplementedError(f"timm:{name}: non-square patch {ps}")
+            raise ConfigError(f"timm:{name}: non-square patch {ps}")
         self.patch_size = int(ps[0])
         self.native_grid = tuple(model.patch_embed.grid_size)  # type: ignore[assignment]
         self.num_prefix_tokens = model.num_prefix_tokens
@@ -288,7 +289,7 @@ def build_timm(name: str, pretrained: str | None, kwargs: dict[str, Any]) -> Tim
 
     if not timm.is_model(name):
         known = timm.list_models("vit_*")
-        raise KeyError(f"backbone='timm:{name}': unknown timm model.{suggest(name, known)}")
+        raise ConfigError(f"backbone='timm:{name}': unknown timm model.{suggest(name, known)}")
     model = timm.create_model(name, pretrained=False, num_classes=0, **kwargs)
     if pretrained and not on_meta():
         from timm.models.vision_transformer import checkpoint_filter_fn
@@ -314,11 +315,11 @@ class OpenClipViT(Backbone2D):
         for i, block in enumerate(visual.transformer.resblocks):
             if type(block) is not ResidualAttentionBlock or not block.attn.batch_first \
                     or not block.attn._qkv_same_embed_dim:
-                raise NotImplementedError(f"open_clip:{name} block {i} is a {type(block).__name__}; "
-                                          "only the default ResidualAttentionBlock is supported")
+                raise ConfigError(f"open_clip:{name} block {i} is a {type(block).__name__}; "
+                                  "only the default ResidualAttentionBlock is supported")
         if getattr(visual, "attn_pool", None) is not None or visual.final_ln_after_pool:
-            raise NotImplementedError(f"open_clip:{name}: attentional pooling / final_ln_after_pool "
-                                      "towers are not supported")
+            raise ConfigError(f"open_clip:{name}: attentional pooling / final_ln_after_pool "
+                              "towers are not supported")
         self.conv1, self.class_embedding = visual.conv1, visual.class_embedding
         self.positional_embedding = visual.positional_embedding
         self.ln_pre, self.blocks, self.norm = visual.ln_pre, visual.transformer.resblocks, visual.ln_post
@@ -368,12 +369,12 @@ def _open_clip_config(name: str) -> dict[str, Any]:
     from open_clip.factory import get_model_config, list_models
 
     if name.startswith(("hf-hub:", "local-dir:")):
-        raise ValueError(f"backbone='open_clip:{name}': schema names are not supported; use a built-in "
-                         "config name and pretrained=PATH for the weights")
+        raise ConfigError(f"backbone='open_clip:{name}': schema names are not supported; use a built-in "
+                          "config name and pretrained=PATH for the weights")
     cfg = get_model_config(name)
     if cfg is None:
-        raise KeyError(f"backbone='open_clip:{name}': unknown open_clip config."
-                       f"{suggest(name, list_models())}")
+        raise ConfigError(f"backbone='open_clip:{name}': unknown open_clip config."
+                          f"{suggest(name, list_models())}")
     return cfg
 
 
@@ -390,8 +391,8 @@ def build_open_clip(name: str, pretrained: str | None, kwargs: dict[str, Any]) -
     fields = set(CLIPVisionCfg.__dataclass_fields__)
     unknown = sorted(set(kwargs) - fields)
     if unknown:
-        raise KeyError(f"backbone_kwargs {unknown} are not open_clip vision_cfg keys."
-                       f"{suggest(unknown[0], sorted(fields))}")
+        raise ConfigError(f"backbone_kwargs {unknown} are not open_clip vision_cfg keys."
+                          f"{suggest(unknown[0], sorted(fields))}")
     vision_cfg = {**cfg["vision_cfg"], **kwargs}
     visual = _build_vision_tower(embed_dim, vision_cfg, quick_gelu=quick_gelu)
     if pretrained and not on_meta():
@@ -475,24 +476,27 @@ def build_hf(name: str, pretrained: str | None, kwargs: dict[str, Any]) -> HFVis
     classes = {"clip": CLIPVisionModel, "siglip": SiglipVisionModel}
     directory = Path(name) if Path(name).is_dir() else None
     if directory is not None:
-        config = AutoConfig.from_pretrained(str(directory), local_files_only=True)
+        with reading_hf_folder(directory, "vision model folder"):
+            config = AutoConfig.from_pretrained(str(directory), local_files_only=True)
     elif name in HF_VISION_TYPES:
         config = AutoConfig.for_model(name if name.endswith("_vision_model") else f"{name}_vision_model")
     else:
-        raise ValueError(f"backbone='hf:{name}' is neither a local directory nor a model type among "
-                         f"{HF_VISION_TYPES}.{suggest(name, HF_VISION_TYPES)}")
+        raise ConfigError(f"backbone='hf:{name}' is neither a local directory nor a model type among "
+                          f"{HF_VISION_TYPES}.{suggest(name, HF_VISION_TYPES)}")
     family = config.model_type.split("_")[0]
     if family not in classes:
-        raise NotImplementedError(f"backbone='hf:{name}' has model_type {config.model_type!r}; "
-                                  f"supported: {HF_VISION_TYPES}")
+        raise ConfigError(f"backbone='hf:{name}' has model_type {config.model_type!r}; "
+                          f"supported: {HF_VISION_TYPES}")
     config = getattr(config, "vision_config", config)
     for key, value in kwargs.items():
         if not hasattr(config, key):
-            raise KeyError(f"backbone_kwargs key {key!r} is not a field of {type(config).__name__}")
+            raise ConfigError(f"backbone_kwargs key {key!r} is not a field of {type(config).__name__}")
         setattr(config, key, value)
     source = Path(pretrained) if pretrained else None
     if source is not None and source.is_dir() and not on_meta():
-        model = classes[family].from_pretrained(str(source), config=config, local_files_only=True)
+        with reading_hf_folder(source, "vision model folder"):
+            model = classes[family].from_pretrained(str(source), config=config,
+                                                    local_files_only=True)
     else:
         model = classes[family](config)
         if source is not None and not on_meta():
@@ -520,7 +524,7 @@ def build_backbone2d(backbone: str, pretrained: str | None | bool = None,
     """
     eco, name = parse_backbone(backbone)
     if pretrained is True:
-        raise ValueError("pretrained=True would need a download; pass a local file or directory path")
+        raise ConfigError("pretrained=True would need a download; pass a local file or directory path")
     if pretrained and not Path(str(pretrained)).exists() and not on_meta():
-        raise FileNotFoundError(f"pretrained={pretrained!r}: no such file or directory")
+        raise MissingFileError(f"pretrained={pretrained!r}: no such file or directory")
     return _BUILDERS[eco](name, str(pretrained) if pretrained else None, dict(backbone_kwargs or {}))

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from zoo.errors import ConfigError
 
 
 @dataclass
@@ -46,12 +47,12 @@ class GroupedMoE(nn.Module):
                  router_hidden: int = 0) -> None:
         super().__init__()
         if experts_per_group < 1 or not 1 <= top_k <= experts_per_group:
-            raise ValueError(f"need 1 <= top_k <= experts_per_group, got top_k={top_k}, "
-                             f"experts_per_group={experts_per_group}")
+            raise ConfigError(f"need 1 <= top_k <= experts_per_group, got top_k={top_k}, "
+                              f"experts_per_group={experts_per_group}")
         if router_hidden < 0:
-            raise ValueError(f"router_hidden must be >= 0, got {router_hidden}")
+            raise ConfigError(f"router_hidden must be >= 0, got {router_hidden}")
         if not group_names:
-            raise ValueError("group_names must name at least one expert group")
+            raise ConfigError("group_names must name at least one expert group")
         self.group_names = tuple(group_names)
         self.num_experts, self.top_k = experts_per_group, top_k
         self.experts = nn.ModuleList(copy.deepcopy(mlp) for _ in range(len(group_names) * experts_per_group))

@@ -23,6 +23,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from zoo.errors import ConfigError
 from zoo.registry import BRIDGES
 from zoo.types import PLANES, Conditioning, VisualTokens
 
@@ -36,8 +37,8 @@ class PlaneSliceEmbedding(nn.Module):
     def __init__(self, width: int, num_slots: int = 128, slot_divisor: int = 2) -> None:
         super().__init__()
         if num_slots < 1 or slot_divisor < 1:
-            raise ValueError(f"num_slots and slot_divisor must be >= 1, got {num_slots}, "
-                             f"{slot_divisor}")
+            raise ConfigError(f"num_slots and slot_divisor must be >= 1, got {num_slots}, "
+                              f"{slot_divisor}")
         self.num_slots = num_slots
         self.slot_divisor = slot_divisor
         self.table = nn.Embedding(len(PLANES) * num_slots, width)
@@ -74,11 +75,11 @@ class PSAT(nn.Module):
                             ("depth", depth), ("num_heads", num_heads), ("ffn_dim", ffn_dim),
                             ("teacher_dim", teacher_dim)):
             if not isinstance(value, int) or value < 1:
-                raise ValueError(f"PSAT {name} must be a positive int, got {value!r}")
+                raise ConfigError(f"PSAT {name} must be a positive int, got {value!r}")
         if width % num_heads:
-            raise ValueError(f"PSAT num_heads={num_heads} does not divide width={width}")
+            raise ConfigError(f"PSAT num_heads={num_heads} does not divide width={width}")
         if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"PSAT dropout must be in [0, 1), got {dropout}")
+            raise ConfigError(f"PSAT dropout must be in [0, 1), got {dropout}")
         self.out_dim = width
         self.num_queries = num_queries
         self.teacher_dim = teacher_dim

@@ -16,6 +16,7 @@ from typing import Any, Sequence
 from monai.networks.nets import ResNet
 from torch import Tensor, nn
 
+from zoo.errors import ConfigError
 from zoo.registry import ENCODERS
 from zoo.signature import forwards
 from zoo.types import Conditioning, VisualTokens, check_volume
@@ -33,13 +34,13 @@ class ResNet3DEncoder(nn.Module):
                  conv1_size: int = 7) -> None:
         super().__init__()
         if block not in BLOCKS:
-            raise ValueError(f"block must be one of {sorted(BLOCKS)}, got {block!r}")
+            raise ConfigError(f"block must be one of {sorted(BLOCKS)}, got {block!r}")
         if len(layers) != 4 or len(block_inplanes) != 4:
-            raise ValueError(f"layers and block_inplanes need 4 entries, got layers="
-                             f"{tuple(layers)} block_inplanes={tuple(block_inplanes)}")
+            raise ConfigError(f"layers and block_inplanes need 4 entries, got layers="
+                              f"{tuple(layers)} block_inplanes={tuple(block_inplanes)}")
         if in_channels < 1 or min(layers) < 1 or min(block_inplanes) < 1:
-            raise ValueError(f"in_channels, layers and block_inplanes must be >= 1, got "
-                             f"{in_channels}, {tuple(layers)}, {tuple(block_inplanes)}")
+            raise ConfigError(f"in_channels, layers and block_inplanes must be >= 1, got "
+                              f"{in_channels}, {tuple(layers)}, {tuple(block_inplanes)}")
         self.in_channels = in_channels
         self.net = ResNet(block=block, layers=list(layers), block_inplanes=list(block_inplanes),
                           spatial_dims=3, n_input_channels=in_channels, conv1_t_size=conv1_size,
@@ -57,8 +58,8 @@ class ResNet3DEncoder(nn.Module):
         """``(num_tokens, grid)`` of the ``layer4`` map for a ``(D, H, W)`` input."""
         size = tuple(int(s) for s in spatial_size)
         if len(size) != 3 or any(s % 32 or s <= 0 for s in size):
-            raise ValueError(f"resnet3d: spatial size {size} must be 3 positive multiples of 32 "
-                             "(five stride-2 stages)")
+            raise ConfigError(f"resnet3d: spatial size {size} must be 3 positive multiples of 32 "
+                              "(five stride-2 stages)")
         grid = tuple(s // 32 for s in size)
         return math.prod(grid), grid  # type: ignore[return-value]
 

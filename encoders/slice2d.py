@@ -30,6 +30,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint as _checkpoint
 
 from encoders.backbones2d import Backbone2D, attend, build_backbone2d, run_block
+from zoo.errors import ConfigError
 from zoo.registry import ENCODERS, suggest
 from zoo.signature import forwards
 from zoo.types import Conditioning, Grid, VisualTokens, check_volume
@@ -41,13 +42,13 @@ DEPTH_POS: tuple[str, ...] = ("rope", "learned", "sincos", "none")
 
 def _choice(value: str, options: tuple[str, ...], key: str) -> str:
     if value not in options:
-        raise ValueError(f"{key}={value!r} is not one of {options}.{suggest(str(value), options)}")
+        raise ConfigError(f"{key}={value!r} is not one of {options}.{suggest(str(value), options)}")
     return value
 
 
 def _positive_int(value: Any, key: str, minimum: int = 1) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{key} must be an int >= {minimum}, got {value!r}")
+        raise ConfigError(f"{key} must be an int >= {minimum}, got {value!r}")
     return value
 
 
@@ -58,8 +59,8 @@ def top_blocks(spec: int | None, depth: int, key: str) -> int:
     if spec == -1:
         return depth
     if isinstance(spec, bool) or not isinstance(spec, int) or not 0 <= spec <= depth:
-        raise ValueError(f"{key} must be None (top quarter), -1 (all) or an int in [0, {depth}], "
-                         f"got {spec!r}")
+        raise ConfigError(f"{key} must be None (top quarter), -1 (all) or an int in [0, {depth}], "
+                          f"got {spec!r}")
     return spec
 
 
@@ -85,7 +86,7 @@ class DepthRoPE(nn.Module):
     def __init__(self, theta: float = 10000.0) -> None:
         super().__init__()
         if theta <= 1.0:
-            raise ValueError(f"rope_theta must be > 1, got {theta}")
+            raise ConfigError(f"rope_theta must be > 1, got {theta}")
         self.theta = float(theta)
 
     def forward(self, q: Tensor, k: Tensor, batch: int, depth: int) -> tuple[Tensor, Tensor]:
@@ -94,7 +95,7 @@ class DepthRoPE(nn.Module):
 
         hd = q.shape[-1]
         if hd % 2:
-            raise ValueError(f"depth RoPE needs an even head dimension, got {hd}")
+            raise ConfigError(f"depth RoPE needs an even head dimension, got {hd}")
         pos = torch.arange(depth, device=q.device, dtype=torch.float32)
         angles = pos[:, None] * freq_bands(hd, temperature=self.theta, step=2, device=q.device)[None]
         angles = angles.repeat_interleave(2, dim=-1).repeat(batch, 1).view(batch * depth, 1, 1, hd)
@@ -212,15 +213,15 @@ class SliceEncoder(nn.Module):
         self.depth_pos = _choice(depth_pos, DEPTH_POS, "depth_pos")
         self.depth_patch = _positive_int(depth_patch, "depth_patch")
         if self.patch_mode == "slice" and self.depth_patch != 1:
-            raise ValueError(f"depth_patch={depth_patch} needs patch_mode 'inflate' or 'fresh3d'; "
-                             "patch_mode='slice' embeds single slices")
+            raise ConfigError(f"depth_patch={depth_patch} needs patch_mode 'inflate' or 'fresh3d'; "
+                              "patch_mode='slice' embeds single slices")
         self.in_channels = _positive_int(in_channels, "in_channels")
         self.slice_stride = _positive_int(slice_stride, "slice_stride")
         if num_slices is not None:
             _positive_int(num_slices, "num_slices")
             if slice_stride != 1:
-                raise ValueError("set either slice_stride or num_slices, not both "
-                                 f"(slice_stride={slice_stride}, num_slices={num_slices})")
+                raise ConfigError("set either slice_stride or num_slices, not both "
+                                  f"(slice_stride={slice_stride}, num_slices={num_slices})")
         self.num_slices = num_slices
         self.slice_size = None if slice_size is None else _positive_int(slice_size, "slice_size")
         if self.slice_size is not None:
@@ -234,8 +235,8 @@ class SliceEncoder(nn.Module):
         depth = len(backbone.blocks)
         if isinstance(feature_layer, bool) or not isinstance(feature_layer, int) \
                 or not -depth <= feature_layer < depth:
-            raise ValueError(f"feature_layer must be an int in [{-depth}, {depth - 1}], "
-                             f"got {feature_layer!r}")
+            raise ConfigError(f"feature_layer must be an int in [{-depth}, {depth - 1}], "
+                              f"got {feature_layer!r}")
         used = feature_layer % depth + 1
         backbone.blocks = nn.ModuleList(list(backbone.blocks)[:used])
         self.backbone = backbone
@@ -246,13 +247,13 @@ class SliceEncoder(nn.Module):
         conv = backbone.patch_conv
         stem_in = conv.in_channels
         if self.channel_mode == "repeat" and self.in_channels not in (1, stem_in):
-            raise ValueError(f"channel_mode='repeat' takes 1 or {stem_in} input channels, got "
-                             f"in_channels={in_channels}")
+            raise ConfigError(f"channel_mode='repeat' takes 1 or {stem_in} input channels, got "
+                              f"in_channels={in_channels}")
         if self.channel_mode == "sum" and self.in_channels != 1:
-            raise ValueError(f"channel_mode='sum' needs in_channels=1, got {in_channels}")
+            raise ConfigError(f"channel_mode='sum' needs in_channels=1, got {in_channels}")
         if normalize and len(backbone.image_mean) != stem_in:
-            raise ValueError(f"normalize=True: the tower's mean/std have {len(backbone.image_mean)} "
-                             f"channels but its stem takes {stem_in}")
+            raise ConfigError(f"normalize=True: the tower's mean/std have {len(backbone.image_mean)} "
+                              f"channels but its stem takes {stem_in}")
         self.register_buffer("mean", torch.tensor(backbone.image_mean).view(1, -1, 1, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(backbone.image_std).view(1, -1, 1, 1, 1), persistent=False)
         if self.channel_mode == "sum":
@@ -293,24 +294,24 @@ class SliceEncoder(nn.Module):
         """Indices of the slices used for a volume of ``depth`` slices."""
         if self.num_slices is not None:
             if self.num_slices > depth:
-                raise ValueError(f"num_slices={self.num_slices} exceeds the volume depth D={depth}")
+                raise ConfigError(f"num_slices={self.num_slices} exceeds the volume depth D={depth}")
             return torch.linspace(0, depth - 1, self.num_slices).round().long()
         return torch.arange(0, depth, self.slice_stride)
 
     def token_grid(self, spatial_size: tuple[int, int, int]) -> Grid:
         """The unpooled token grid ``(d, h, w)`` for an input ``(D, H, W)``."""
         if len(spatial_size) != 3:
-            raise ValueError(f"spatial_size must be (D, H, W), got {spatial_size!r}")
+            raise ConfigError(f"spatial_size must be (D, H, W), got {spatial_size!r}")
         depth, height, width = (int(s) for s in spatial_size)
         n = len(self.selected_slices(depth))
         if n % self.depth_patch:
-            raise ValueError(f"{n} selected slices are not divisible by depth_patch={self.depth_patch}")
+            raise ConfigError(f"{n} selected slices are not divisible by depth_patch={self.depth_patch}")
         size = (self.slice_size, self.slice_size) if self.slice_size else (height, width)
         h, w = self.backbone.grid(size)
         d = n // self.depth_patch
         if self.depth_embed is not None and d > self.max_depth:
-            raise ValueError(f"{d} depth positions exceed max_depth={self.max_depth} of the learned "
-                             "depth embedding")
+            raise ConfigError(f"{d} depth positions exceed max_depth={self.max_depth} of the learned "
+                              "depth embedding")
         return d, h, w
 
     def output_layout(self, spatial_size: tuple[int, int, int]) -> tuple[int, Grid]:
@@ -319,13 +320,13 @@ class SliceEncoder(nn.Module):
         for key, size, factor in (("pool_depth", d, self.pool_depth), ("pool_hw", h, self.pool_hw),
                                   ("pool_hw", w, self.pool_hw)):
             if size % factor:
-                raise ValueError(f"{key}={factor} does not divide the token grid {(d, h, w)} of input "
-                                 f"{tuple(spatial_size)}")
+                raise ConfigError(f"{key}={factor} does not divide the token grid {(d, h, w)} of input "
+                                  f"{tuple(spatial_size)}")
         grid = (d // self.pool_depth, h // self.pool_hw, w // self.pool_hw)
         count = math.prod(grid)
         if self.max_tokens is not None and count > self.max_tokens:
-            raise ValueError(f"{count} visual tokens (grid {grid}) exceed max_tokens={self.max_tokens}; "
-                             "raise pool_hw / pool_depth, lower num_slices or slice_size")
+            raise ConfigError(f"{count} visual tokens (grid {grid}) exceed max_tokens={self.max_tokens}; "
+                              "raise pool_hw / pool_depth, lower num_slices or slice_size")
         return count, grid
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from zoo.errors import ConfigError
 from zoo.registry import BRIDGES
 from zoo.types import Conditioning, Grid, VisualTokens
 
@@ -26,17 +27,17 @@ class TextSliceWeighting(nn.Module):
         super().__init__()
         for key, value in (("in_dim", in_dim), ("prompt_dim", prompt_dim)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"text_slice_weighting: {key} must be a positive int, got {value!r}")
+                raise ConfigError(f"text_slice_weighting: {key} must be a positive int, got {value!r}")
         if scale <= 0:
-            raise ValueError(f"text_slice_weighting: scale must be > 0, got {scale}")
+            raise ConfigError(f"text_slice_weighting: scale must be > 0, got {scale}")
         self.out_dim = in_dim
         self.scale = float(scale)
         self.prompt_proj = nn.Linear(prompt_dim, in_dim)
 
     def output_layout(self, num_tokens: int, grid: Grid | None) -> tuple[int, Grid | None]:
         if grid is None:
-            raise ValueError("text_slice_weighting needs visual tokens with a (d, h, w) grid "
-                             "(a slice encoder); this encoder gives none")
+            raise ConfigError("text_slice_weighting needs visual tokens with a (d, h, w) grid "
+                              "(a slice encoder); this encoder gives none")
         return num_tokens, grid
 
     def forward(self, visual: VisualTokens, cond: Conditioning | None = None) -> VisualTokens:

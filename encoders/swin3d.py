@@ -24,6 +24,7 @@ from torch import Tensor, nn
 
 from zoo.build import on_meta
 from zoo.checkpoint import read_state_dict
+from zoo.errors import CheckpointError, ConfigError
 from zoo.registry import ENCODERS
 from zoo.signature import forwards
 from zoo.types import Conditioning, VisualTokens, check_volume
@@ -47,19 +48,19 @@ class Swin3DEncoder(nn.Module):
                  use_checkpoint: bool = False, use_flash_attention: bool = True) -> None:
         super().__init__()
         if in_channels < 1:
-            raise ValueError(f"in_channels must be >= 1, got {in_channels}")
+            raise ConfigError(f"in_channels must be >= 1, got {in_channels}")
         if feature_size < 1 or feature_size % 12 != 0:
-            raise ValueError(f"feature_size must be a positive multiple of 12 (SwinUNETR's "
-                             f"constraint), got {feature_size}")
+            raise ConfigError(f"feature_size must be a positive multiple of 12 (SwinUNETR's "
+                              f"constraint), got {feature_size}")
         if len(depths) != 4 or len(num_heads) != 4:
-            raise ValueError(f"depths and num_heads need 4 entries (one per Swin stage), got "
-                             f"depths={tuple(depths)} num_heads={tuple(num_heads)}")
+            raise ConfigError(f"depths and num_heads need 4 entries (one per Swin stage), got "
+                              f"depths={tuple(depths)} num_heads={tuple(num_heads)}")
         for i, heads in enumerate(num_heads):
             if (feature_size * 2 ** i) % heads:
-                raise ValueError(f"num_heads[{i}]={heads} does not divide the stage width "
-                                 f"{feature_size * 2 ** i}")
+                raise ConfigError(f"num_heads[{i}]={heads} does not divide the stage width "
+                                  f"{feature_size * 2 ** i}")
         if patch_size < 1:
-            raise ValueError(f"patch_size must be >= 1, got {patch_size}")
+            raise ConfigError(f"patch_size must be >= 1, got {patch_size}")
         self.in_channels = in_channels
         self.patch_size = patch_size
         # MONAI's constructor calls .item() on a linspace, which the meta device refuses: on meta,
@@ -86,8 +87,8 @@ class Swin3DEncoder(nn.Module):
         stride = self.feature_strides[-1][0]
         size = tuple(int(s) for s in spatial_size)
         if len(size) != 3 or any(s % stride or s <= 0 for s in size):
-            raise ValueError(f"swin3d: spatial size {size} must be 3 positive multiples of "
-                             f"{stride} (patch_size {self.patch_size} x 2^4 merges)")
+            raise ConfigError(f"swin3d: spatial size {size} must be 3 positive multiples of "
+                              f"{stride} (patch_size {self.patch_size} x 2^4 merges)")
         grid = tuple(s // stride for s in size)
         return math.prod(grid), grid  # type: ignore[return-value]
 
@@ -109,12 +110,12 @@ class Swin3DEncoder(nn.Module):
             if "patch_embed.proj.weight" in picked:
                 break
         else:
-            raise KeyError(f"swin3d checkpoint {path}: no 'patch_embed.proj.weight' under the "
-                           "prefixes 'swinViT.', 'module.' or none")
+            raise CheckpointError(f"swin3d checkpoint {path}: no 'patch_embed.proj.weight' under the "
+                                  "prefixes 'swinViT.', 'module.' or none")
         missing, unexpected = self.swin.load_state_dict(picked, strict=False)
         if missing or unexpected:
-            raise KeyError(f"swin3d checkpoint {path} (prefix {prefix!r}): missing keys "
-                           f"{missing[:10]}, unexpected keys {unexpected[:10]}")
+            raise CheckpointError(f"swin3d checkpoint {path} (prefix {prefix!r}): missing keys "
+                                  f"{missing[:10]}, unexpected keys {unexpected[:10]}")
 
 
 @ENCODERS.register

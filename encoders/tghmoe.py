@@ -34,6 +34,7 @@ from torch import Tensor, nn
 from encoders.backbones2d import build_backbone2d
 from encoders.moe import GroupedMoE, RouteContext
 from encoders.slice2d import TINY_TIMM, SliceEncoder, _choice, top_blocks
+from zoo.errors import ConfigError
 from zoo.registry import ENCODERS, suggest
 from zoo.signature import forwards
 from zoo.types import TASK_NAMES, Conditioning
@@ -65,8 +66,8 @@ def _group_table(task_groups: dict[str, str]) -> tuple[tuple[str, ...], list[int
     group index per TASK_NAMES entry). Tasks the mapping does not name go to ``"other"``."""
     unknown = sorted(set(task_groups) - set(TASK_NAMES))
     if unknown:
-        raise ValueError(f"task_groups names unknown task {unknown[0]!r}.{suggest(unknown[0], TASK_NAMES)} "
-                         f"Tasks: {', '.join(TASK_NAMES)}")
+        raise ConfigError(f"task_groups names unknown task {unknown[0]!r}.{suggest(unknown[0], TASK_NAMES)} "
+                          f"Tasks: {', '.join(TASK_NAMES)}")
     values = [str(task_groups.get(t, "other")) for t in TASK_NAMES]  # unmapped tasks -> "other"
     names = tuple([g for g in TASK_GROUP_NAMES if g in values] +
                   sorted({v for v in values if v not in TASK_GROUP_NAMES}))
@@ -97,17 +98,17 @@ class TGHMoEEncoder(SliceEncoder):
         super().__init__(backbone, **options)
         if prompt_dim is not None and (isinstance(prompt_dim, bool) or not isinstance(prompt_dim, int)
                                        or prompt_dim < 1):
-            raise ValueError(f"prompt_dim must be a positive int or None, got {prompt_dim!r}")
+            raise ConfigError(f"prompt_dim must be a positive int or None, got {prompt_dim!r}")
         if lb_weight < 0 or task_loss_weight < 0:
-            raise ValueError(f"lb_weight and task_loss_weight must be >= 0, got {lb_weight}, "
-                             f"{task_loss_weight}")
+            raise ConfigError(f"lb_weight and task_loss_weight must be >= 0, got {lb_weight}, "
+                              f"{task_loss_weight}")
         self.prompt_dim = prompt_dim
         self.group_names, table = _group_table(dict(task_groups or DEFAULT_TASK_GROUPS))
         self.register_buffer("task_to_group", torch.tensor(table, dtype=torch.long), persistent=False)
         self.task_source = _choice(task_source, TASK_SOURCES, "task_source")
         if self.task_source == "router" and prompt_dim is None:
-            raise ValueError("task_source='router' predicts the task from the prompt embedding; "
-                             "set prompt_dim")
+            raise ConfigError("task_source='router' predicts the task from the prompt embedding; "
+                              "set prompt_dim")
         self.lb_weight, self.task_loss_weight = float(lb_weight), float(task_loss_weight)
         self.num_moe_blocks = top_blocks(moe_blocks, self.num_blocks, "moe_blocks")
         self.moe_indices = tuple(range(self.num_blocks - self.num_moe_blocks, self.num_blocks))

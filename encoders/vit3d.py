@@ -31,6 +31,7 @@ from torch.utils.checkpoint import checkpoint as _checkpoint
 
 from zoo.build import on_meta
 from zoo.checkpoint import read_state_dict
+from zoo.errors import CheckpointError, ConfigError
 from zoo.registry import ENCODERS, suggest
 from zoo.signature import forwards
 from zoo.types import Conditioning, Grid, VisualTokens, check_volume
@@ -47,10 +48,10 @@ IGNORED_CHECKPOINT_PARTS = ("classification_head.", ".norm_cross_attn.", ".cross
 def _triple(value: int | Sequence[int], name: str) -> tuple[int, int, int]:
     values = (value,) * 3 if isinstance(value, int) else tuple(value)
     if len(values) != 3 or not all(isinstance(v, int) or float(v).is_integer() for v in values):
-        raise ValueError(f"{name} must be an int or 3 ints (D, H, W), got {value!r}")
+        raise ConfigError(f"{name} must be an int or 3 ints (D, H, W), got {value!r}")
     values = tuple(int(v) for v in values)
     if min(values) < 1:
-        raise ValueError(f"{name} must be positive, got {values}")
+        raise ConfigError(f"{name} must be positive, got {values}")
     return values  # type: ignore[return-value]
 
 
@@ -123,12 +124,12 @@ def xformers_attention() -> Any:
         import xformers
         from xformers.ops import memory_efficient_attention
     except ImportError as err:
-        raise ImportError("attn_impl='xformers' needs xformers 0.0.35 (CUDA only): "
+        raise ConfigError("attn_impl='xformers' needs xformers 0.0.35 (CUDA only): "
                           "pip install medzoo3d[xformers], or use attn_impl='sdpa'") from err
     if not getattr(xformers, "_has_cpp_library", True):
         cause = getattr(getattr(xformers, "_cpp_lib", None), "_cpp_library_load_exception", None)
         reason = " ".join(str(cause).split()) if cause else "unknown reason"
-        raise ImportError(f"attn_impl='xformers': xformers is installed but its compiled "
+        raise ConfigError(f"attn_impl='xformers': xformers is installed but its compiled "
                           f"extension did not load ({reason[:300]}); install an xformers build "
                           f"matching torch {torch.__version__}, or use attn_impl='sdpa'")
     return memory_efficient_attention
@@ -156,8 +157,8 @@ class SelfAttention(nn.Module):
         qkv = self.qkv(x).view(b, n, 3, self.num_heads, self.head_dim)
         if self.xformers is not None:
             if not x.is_cuda:
-                raise RuntimeError(f"attn_impl='xformers' runs on CUDA only, got input on "
-                                   f"{x.device} (use attn_impl='sdpa')")
+                raise ConfigError(f"attn_impl='xformers' runs on CUDA only, got input on "
+                                  f"{x.device} (use attn_impl='sdpa')")
             x = self.xformers(*qkv.unbind(2), p=p)  # (B, N, H, D) in and out
         else:
             q, k, v = qkv.permute(2, 0, 3, 1, 4)  # (B, H, N, D)
@@ -216,19 +217,19 @@ class ViT3D(nn.Module):
         for key, value in (("in_channels", in_channels), ("hidden_size", hidden_size),
                            ("depth", depth), ("num_heads", num_heads), ("mlp_dim", mlp_dim)):
             if not isinstance(value, int) or value < 1:
-                raise ValueError(f"{key} must be a positive int, got {value!r}")
+                raise ConfigError(f"{key} must be a positive int, got {value!r}")
         if hidden_size % num_heads:
-            raise ValueError(f"hidden_size={hidden_size} is not divisible by num_heads={num_heads}")
+            raise ConfigError(f"hidden_size={hidden_size} is not divisible by num_heads={num_heads}")
         if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+            raise ConfigError(f"dropout must be in [0, 1), got {dropout}")
         if pos_embed not in POS_EMBED_TYPES:
-            raise ValueError(f"pos_embed={pos_embed!r} is not one of {POS_EMBED_TYPES}."
-                             f"{suggest(str(pos_embed), POS_EMBED_TYPES)}")
+            raise ConfigError(f"pos_embed={pos_embed!r} is not one of {POS_EMBED_TYPES}."
+                              f"{suggest(str(pos_embed), POS_EMBED_TYPES)}")
         if attn_impl not in ATTN_IMPLS:
-            raise ValueError(f"attn_impl={attn_impl!r} is not one of {ATTN_IMPLS}."
-                             f"{suggest(str(attn_impl), ATTN_IMPLS)}")
+            raise ConfigError(f"attn_impl={attn_impl!r} is not one of {ATTN_IMPLS}."
+                              f"{suggest(str(attn_impl), ATTN_IMPLS)}")
         if pos_embed == "sincos" and hidden_size % 6:
-            raise ValueError(f"pos_embed='sincos' needs hidden_size divisible by 6, got {hidden_size}")
+            raise ConfigError(f"pos_embed='sincos' needs hidden_size divisible by 6, got {hidden_size}")
         self.in_channels, self.out_dim, self.depth = in_channels, hidden_size, depth
         self.grid = self._grid(self.img_size, "img_size")
         self.patch_embedding = PatchEmbedding(in_channels, self.patch_size, self.grid,
@@ -244,8 +245,8 @@ class ViT3D(nn.Module):
     def _grid(self, spatial_size: Sequence[int], name: str = "volume") -> Grid:
         size = tuple(int(s) for s in spatial_size)
         if len(size) != 3 or any(s % p for s, p in zip(size, self.patch_size)):
-            raise ValueError(f"{name} spatial size (D, H, W) = {size} is not divisible by "
-                             f"patch_size {self.patch_size}")
+            raise ConfigError(f"{name} spatial size (D, H, W) = {size} is not divisible by "
+                              f"patch_size {self.patch_size}")
         return tuple(s // p for s, p in zip(size, self.patch_size))  # type: ignore[return-value]
 
     def output_layout(self, spatial_size: Sequence[int]) -> tuple[int, Grid]:
@@ -339,10 +340,10 @@ class ViT3D(nn.Module):
         missing = sorted(set(own) - set(state))
         unexpected = sorted(set(state) - set(own))
         if missing or unexpected:
-            raise KeyError(f"checkpoint {path} does not match vit3d: missing keys {missing[:20]}"
-                           f"{' ...' if len(missing) > 20 else ''}, unexpected keys "
-                           f"{unexpected[:20]}{' ...' if len(unexpected) > 20 else ''} "
-                           "(check cls_token, qkv_bias and depth)")
+            raise CheckpointError(f"checkpoint {path} does not match vit3d: missing keys {missing[:20]}"
+                                  f"{' ...' if len(missing) > 20 else ''}, unexpected keys "
+                                  f"{unexpected[:20]}{' ...' if len(unexpected) > 20 else ''} "
+                                  "(check cls_token, qkv_bias and depth)")
         wrong = {k: (tuple(state[k].shape), tuple(v.shape)) for k, v in own.items()
                  if state[k].shape != v.shape}
         if wrong:
@@ -351,7 +352,7 @@ class ViT3D(nn.Module):
                 hint = (f" ({POS_KEY} has {state[POS_KEY].shape[1]} positions: build with the "
                         "img_size the checkpoint was trained at; other input sizes are then "
                         "resampled at run time)")
-            raise ValueError(f"checkpoint {path}: shape mismatch (checkpoint, model) {wrong}{hint}")
+            raise CheckpointError(f"checkpoint {path}: shape mismatch (checkpoint, model) {wrong}{hint}")
         self.load_state_dict(state, strict=True)
 
 
@@ -372,12 +373,12 @@ def select_prefix(state: dict[str, Tensor], prefix: str | None, path: Any) -> di
     if prefix is None:
         hits = [k[: -len(POS_KEY)] for k in state if k.endswith(POS_KEY)]
         if len(hits) != 1:
-            raise KeyError(f"checkpoint {path}: cannot locate the ViT: {len(hits)} keys end with "
-                           f"{POS_KEY!r} ({hits[:5]}); pass checkpoint_prefix=")
+            raise CheckpointError(f"checkpoint {path}: cannot locate the ViT: {len(hits)} keys end with "
+                                  f"{POS_KEY!r} ({hits[:5]}); pass checkpoint_prefix=")
         prefix = hits[0]
     picked = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
     if not picked:
-        raise KeyError(f"checkpoint {path}: no key starts with prefix {prefix!r}")
+        raise CheckpointError(f"checkpoint {path}: no key starts with prefix {prefix!r}")
     return picked
 
 
@@ -410,7 +411,7 @@ def _preset(defaults: dict[str, Any], overrides: dict[str, Any], name: str) -> V
     known = set(vit3d.__code__.co_varnames[: vit3d.__code__.co_argcount])
     for key in overrides:
         if key not in known:
-            raise TypeError(f"{name}() got an unknown argument {key!r}.{suggest(key, sorted(known))}")
+            raise ConfigError(f"{name}() got an unknown argument {key!r}.{suggest(key, sorted(known))}")
     return vit3d(**{**defaults, **overrides})
 
 

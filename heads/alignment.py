@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from zoo.errors import ConfigError
 from zoo.types import StepOutput
 
 
@@ -52,7 +53,7 @@ class InfoNCELoss(nn.Module):
     def __init__(self, temperature: float = 0.07) -> None:
         super().__init__()
         if temperature <= 0:
-            raise ValueError(f"temperature must be > 0, got {temperature}")
+            raise ConfigError(f"temperature must be > 0, got {temperature}")
         self.temperature = temperature
 
     def forward(self, x: Tensor, y: Tensor) -> Tensor:
@@ -69,14 +70,14 @@ class PartialOTLoss(nn.Module):
                  num_iters: int = 200, tol: float = 1e-6, learn_metric: bool = True) -> None:
         super().__init__()
         if dim < 1:
-            raise ValueError(f"dim must be >= 1, got {dim}")
+            raise ConfigError(f"dim must be >= 1, got {dim}")
         if epsilon <= 0:
-            raise ValueError(f"epsilon must be > 0, got {epsilon}")
+            raise ConfigError(f"epsilon must be > 0, got {epsilon}")
         if not 0.0 < mass <= 1.0:
-            raise ValueError(f"mass (fraction of the mass transported) must be in (0, 1], got "
-                             f"{mass}")
+            raise ConfigError(f"mass (fraction of the mass transported) must be in (0, 1], got "
+                              f"{mass}")
         if num_iters < 1:
-            raise ValueError(f"num_iters must be >= 1, got {num_iters}")
+            raise ConfigError(f"num_iters must be >= 1, got {num_iters}")
         self.dim, self.epsilon, self.mass = dim, epsilon, mass
         self.num_iters, self.tol = num_iters, tol
         self.theta = nn.Parameter(torch.zeros(dim), requires_grad=learn_metric)
@@ -130,7 +131,7 @@ class Med3DInsightLoss(nn.Module):
                  recon_weight: float = 1.0) -> None:
         super().__init__()
         if kind not in ("ot", "contrastive"):
-            raise ValueError(f"kind must be 'ot' or 'contrastive', got {kind!r}")
+            raise ConfigError(f"kind must be 'ot' or 'contrastive', got {kind!r}")
         self.kind, self.text_weight, self.recon_weight = kind, text_weight, recon_weight
         if kind == "ot":
             self.image = PartialOTLoss(dim, epsilon, mass, num_iters)

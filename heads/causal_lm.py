@@ -26,6 +26,8 @@ from torch import Tensor, nn
 
 from heads.lora import DEFAULT_LORA_TARGET, lora_parameter_names, wrap_with_lora
 from zoo.build import on_meta
+from zoo.checkpoint import reading_hf_folder
+from zoo.errors import ConfigError, MissingFileError
 from zoo.registry import LMS
 from zoo.types import LMOutput
 
@@ -80,8 +82,8 @@ def add_special_tokens(model: nn.Module, tokenizer: Any, tokens: Iterable[str]) 
     for t, i in ids.items():
         encoded = tokenizer(t, add_special_tokens=False)["input_ids"]
         if encoded != [i]:
-            raise ValueError(f"special token {t!r} does not encode to its single id {i} "
-                             f"(got {encoded})")
+            raise ConfigError(f"special token {t!r} does not encode to its single id {i} "
+                              f"(got {encoded})")
     embeddings = model.get_input_embeddings()
     if len(tokenizer) > embeddings.weight.shape[0]:
         model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
@@ -121,8 +123,8 @@ class CausalLM(nn.Module):
             raise TypeError(f"tokenizer must be a transformers tokenizer, got "
                             f"{type(tokenizer).__name__}")
         if tokenizer.eos_token_id is None:
-            raise ValueError(f"tokenizer {getattr(tokenizer, 'name_or_path', '')!r} has no eos "
-                             "token; generation and labels need one")
+            raise ConfigError(f"tokenizer {getattr(tokenizer, 'name_or_path', '')!r} has no eos "
+                              "token; generation and labels need one")
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.unk_token or tokenizer.eos_token
             logger.info("tokenizer has no pad token; using %r", tokenizer.pad_token)
@@ -227,16 +229,16 @@ def _torch_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
     if dtype not in allowed:
         from zoo.registry import suggest
 
-        raise ValueError(f"lm dtype={dtype!r} is not one of {sorted(allowed)}."
-                         f"{suggest(str(dtype), list(allowed))}")
+        raise ConfigError(f"lm dtype={dtype!r} is not one of {sorted(allowed)}."
+                          f"{suggest(str(dtype), list(allowed))}")
     return allowed[dtype]
 
 
 def _check_dir(path: str | os.PathLike, what: str = "path") -> Path:
     folder = Path(path).expanduser()
     if not folder.is_dir():
-        raise FileNotFoundError(f"lm {what}={str(path)!r} is not a directory (a local Hugging "
-                                "Face model folder is expected; nothing is downloaded)")
+        raise MissingFileError(f"lm {what}={str(path)!r} is not a directory (a local Hugging "
+                               "Face model folder is expected; nothing is downloaded)")
     return folder
 
 
@@ -251,8 +253,9 @@ def resolve_tokenizer(tokenizer: Any = None, corpus: Iterable[str] | None = None
     if tokenizer is not None:
         from transformers import AutoTokenizer
 
-        return AutoTokenizer.from_pretrained(str(_check_dir(tokenizer, "tokenizer")),
-                                             local_files_only=True)
+        folder = _check_dir(tokenizer, "tokenizer")
+        with reading_hf_folder(folder, "tokenizer folder"):
+            return AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
     from zoo.tokenizer import benchmark_tokenizer, build_local_tokenizer
 
     if corpus is not None:
@@ -277,12 +280,31 @@ def _from_config(config: Any, dtype: torch.dtype | None, seed: int | None = None
         return AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation="sdpa")
 
 
+def folder_config(folder: Path) -> Any:
+    """The LLM config of a local folder: ``AutoConfig``'s, or for an M3D-LaMed release
+    (``lamed_phi3`` / ``lamed_llama``, which transformers does not know) its Phi-3 / LLaMA part
+    (:func:`zoo.pretrained.m3d_lamed.base_llm_config`)."""
+    from transformers import AutoConfig
+
+    from zoo.pretrained.m3d_lamed import base_llm_config
+
+    lamed = base_llm_config(folder)
+    if lamed is not None:
+        return lamed
+    with reading_hf_folder(folder, "model folder (config.json)"):
+        return AutoConfig.from_pretrained(str(folder), local_files_only=True)
+
+
 def _from_pretrained(path: Path, dtype: torch.dtype | None) -> nn.Module:
+    """Weights of ``path``; in an M3D-LaMed release only the LLM's tensors are read here (the
+    vision, projector and SegVol tensors are the recipe's, ``recipe.init_from``)."""
     from transformers import AutoModelForCausalLM
 
     kwargs = {"dtype": dtype} if dtype is not None else {}
-    return AutoModelForCausalLM.from_pretrained(str(path), local_files_only=True,
-                                                attn_implementation="sdpa", **kwargs)
+    with reading_hf_folder(path, "causal LM folder"):
+        return AutoModelForCausalLM.from_pretrained(str(path), config=folder_config(path),
+                                                    local_files_only=True,
+                                                    attn_implementation="sdpa", **kwargs)
 
 
 def set_gradient_checkpointing(model: nn.Module, enable: bool = True) -> None:
@@ -314,15 +336,13 @@ def _published(name: str, config_cls: Any, published: dict[str, Any], path: str 
                            "weights (set lm.path to a local checkpoint folder)", name)
         model = _from_config(config_cls(**published), torch_dtype)
         return _finish(model, resolve_tokenizer(tokenizer, corpus), gradient_checkpointing)
-    from transformers import AutoConfig
-
     folder = _check_dir(path)
-    config = AutoConfig.from_pretrained(str(folder), local_files_only=True)
+    config = folder_config(folder)
     for key in _ARCH_KEYS:
         if key in published and getattr(config, key, None) != published[key]:
-            raise ValueError(f"lm {name}: {folder}/config.json has {key}="
-                             f"{getattr(config, key, None)}, but {name} has {published[key]}; "
-                             f"use lm=hf for other architectures")
+            raise ConfigError(f"lm {name}: {folder}/config.json has {key}="
+                              f"{getattr(config, key, None)}, but {name} has {published[key]}; "
+                              f"use lm=hf for other architectures")
     if on_meta():
         model = _from_config(config, torch_dtype)
     else:
@@ -431,18 +451,15 @@ def smollm2_135m(path: str | None = None, dtype: str | None = None,
 @LMS.register
 def hf(path: str, tokenizer: Any = None, dtype: str | None = None,
        gradient_checkpointing: bool = False) -> CausalLM:
-    """Any local Hugging Face causal-LM folder (``AutoModelForCausalLM``), its tokenizer from the
-    same folder unless ``tokenizer`` names another; on the meta device only ``config.json`` is
-    read."""
-    from transformers import AutoConfig
-
+    """Any local Hugging Face causal-LM folder (``AutoModelForCausalLM``; an M3D-LaMed release
+    gives its LLM and tokenizer), its tokenizer from the same folder unless ``tokenizer`` names
+    another; on the meta device only ``config.json`` is read."""
     if path is None:
-        raise ValueError("lm=hf needs lm.path=/a/local/model/folder")
+        raise ConfigError("lm=hf needs lm.path=/a/local/model/folder")
     folder = _check_dir(path)
     torch_dtype = _torch_dtype(dtype)
     if on_meta():
-        model = _from_config(AutoConfig.from_pretrained(str(folder), local_files_only=True),
-                             torch_dtype)
+        model = _from_config(folder_config(folder), torch_dtype)
     else:
         model = _from_pretrained(folder, torch_dtype)
     return _finish(model, resolve_tokenizer(tokenizer if tokenizer is not None else folder),

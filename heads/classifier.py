@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from zoo.errors import ConfigError, DataError
 from zoo.registry import HEADS
 from zoo.types import VisualTokens
 
@@ -34,12 +35,12 @@ class LinearClassifier(nn.Module):
                  dropout: float = 0.0) -> None:
         super().__init__()
         if pool not in POOLS:
-            raise ValueError(f"pool must be one of {POOLS}, got {pool!r}")
+            raise ConfigError(f"pool must be one of {POOLS}, got {pool!r}")
         if in_dim < 1 or num_classes < 2:
-            raise ValueError(f"in_dim must be >= 1 and num_classes >= 2, got {in_dim}, "
-                             f"{num_classes}")
+            raise ConfigError(f"in_dim must be >= 1 and num_classes >= 2, got {in_dim}, "
+                              f"{num_classes}")
         if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+            raise ConfigError(f"dropout must be in [0, 1), got {dropout}")
         self.in_dim, self.num_classes, self.pool = in_dim, num_classes, pool
         self.norm = nn.LayerNorm(in_dim)
         self.drop = nn.Dropout(dropout)
@@ -64,8 +65,8 @@ class LinearClassifier(nn.Module):
             if labels.numel() != logits.shape[0]:
                 raise ValueError(f"got {labels.numel()} labels for a batch of {logits.shape[0]}")
             if bool(((labels < 0) | (labels >= self.num_classes)).any()):
-                raise ValueError(f"labels must lie in 0..{self.num_classes - 1}, got "
-                                 f"{labels.tolist()}")
+                raise DataError(f"labels must lie in 0..{self.num_classes - 1}, got "
+                                f"{labels.tolist()}")
             loss = F.cross_entropy(logits, labels)
         return ClassOutput(logits, loss)
 

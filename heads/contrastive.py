@@ -30,6 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from zoo.checkpoint import reading_hf_folder
+from zoo.errors import ConfigError, MissingFileError
 from zoo.registry import HEADS, suggest
 from zoo.types import EmbeddingOutput, VisualTokens
 
@@ -54,13 +56,13 @@ class ContrastiveHead(nn.Module):
         for key, value in (("image_dim", image_dim), ("embed_dim", embed_dim),
                            ("max_length", max_length)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{key} must be a positive int, got {value!r}")
+                raise ConfigError(f"{key} must be a positive int, got {value!r}")
         if not 0.0 < init_temperature < 1.0 or max_logit_scale <= 1.0:
-            raise ValueError(f"init_temperature must be in (0, 1) and max_logit_scale > 1, got "
-                             f"{init_temperature} and {max_logit_scale}")
+            raise ConfigError(f"init_temperature must be in (0, 1) and max_logit_scale > 1, got "
+                              f"{init_temperature} and {max_logit_scale}")
         if image_pool not in IMAGE_POOLS:
-            raise ValueError(f"image_pool={image_pool!r} is not one of {IMAGE_POOLS}."
-                             f"{suggest(str(image_pool), IMAGE_POOLS)}")
+            raise ConfigError(f"image_pool={image_pool!r} is not one of {IMAGE_POOLS}."
+                              f"{suggest(str(image_pool), IMAGE_POOLS)}")
         text_dim = int(text_model.config.hidden_size)
         self.image_dim, self.text_dim, self.out_dim = image_dim, text_dim, embed_dim
         self.text_model, self.tokenizer = text_model, tokenizer
@@ -102,8 +104,8 @@ class ContrastiveHead(nn.Module):
     def tokenize(self, texts: Sequence[str], max_length: int | None = None) -> dict[str, Tensor]:
         """``{"input_ids", "attention_mask"}`` padded to the longest text, truncated."""
         if self.tokenizer is None:
-            raise ValueError("contrastive head has no tokenizer: pass tokenizer= (an object or a "
-                             "local directory) or text_path= to the builder")
+            raise ConfigError("contrastive head has no tokenizer: pass tokenizer= (an object or a "
+                              "local directory) or text_path= to the builder")
         enc = self.tokenizer(list(texts), padding=True, truncation=True,
                              max_length=max_length or self.max_length, return_tensors="pt")
         return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
@@ -115,6 +117,11 @@ class ContrastiveHead(nn.Module):
         if self.m3d_as_coded_scale:
             return self.logit_scale
         return self.logit_scale.exp().clamp(max=self.max_logit_scale)
+
+    def similarity(self, image: Tensor, text: Tensor) -> Tensor:
+        """``(B_i, B_t)``: :meth:`scale` times the cosine similarities of unit embeddings (M3D's
+        ``logits_per_image``; with ``m3d_as_coded_scale`` the raw parameter multiplies)."""
+        return self.scale() * image @ text.T
 
     def loss(self, image: Tensor, text: Tensor, scale: Tensor) -> Tensor:
         """Symmetric InfoNCE over the global batch (open_clip ``ClipLoss``, local rows against
@@ -146,8 +153,9 @@ def _load_tokenizer(tokenizer: Any) -> Any:
         from transformers import AutoTokenizer
 
         if not Path(tokenizer).is_dir():
-            raise FileNotFoundError(f"tokenizer directory {tokenizer} does not exist")
-        return AutoTokenizer.from_pretrained(str(tokenizer), local_files_only=True)
+            raise MissingFileError(f"tokenizer directory {tokenizer} does not exist")
+        with reading_hf_folder(tokenizer, "tokenizer folder"):
+            return AutoTokenizer.from_pretrained(str(tokenizer), local_files_only=True)
     return tokenizer
 
 
@@ -159,11 +167,12 @@ def text_tower(text_path: str | None, text_config: dict[str, Any] | None,
     tokenizer = _load_tokenizer(tokenizer)
     if text_path is not None:
         if text_config:
-            raise ValueError("contrastive head: give text_path or text_config, not both")
+            raise ConfigError("contrastive head: give text_path or text_config, not both")
         if not Path(text_path).is_dir():
-            raise FileNotFoundError(f"text_path {text_path} is not a directory (a local Hugging "
-                                    "Face encoder such as /models/bert-base-uncased)")
-        model = AutoModel.from_pretrained(text_path, local_files_only=True)
+            raise MissingFileError(f"text_path {text_path} is not a directory (a local Hugging "
+                                   "Face encoder such as /models/bert-base-uncased)")
+        with reading_hf_folder(text_path, "text encoder folder"):
+            model = AutoModel.from_pretrained(text_path, local_files_only=True)
         if tokenizer is None:
             tokenizer = _load_tokenizer(text_path)
     else:
@@ -173,11 +182,11 @@ def text_tower(text_path: str | None, text_config: dict[str, Any] | None,
         try:
             bert_config = BertConfig(**config)
         except TypeError as err:
-            raise ValueError(f"text_config {config} is not a valid BertConfig: {err}") from err
+            raise ConfigError(f"text_config {config} is not a valid BertConfig: {err}") from err
         model = BertModel(bert_config, add_pooling_layer=False)
     if tokenizer is not None and len(tokenizer) > model.config.vocab_size:
-        raise ValueError(f"tokenizer has {len(tokenizer)} tokens but the text tower's vocabulary "
-                         f"is {model.config.vocab_size}")
+        raise ConfigError(f"tokenizer has {len(tokenizer)} tokens but the text tower's vocabulary "
+                          f"is {model.config.vocab_size}")
     return model, tokenizer
 
 

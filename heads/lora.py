@@ -13,6 +13,7 @@ import re
 import warnings
 
 from torch import nn
+from zoo.errors import ConfigError
 
 # Every projection of the decoder layers' attention and MLP: q/k/v/o and gate/up/down for LLaMA,
 # qkv/o and gate_up/down for Phi-3, also Mistral/Qwen2. Anchored at the decoder stack
@@ -26,8 +27,8 @@ def matching_linears(model: nn.Module, target: str) -> list[str]:
     try:
         pattern = re.compile(target)
     except re.error as err:
-        raise ValueError(f"LoRA target {target!r} is not a valid regular expression: "
-                         f"{err}") from err
+        raise ConfigError(f"lora_target={target!r}: not a valid regular expression: "
+                          f"{err}") from err
     return [name for name, module in model.named_modules()
             if isinstance(module, nn.Linear) and pattern.fullmatch(name)]
 
@@ -36,20 +37,21 @@ def wrap_with_lora(model: nn.Module, r: int = 16, alpha: int = 32, dropout: floa
                    target: str = DEFAULT_LORA_TARGET, modules_to_save: list[str] | None = None):
     """Return ``peft.get_peft_model(model, LoraConfig(...))``; only LoRA weights stay trainable.
 
-    Raises ``ValueError`` naming the regex (and a few Linear paths that exist) when it matches no
-    Linear of ``model``.
+    Raises ``ConfigError`` naming the recipe option (``lora_r``, ``lora_alpha``,
+    ``lora_dropout``, ``lora_target``); for a target that matches no Linear of ``model`` also a
+    few Linear paths that exist.
     """
     if not isinstance(r, int) or r < 1:
-        raise ValueError(f"LoRA r must be a positive int, got {r!r}")
+        raise ConfigError(f"lora_r={r!r}: expected an integer >= 1 (LoRA rank)")
     if alpha <= 0:
-        raise ValueError(f"LoRA alpha must be positive, got {alpha!r}")
+        raise ConfigError(f"lora_alpha={alpha!r}: expected a number > 0")
     if not 0.0 <= dropout < 1.0:
-        raise ValueError(f"LoRA dropout must be in [0, 1), got {dropout!r}")
+        raise ConfigError(f"lora_dropout={dropout!r}: expected a number in [0, 1)")
     hits = matching_linears(model, target)
     if not hits:
         linears = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
-        raise ValueError(f"LoRA target {target!r} matches no Linear inside the LLM; Linear paths "
-                         f"look like: {', '.join(linears[:4]) or '(none)'}")
+        raise ConfigError(f"lora_target={target!r} matches no Linear inside the LLM; Linear "
+                          f"paths look like: {', '.join(linears[:4]) or '(none)'}")
     from peft import LoraConfig, get_peft_model
 
     config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=target,

@@ -20,6 +20,7 @@ from monai.networks.blocks import UnetOutBlock
 from monai.networks.blocks.dynunet_block import get_conv_layer
 from torch import Tensor, nn
 
+from zoo.errors import ConfigError
 from zoo.registry import HEADS
 from zoo.types import VisualTokens, check_volume
 
@@ -41,11 +42,11 @@ class ReconDecoder3D(nn.Module):
         factors = ([int(stride)] * 3 if isinstance(stride, (int, float))
                    else [int(s) for s in stride])
         if len(factors) != 3 or any(f < 1 or f & (f - 1) for f in factors):
-            raise ValueError(f"stride must be a power of two or 3 of them (the encoder's "
-                             f"bottleneck stride), got {stride!r}")
+            raise ConfigError(f"stride must be a power of two or 3 of them (the encoder's "
+                              f"bottleneck stride), got {stride!r}")
         if in_dim < 1 or out_channels < 1 or min_width < 1:
-            raise ValueError(f"in_dim, out_channels and min_width must be >= 1, got {in_dim}, "
-                             f"{out_channels}, {min_width}")
+            raise ConfigError(f"in_dim, out_channels and min_width must be >= 1, got {in_dim}, "
+                              f"{out_channels}, {min_width}")
         self.in_dim, self.stride = in_dim, tuple(factors)
         layers: list[nn.Module] = []
         width = in_dim

@@ -33,6 +33,7 @@ from monai.networks.blocks import UnetOutBlock, UnetrBasicBlock, UnetrUpBlock
 from monai.networks.blocks.dynunet_block import get_conv_layer
 from torch import Tensor, nn
 
+from zoo.errors import ConfigError
 from zoo.registry import HEADS
 from zoo.signature import forwards
 from zoo.types import MaskOutput, check_volume
@@ -43,13 +44,13 @@ Triple = tuple[int, int, int]
 def _triple(value: int | Sequence[int], name: str) -> Triple:
     values = (int(value),) * 3 if isinstance(value, (int, float)) else tuple(int(v) for v in value)
     if len(values) != 3 or min(values) < 1:
-        raise ValueError(f"{name} must be a positive int or 3 positive ints, got {value!r}")
+        raise ConfigError(f"{name} must be a positive int or 3 positive ints, got {value!r}")
     return values  # type: ignore[return-value]
 
 
 def _ratio(coarse: Triple, fine: Triple, name: str) -> Triple:
     if any(c % f for c, f in zip(coarse, fine)):
-        raise ValueError(f"{name}: stride {coarse} is not a multiple of {fine}")
+        raise ConfigError(f"{name}: stride {coarse} is not a multiple of {fine}")
     return tuple(c // f for c, f in zip(coarse, fine))  # type: ignore[return-value]
 
 
@@ -57,8 +58,8 @@ def target_strides(strides: Sequence[Triple]) -> list[Triple]:
     """The decoder's stride per level (see module docstring), finest first."""
     for i in range(len(strides) - 1):
         if any(a > b for a, b in zip(strides[i], strides[i + 1])):
-            raise ValueError(f"feature_strides must go from fine to coarse: level {i} has stride "
-                             f"{strides[i]}, level {i + 1} has {strides[i + 1]}")
+            raise ConfigError(f"feature_strides must go from fine to coarse: level {i} has stride "
+                              f"{strides[i]}, level {i + 1} has {strides[i + 1]}")
     targets = [strides[-1]]
     for stride in reversed(strides[:-1]):
         nxt = targets[0]
@@ -67,8 +68,8 @@ def target_strides(strides: Sequence[Triple]) -> list[Triple]:
         else:
             target = tuple(max(s // 2, 1) for s in nxt)
             if target == nxt:
-                raise ValueError(f"cannot build a pyramid: several features share stride {nxt}, "
-                                 "which is already full resolution; pass fewer levels")
+                raise ConfigError(f"cannot build a pyramid: several features share stride {nxt}, "
+                                  "which is already full resolution; pass fewer levels")
         _ratio(stride, target, "feature_strides")  # type: ignore[arg-type]
         targets.insert(0, target)  # type: ignore[arg-type]
     return targets
@@ -100,15 +101,15 @@ class UNETRDecoder(nn.Module):
                  activation: str = "sigmoid") -> None:
         super().__init__()
         if in_channels < 1 or out_channels < 1 or feature_size < 1:
-            raise ValueError(f"in_channels, out_channels and feature_size must be >= 1, got "
-                             f"{in_channels}, {out_channels}, {feature_size}")
+            raise ConfigError(f"in_channels, out_channels and feature_size must be >= 1, got "
+                              f"{in_channels}, {out_channels}, {feature_size}")
         if len(feature_dims) != len(feature_strides) or not feature_dims:
-            raise ValueError(f"feature_dims ({len(feature_dims)}) and feature_strides "
-                             f"({len(feature_strides)}) must be non-empty and equally long")
+            raise ConfigError(f"feature_dims ({len(feature_dims)}) and feature_strides "
+                              f"({len(feature_strides)}) must be non-empty and equally long")
         if activation not in ("sigmoid", "softmax"):
-            raise ValueError(f"activation must be 'sigmoid' or 'softmax', got {activation!r}")
+            raise ConfigError(f"activation must be 'sigmoid' or 'softmax', got {activation!r}")
         if activation == "softmax" and out_channels < 2:
-            raise ValueError("activation='softmax' needs out_channels >= 2 (background + classes)")
+            raise ConfigError("activation='softmax' needs out_channels >= 2 (background + classes)")
         self.in_channels, self.out_channels, self.activation = in_channels, out_channels, activation
         self.feature_dims = tuple(int(d) for d in feature_dims)
         self.strides = [_triple(s, f"feature_strides[{i}]") for i, s in enumerate(feature_strides)]
@@ -175,7 +176,7 @@ def _vit_levels(encoder: nn.Module, levels: int | None) -> list[int]:
     depth = int(getattr(encoder, "depth"))
     levels = levels or min(4, depth)
     if not 1 <= levels <= depth:
-        raise ValueError(f"levels={levels} must be in 1..{depth} (the ViT's depth)")
+        raise ConfigError(f"levels={levels} must be in 1..{depth} (the ViT's depth)")
     return [depth * (k + 1) // levels - 1 for k in range(levels)]
 
 

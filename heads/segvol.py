@@ -29,6 +29,7 @@ from heads.segvol_prompt import SegVolPromptEncoder
 from heads.segvol_text import SegVolTextEncoder, clip_text_tower, tiny_clip_text_tower
 from zoo.build import on_meta
 from zoo.checkpoint import read_state_dict
+from zoo.errors import CheckpointError, ConfigError
 from zoo.registry import ENCODERS, HEADS
 from zoo.types import MaskOutput, VisualTokens, check_volume
 
@@ -50,7 +51,7 @@ SINGLE_MASK_DECODER = r"mask_decoder\.(?!iou_prediction_head\.|output_hypernetwo
 def _triple(value: Sequence[int], name: str) -> Size3:
     values = tuple(int(v) for v in value)
     if len(values) != 3 or min(values) < 1:
-        raise ValueError(f"{name} must be 3 positive ints (D, H, W), got {value!r}")
+        raise ConfigError(f"{name} must be 3 positive ints (D, H, W), got {value!r}")
     return values  # type: ignore[return-value]
 
 
@@ -77,13 +78,13 @@ class SegVolHead(nn.Module):
         self.patch_size = _triple(patch_size, "patch_size")
         bad = [s for s, p in zip(self.image_size, self.patch_size) if s % p]
         if bad:
-            raise ValueError(f"image_size {self.image_size} is not divisible by patch_size "
-                             f"{self.patch_size}")
+            raise ConfigError(f"image_size {self.image_size} is not divisible by patch_size "
+                              f"{self.patch_size}")
         self.embed_dim = prompt_encoder.embed_dim
         width = getattr(image_encoder, "out_dim", self.embed_dim)
         if width != self.embed_dim:
-            raise ValueError(f"image encoder width {width} differs from the prompt/decoder width "
-                             f"{self.embed_dim}")
+            raise ConfigError(f"image encoder width {width} differs from the prompt/decoder width "
+                              f"{self.embed_dim}")
         self.image_encoder = image_encoder
         self.prompt_encoder = prompt_encoder
         self.mask_decoder = mask_decoder
@@ -201,13 +202,13 @@ class SegVolHead(nn.Module):
         missing = sorted(set(own) - set(mapped))
         unexpected = sorted(set(mapped) - set(own))
         if missing or unexpected:
-            raise KeyError(f"{source} does not match the SegVol head: missing keys "
-                           f"{_shorten(missing)}, unexpected keys {_shorten(unexpected)}")
+            raise CheckpointError(f"{source} does not match the SegVol head: missing keys "
+                                  f"{_shorten(missing)}, unexpected keys {_shorten(unexpected)}")
         wrong = {k: (tuple(mapped[k].shape), tuple(v.shape)) for k, v in own.items()
                  if mapped[k].shape != v.shape}
         if wrong:
-            raise ValueError(f"{source}: shape mismatch (checkpoint, model) {wrong} (check "
-                             "image_size, patch_size and widths)")
+            raise CheckpointError(f"{source}: shape mismatch (checkpoint, model) {wrong} (check "
+                                  "image_size, patch_size and widths)")
         self.load_state_dict(mapped, strict=True)
         return sorted(skipped)
 
@@ -245,16 +246,47 @@ def segvol_to_zoo_keys(state: dict[str, Tensor], own: dict[str, Tensor] | None =
     return out, ignored
 
 
-def zoo_to_segvol_keys(state: dict[str, Tensor]) -> dict[str, Tensor]:
-    """Inverse renaming (this head -> SegVol's layout with a ``text_model.`` level), for exports
-    and for tests that fabricate a SegVol-layout checkpoint."""
+# SegVol's prompt encoder (build_sam.py: mask_in_chans=16) has SAM's mask-prompt convs:
+# Conv2d(1, 4, 2, 2), LayerNorm2d(4), GELU, Conv2d(4, 16, 2, 2), LayerNorm2d(16), GELU,
+# Conv2d(16, E, 1). Its forward passes masks=None, so they are never called.
+MASK_IN_CHANS = 16
+
+
+def mask_downscaling_tensors(embed_dim: int) -> dict[str, Tensor]:
+    """SegVol's ``prompt_encoder.mask_downscaling.*`` with their shapes, for exports that SegVol's
+    and M3D's strict loaders must accept: convs zero, LayerNorm2d weights one (no forward path
+    of SegVol reads them, so these values change no output)."""
+    quarter = MASK_IN_CHANS // 4
+    shapes = {"0.weight": (quarter, 1, 2, 2), "0.bias": (quarter,), "1.weight": (quarter,),
+              "1.bias": (quarter,), "3.weight": (MASK_IN_CHANS, quarter, 2, 2),
+              "3.bias": (MASK_IN_CHANS,), "4.weight": (MASK_IN_CHANS,), "4.bias": (MASK_IN_CHANS,),
+              "6.weight": (embed_dim, MASK_IN_CHANS, 1, 1), "6.bias": (embed_dim,)}
+    return {f"prompt_encoder.mask_downscaling.{k}": (torch.ones(v) if k in ("1.weight", "4.weight")
+                                                     else torch.zeros(v))
+            for k, v in shapes.items()}
+
+
+def zoo_to_segvol_keys(state: dict[str, Tensor], prefix: str = "") -> dict[str, Tensor]:
+    """This head's state dict in SegVol's released layout, complete for SegVol's strict
+    ``load_state_dict`` (and, with ``prefix="model."``, for M3D's ``initialize_seg_modules``):
+    the CLIP tower gets its ``text_model.`` level and the persistent ``position_ids`` buffer of
+    the transformers SegVol was trained with, and :func:`mask_downscaling_tensors` are added
+    when the prompt encoder is in ``state``."""
     out = {}
+    text_level = "text_encoder.clip_text_model."
     for key, value in state.items():
-        old = "text_encoder.clip_text_model."
-        if key.startswith(old) and not key.startswith(old + "text_model."):
-            key = old + "text_model." + key[len(old):]
+        if key.startswith(text_level) and not key.startswith(text_level + "text_model."):
+            key = text_level + "text_model." + key[len(text_level):]
         out[key] = value
-    return out
+    table = out.get(text_level + "text_model.embeddings.position_embedding.weight")
+    if table is not None:
+        out.setdefault(text_level + "text_model.embeddings.position_ids",
+                       torch.arange(table.shape[0])[None])
+    no_mask = out.get("prompt_encoder.no_mask_embed.weight")
+    if no_mask is not None:
+        for key, value in mask_downscaling_tensors(no_mask.shape[1]).items():
+            out.setdefault(key, value.to(no_mask.dtype))
+    return {prefix + k: v for k, v in out.items()}
 
 
 def build_segvol(image_size: Sequence[int], patch_size: Sequence[int], embed_dim: int,
@@ -295,15 +327,20 @@ def segvol(image_size: Sequence[int] = (32, 256, 256), patch_size: Sequence[int]
            checkpoint: str | None = None) -> SegVolHead:
     """SegVol as published: ViT-B/(4, 16, 16) at 32 x 256 x 256 (built by name, ``encoder``,
     with ``encoder_kwargs`` overriding SegVol's ViT settings), prompt encoder, two-way decoder
-    (depth 2, width 768, MLP 2048, 8 heads) and, with ``text_tower``, a frozen CLIP text tower from
-    the local directory ``clip_path``. ``share_encoder=True`` builds no image encoder: forward
+    (depth 2, width 768, MLP 2048, 8 heads) and, with ``text_tower``, a frozen CLIP text tower
+    built from the local folder ``clip_path`` (SegVol's ``config/clip``: config and tokenizer, the
+    weights then come from ``checkpoint``; or any CLIP folder with weights). ``share_encoder=True`` builds no image encoder: forward
     then takes the recipe's ``image_tokens``. ``checkpoint`` loads SegVol's released layout."""
     tower = None
     if text_tower:
         if clip_path is None and not on_meta():
-            raise ValueError("segvol: text_tower=True needs clip_path= (a local CLIPTextModel "
-                             "directory with its tokenizer), or set text_tower=False")
+            raise ConfigError("segvol: text_tower=True needs clip_path= (a local CLIP folder with "
+                              "config and tokenizer, e.g. SegVol's config/clip), or set "
+                              "text_tower=False")
         tower = clip_text_tower(clip_path, out_dim=embed_dim)
+        if tower.weights_from_checkpoint and not checkpoint and not on_meta():
+            raise ConfigError(f"segvol: clip_path={clip_path} has a config and tokenizer but no "
+                              "weights; they are in SegVol's checkpoint: set checkpoint=")
     return build_segvol(image_size, patch_size, embed_dim, encoder,
                         {**SEGVOL_VIT, **(encoder_kwargs or {})}, share_encoder, decoder_depth,
                         decoder_heads, decoder_mlp_dim, upscaling_norm, tower,
@@ -362,4 +399,5 @@ def format_parameter_counts(counts: dict[str, int]) -> str:
 
 
 __all__ = ["SegVolHead", "segvol", "test_segvol", "segvol_parameter_counts", "read_state_dict",
-           "segvol_to_zoo_keys", "zoo_to_segvol_keys", "format_parameter_counts"]
+           "segvol_to_zoo_keys", "zoo_to_segvol_keys", "mask_downscaling_tensors",
+           "format_parameter_counts"]

@@ -14,6 +14,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from zoo.errors import ConfigError
 
 Size3 = tuple[int, int, int]
 
@@ -26,8 +27,8 @@ class Attention(nn.Module):
         super().__init__()
         inner = dim // downsample_rate
         if downsample_rate <= 0 or dim % downsample_rate or inner % num_heads:
-            raise ValueError(f"attention: dim {dim} / downsample_rate {downsample_rate} must be "
-                             f"divisible by num_heads {num_heads}")
+            raise ConfigError(f"attention: dim {dim} / downsample_rate {downsample_rate} must be "
+                              f"divisible by num_heads {num_heads}")
         self.num_heads = num_heads
         self.q_proj = nn.Linear(dim, inner)
         self.k_proj = nn.Linear(dim, inner)
@@ -63,7 +64,7 @@ class MLP(nn.Module):
     def __init__(self, dim_in: int, hidden: int, dim_out: int, num_layers: int) -> None:
         super().__init__()
         if num_layers < 1:
-            raise ValueError(f"num_layers must be >= 1, got {num_layers}")
+            raise ConfigError(f"num_layers must be >= 1, got {num_layers}")
         dims = [dim_in] + [hidden] * (num_layers - 1) + [dim_out]
         self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(dims[:-1], dims[1:]))
 
@@ -118,7 +119,7 @@ class TwoWayTransformer(nn.Module):
                  mlp_dim: int = 2048, attention_downsample_rate: int = 2) -> None:
         super().__init__()
         if depth < 1:
-            raise ValueError(f"depth must be >= 1, got {depth}")
+            raise ConfigError(f"depth must be >= 1, got {depth}")
         self.layers = nn.ModuleList(
             TwoWayBlock(embedding_dim, num_heads, mlp_dim, attention_downsample_rate, i == 0)
             for i in range(depth))
@@ -165,11 +166,11 @@ class SegVolMaskDecoder(nn.Module):
                  upscaling_norm: str = "segvol", grid: Size3 | None = None) -> None:
         super().__init__()
         if transformer_dim % 8:
-            raise ValueError(f"transformer_dim must be divisible by 8, got {transformer_dim}")
+            raise ConfigError(f"transformer_dim must be divisible by 8, got {transformer_dim}")
         if upscaling_norm not in ("segvol", "channel"):
-            raise ValueError(f"upscaling_norm must be 'segvol' or 'channel', got {upscaling_norm!r}")
+            raise ConfigError(f"upscaling_norm must be 'segvol' or 'channel', got {upscaling_norm!r}")
         if upscaling_norm == "segvol" and (grid is None or len(grid) != 3):
-            raise ValueError(f"upscaling_norm='segvol' needs the token grid (d, h, w), got {grid}")
+            raise ConfigError(f"upscaling_norm='segvol' needs the token grid (d, h, w), got {grid}")
         self.transformer = TwoWayTransformer(depth, transformer_dim, num_heads, mlp_dim)
         self.num_mask_tokens = num_multimask_outputs + 1
         self.iou_token = nn.Embedding(1, transformer_dim)

@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from zoo.errors import ConfigError
 from zoo.types import check_volume
 
 BACKGROUND_LOGIT = -20.0
@@ -102,15 +103,14 @@ def zoom_out_zoom_in(head: Any, volume: Tensor, *, text: Sequence[Any] | None = 
 
     check_volume(volume)
     if rule not in RULES:
-        from zoo.errors import ConfigError
         from zoo.registry import suggest
 
         raise ConfigError(f"rule={rule!r}: expected one of {RULES}.{suggest(rule, list(RULES))}")
     if head.share_encoder:
-        raise ValueError("zoom_out_zoom_in needs a SegVol head with its own image encoder "
-                         "(share_encoder=False): every window is re-encoded")
+        raise ConfigError("zoom_out_zoom_in needs a SegVol head with its own image encoder "
+                          "(share_encoder=False): every window is re-encoded")
     if not 0.0 <= overlap < 1.0:
-        raise ValueError(f"overlap must be in [0, 1), got {overlap}")
+        raise ConfigError(f"overlap must be in [0, 1), got {overlap}")
     if rule == "segvol":
         return torch.cat([_segvol_rule(head, volume[i:i + 1], i, text, text_embedding, points,
                                        point_labels, boxes, overlap, sw_batch_size, generator)

@@ -18,6 +18,7 @@ import math
 
 import torch
 from torch import Tensor, nn
+from zoo.errors import ConfigError
 
 Size3 = tuple[int, int, int]
 
@@ -33,9 +34,9 @@ class RandomFourierPE3d(nn.Module):
     def __init__(self, num_feats: int, scale: float = 1.0) -> None:
         super().__init__()
         if num_feats <= 0:
-            raise ValueError(f"num_feats must be positive, got {num_feats}")
+            raise ConfigError(f"num_feats must be positive, got {num_feats}")
         if scale <= 0:
-            raise ValueError(f"scale must be positive, got {scale}")
+            raise ConfigError(f"scale must be positive, got {scale}")
         self.register_buffer("positional_encoding_gaussian_matrix", scale * torch.randn(3, num_feats))
 
     def encode(self, coords: Tensor) -> Tensor:
@@ -68,7 +69,7 @@ class SegVolPromptEncoder(nn.Module):
                  segvol_point_order: bool = True) -> None:
         super().__init__()
         if embed_dim <= 0 or embed_dim % 2:
-            raise ValueError(f"embed_dim must be a positive even number, got {embed_dim}")
+            raise ConfigError(f"embed_dim must be a positive even number, got {embed_dim}")
         self.embed_dim = embed_dim
         self.segvol_point_order = segvol_point_order
         self.pe_layer = RandomFourierPE3d(embed_dim // 2, pe_scale)

@@ -2,8 +2,10 @@
 
 SegVol (Du et al., 2023) turns an organ name into "A computerized tomography of a {organ}.",
 encodes it with CLIP's text tower (ViT-B/32 text: width 512) and aligns the pooled output to 768
-with ``dim_align``. Any local Hugging Face ``CLIPTextModel`` directory works (``clip_path``); its
-tokenizer is loaded from the same directory. Nothing is downloaded.
+with ``dim_align``. ``clip_path`` is a local folder with a CLIP config and tokenizer: with weights
+(any Hugging Face ``CLIPTextModel`` or ``CLIPModel`` folder) they are loaded; without (SegVol's own
+``config/clip``: config and tokenizer only) the tower's weights come from SegVol's checkpoint.
+Nothing is downloaded.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ from typing import Any, Sequence
 from torch import Tensor, nn
 
 from zoo.build import on_meta
+from zoo.checkpoint import reading_hf_folder
+from zoo.errors import ConfigError, MissingFileError
 
 TEMPLATE = "A computerized tomography of a {}."
 
@@ -29,11 +33,12 @@ class SegVolTextEncoder(nn.Module):
                  template: str = TEMPLATE, freeze: bool = True) -> None:
         super().__init__()
         if "{}" not in template:
-            raise ValueError(f"template must contain '{{}}' for the organ name, got {template!r}")
+            raise ConfigError(f"template must contain '{{}}' for the organ name, got {template!r}")
         self.clip_text_model = clip_text_model
         self.tokenizer = tokenizer
         self.template = template
         self.dim_align = nn.Linear(clip_text_model.config.hidden_size, out_dim)
+        self.weights_from_checkpoint = False  # True: the CLIP weights must come from SegVol's file
         if freeze:
             self.clip_text_model.requires_grad_(False)
 
@@ -53,24 +58,59 @@ class SegVolTextEncoder(nn.Module):
         return self.dim_align(out.pooler_output)
 
 
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                "pytorch_model.bin.index.json")
+
+
+def has_weights(folder: str | Path) -> bool:
+    """True when ``folder`` holds Hugging Face weights (SegVol's ``config/clip`` holds none)."""
+    return any((Path(folder) / name).is_file() for name in WEIGHT_FILES)
+
+
+def clip_text_config(folder: str | Path) -> Any:
+    """The ``CLIPTextConfig`` of a local folder: its ``config.json`` is a CLIP text config, or a
+    whole CLIP model's config whose ``text_config`` is used (SegVol's ``config/clip``)."""
+    from transformers import CLIPConfig, CLIPTextConfig
+
+    from zoo.errors import CheckpointError
+
+    config_file = Path(folder) / "config.json"
+    if not config_file.is_file():
+        raise MissingFileError(f"clip_path={str(folder)!r} has no config.json")
+    import json
+
+    model_type = json.loads(config_file.read_text()).get("model_type")
+    if model_type == "clip":
+        return CLIPConfig.from_pretrained(folder).text_config
+    if model_type == "clip_text_model":
+        return CLIPTextConfig.from_pretrained(folder)
+    raise CheckpointError(f"{config_file}: model_type={model_type!r}, expected 'clip' or "
+                          "'clip_text_model'")
+
+
 def clip_text_tower(clip_path: str | Path | None = None, out_dim: int = 768,
                     template: str = TEMPLATE) -> SegVolTextEncoder:
-    """From a local CLIP directory (model + tokenizer); ``None`` builds the default
-    ``CLIPTextConfig`` (CLIP ViT-B/32 text tower) with random weights and no tokenizer, which is
-    only useful for parameter counting on the meta device."""
+    """From a local CLIP directory: its tokenizer, and its weights when it has them; a folder
+    with only a config and a tokenizer (SegVol's ``config/clip``) gives a tower whose weights
+    must come from a SegVol checkpoint (``weights_from_checkpoint`` is then True). ``None``
+    builds the default ``CLIPTextConfig`` (CLIP ViT-B/32 text tower) with random weights and no
+    tokenizer, which is only useful for parameter counting on the meta device."""
     from transformers import AutoTokenizer, CLIPTextConfig, CLIPTextModel
 
     if clip_path is None:
         return SegVolTextEncoder(CLIPTextModel(CLIPTextConfig()), None, out_dim, template)
     path = Path(clip_path)
     if not path.is_dir():
-        raise FileNotFoundError(f"clip_path={str(clip_path)!r} is not a local directory with a "
-                                "CLIPTextModel and its tokenizer")
-    if on_meta():
-        model = CLIPTextModel(CLIPTextConfig.from_pretrained(path))
-    else:
-        model = CLIPTextModel.from_pretrained(path)
-    return SegVolTextEncoder(model, AutoTokenizer.from_pretrained(path), out_dim, template)
+        raise MissingFileError(f"clip_path={str(clip_path)!r} is not a local directory with a "
+                               "CLIP config and tokenizer")
+    with reading_hf_folder(path, "CLIP text model folder"):
+        config = clip_text_config(path)
+        own_weights = has_weights(path) and not on_meta()
+        model = CLIPTextModel.from_pretrained(path) if own_weights else CLIPTextModel(config)
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    tower = SegVolTextEncoder(model, tokenizer, out_dim, template)
+    tower.weights_from_checkpoint = not has_weights(path)
+    return tower
 
 
 def char_clip_tokenizer() -> Any:

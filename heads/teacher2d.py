@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from zoo.build import on_meta
+from zoo.errors import ConfigError, MissingFileError
 from zoo.registry import HEADS
 from zoo.types import EmbeddingOutput
 
@@ -181,12 +182,12 @@ def biomedclip_teacher(path: str, context_length: int | None = None) -> SliceTea
     folder = Path(path)
     config_file = folder / "open_clip_config.json"
     if not config_file.is_file():
-        raise FileNotFoundError(f"biomedclip_teacher path={path}: no open_clip_config.json there "
-                                "(download BiomedCLIP's files into that directory)")
+        raise MissingFileError(f"biomedclip_teacher path={path}: no open_clip_config.json there "
+                               "(download BiomedCLIP's files into that directory)")
     weights = [folder / name for name in WEIGHT_FILES if (folder / name).is_file()]
     if not weights:
-        raise FileNotFoundError(f"biomedclip_teacher path={path}: no weights file, expected one "
-                                f"of {WEIGHT_FILES}")
+        raise MissingFileError(f"biomedclip_teacher path={path}: no weights file, expected one "
+                               f"of {WEIGHT_FILES}")
     meta = on_meta()
     model = open_clip.create_model(f"local-dir:{folder}", load_weights=not meta,
                                    device="meta" if meta else "cpu")
@@ -221,7 +222,7 @@ def test_teacher(seed: int = 0, pool_type: str = "tok") -> SliceTeacher:
     from open_clip.model import CLIPTextCfg, CLIPVisionCfg
 
     if pool_type not in ("tok", "avg"):
-        raise ValueError(f"test_teacher pool_type must be 'tok' or 'avg', got {pool_type!r}")
+        raise ConfigError(f"test_teacher pool_type must be 'tok' or 'avg', got {pool_type!r}")
     spec = {**TEST_CLIP, "vision_cfg": {**TEST_CLIP["vision_cfg"], "pool_type": pool_type}}
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)

@@ -381,7 +381,7 @@ def build_parts(encoder: Callable[..., Any], connector: Callable[..., Any], lm: 
     """(encoder, bridge, connector, lm) wired by width: bridge ``in_dim`` = encoder width,
     connector ``in_dim`` = bridge (or encoder) width, ``out_dim`` = LLM hidden size."""
     if train_lm not in ("lora", "full", "frozen"):
-        raise ValueError(f"recipe.train_lm={train_lm!r}: expected 'lora', 'full' or 'frozen'")
+        raise ConfigError(f"recipe.train_lm={train_lm!r}: expected 'lora', 'full' or 'frozen'")
     language_model = lm()
     vision = encoder(**(encoder_kwargs or {}))
     middle = bridge(in_dim=vision.out_dim) if bridge is not None else None
@@ -405,9 +405,9 @@ def build_seg_head(head: Callable[..., Any], vision: Any, image_size: Sequence[i
     if share_encoder:
         _, grid = vision.output_layout(kwargs["image_size"])
         if grid is None or any(s % g for s, g in zip(kwargs["image_size"], grid)):
-            raise ValueError(f"recipe.share_encoder=true: encoder tokens have grid {grid}, which "
-                             f"does not tile image_size {kwargs['image_size']}; SegVol needs a "
-                             "(d, h, w) patch grid (use share_encoder=false)")
+            raise ConfigError(f"recipe.share_encoder=true: encoder tokens have grid {grid}, which "
+                              f"does not tile image_size {kwargs['image_size']}; SegVol needs a "
+                              "(d, h, w) patch grid (use share_encoder=false)")
         kwargs.update(patch_size=tuple(s // g for s, g in zip(kwargs["image_size"], grid)),
                       embed_dim=vision.out_dim)
     return head(**kwargs)
@@ -424,7 +424,7 @@ def lamed(encoder: Callable[..., Any], connector: Callable[..., Any], lm: Callab
           align_tasks: Sequence[str] | None = None, instruct_tasks: Sequence[str] | None = None,
           head: Callable[..., Any] | None = None, share_encoder: bool | None = None,
           seg_dropout: float = 0.1, freeze_in_align: bool = True,
-          chat_template: bool | None = None) -> LaMed:
+          chat_template: bool | None = None, init_from: str | None = None) -> LaMed:
     """M3D-LaMed: ``encoder`` (+ optional token-reducing ``bridge``) and ``connector`` into
     ``lm`` (factories from the config).
 
@@ -450,6 +450,11 @@ def lamed(encoder: Callable[..., Any], connector: Callable[..., Any], lm: Callab
     ``chat_template`` (None: when the LM's tokenizer has one) wraps the filled ``template`` as a
     user turn of the LM's chat template (:class:`~zoo.seam.ImageTextCollator`); M3D used plain
     text, ``false`` reproduces that with a chat-tuned LLM.
+
+    ``init_from``: weights M3D released or wrote (:func:`zoo.pretrained.m3d_lamed.load_m3d_lamed`):
+    a release folder (``config.json`` checked against the components; ``experiment=m3d_lamed``
+    builds M3D's), a stage-1 ``mm_projector.bin`` or a stage-2 ``model_with_lora.bin``; local
+    paths only, skipped on the meta device. The report is ``model.init_report``.
     """
     presets = stage_presets(stage_preset, align_tasks, instruct_tasks)
     lora = {"r": lora_r, "alpha": lora_alpha, "dropout": lora_dropout, "target": lora_target}
@@ -467,6 +472,11 @@ def lamed(encoder: Callable[..., Any], connector: Callable[..., Any], lm: Callab
     rows = {name: (p.input_rows, p.output_rows) for name, p in presets.items()}
     if not freeze_in_align:
         rows["align"] = ("all", "all")
-    return LaMed(vision, projector, language_model, image_size, stages, template, max_length,
-                 embedding_rows=rows, bridge=middle, head=seg_head, seg_dropout=seg_dropout,
-                 chat_template=chat_template)
+    model = LaMed(vision, projector, language_model, image_size, stages, template, max_length,
+                  embedding_rows=rows, bridge=middle, head=seg_head, seg_dropout=seg_dropout,
+                  chat_template=chat_template)
+    from zoo.pretrained.m3d_lamed import load_m3d_lamed
+    from zoo.pretrained.report import init_from as load_init
+
+    load_init(model, init_from, load_m3d_lamed)
+    return model

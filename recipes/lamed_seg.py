@@ -18,6 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from heads.segvol import SINGLE_MASK_DECODER
+from zoo.errors import DataError
 from zoo.types import VisualTokens
 
 
@@ -61,13 +62,13 @@ def seg_target(mask: Tensor, count: int, index: int) -> Tensor:
     """The sample's mask ``(K, D, H, W)`` as ``count`` targets, one per ``[SEG]`` token: K must
     equal ``count`` (token k <-> channel k), or be 1 (shared by every token)."""
     if mask.dim() != 4:
-        raise ValueError(f"sample {index}: mask must be (K, D, H, W), got {tuple(mask.shape)}")
+        raise DataError(f"sample {index}: mask must be (K, D, H, W), got {tuple(mask.shape)}")
     if mask.shape[0] == count:
         return mask
     if mask.shape[0] == 1:
         return mask.expand(count, *mask.shape[1:])
-    raise ValueError(f"sample {index}: the answer has {count} [SEG] tokens but the mask has "
-                     f"{mask.shape[0]} channels (need one channel per [SEG], or one shared)")
+    raise DataError(f"sample {index}: the answer has {count} [SEG] tokens but the mask has "
+                    f"{mask.shape[0]} channels (need one channel per [SEG], or one shared)")
 
 
 def run_head(head: nn.Module, image: Tensor, tokens: VisualTokens, prompts: list[Tensor],

@@ -39,6 +39,7 @@ from torch import Tensor, nn
 from heads.alignment import Med3DInsightLoss
 from heads.teacher2d import TeacherCache
 from zoo.build import on_meta
+from zoo.errors import ConfigError, DataError
 from zoo.registry import HEADS, RECIPES
 from zoo.types import PLANES, Conditioning, Stage, StepOutput, VisualTokens, ZooModel
 
@@ -67,7 +68,7 @@ def plane_ids(planes: Sequence[str]) -> Tensor:
     """Plane names -> ``(B,)`` long indices into :data:`PLANES`; unknown names raise."""
     bad = [p for p in planes if p not in PLANES]
     if bad:
-        raise ValueError(f"slice plane {bad[0]!r} is unknown: expected one of {PLANES}")
+        raise DataError(f"slice plane {bad[0]!r} is unknown: expected one of {PLANES}")
     return torch.tensor([PLANES.index(p) for p in planes], dtype=torch.long)
 
 
@@ -91,7 +92,7 @@ class Med3DInsight(ZooModel):
                  teacher_size: int = 224, negatives: str = "batch") -> None:
         super().__init__()
         if negatives not in NEGATIVES:
-            raise ValueError(f"negatives must be one of {NEGATIVES}, got {negatives!r}")
+            raise ConfigError(f"negatives must be one of {NEGATIVES}, got {negatives!r}")
         self.negatives = negatives
         self.encoder, self.bridge = encoder, bridge
         parts: dict[str, nn.Module] = {"objective": objective}
@@ -120,8 +121,8 @@ class Med3DInsight(ZooModel):
     def collate(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
         missing = [s["meta"]["id"] for s in samples if not isinstance(s.get("slice"), dict)]
         if missing:
-            raise ValueError(f"med3dinsight trains on 'slice' samples; {missing[0]!r} "
-                             f"(task {samples[0].get('task')!r}) has no 'slice'")
+            raise ConfigError(f"med3dinsight trains on 'slice' samples; {missing[0]!r} "
+                              f"(task {samples[0].get('task')!r}) has no 'slice'")
         batch = super().collate(samples)
         batch["image"] = pad_to_multiple(batch["image"], self.pad_multiple)
         specs = [s["slice"] for s in samples]
@@ -166,8 +167,8 @@ class Med3DInsight(ZooModel):
                       if "recon" in self.heads else None)
         if emb.shape[0] < 2:  # a last validation batch of one: alignment needs a batch
             if recon_loss is None:
-                raise ValueError("med3dinsight: a batch of 1 has no alignment loss and the model "
-                                 "has no reconstruction branch")
+                raise ConfigError("med3dinsight: a batch of 1 has no alignment loss and the model "
+                                  "has no reconstruction branch")
             weighted = self.heads["objective"].recon_weight * recon_loss
             return StepOutput(weighted, {"recon": float(weighted.detach())})
         image_t, text_t = self.teacher_targets(batch)
@@ -265,8 +266,8 @@ def alignment_eval(model: Med3DInsight, dataset: Any, batch_size: int = 8) -> di
         count += 1
     model.train(was_training)
     if not count:
-        raise ValueError(f"alignment_eval: {len(dataset)} samples give no full batch of "
-                         f"{batch_size}")
+        raise DataError(f"alignment_eval: {len(dataset)} samples give no full batch of "
+                        f"{batch_size}")
     return {k: v / count for k, v in sums.items()}
 
 
@@ -292,7 +293,7 @@ def compare_pretraining(overrides: Sequence[str], split: str = "test",
     after = {"align": alignment_eval(model, dataset, batch_size),
              "retrieval": retrieval_eval(model, dataset, batch_size)}
     return {"before": before, "after": after, "split_hash": run["split_hash"],
-            "seconds": sum(r.seconds for r in run["stages"]), "output_dir": cfg.trainer.output_dir}
+            "seconds": sum(r.seconds for r in run["stages"]), "run_dir": str(run["run_dir"])}
 
 
 @RECIPES.register
@@ -320,15 +321,15 @@ def med3dinsight(encoder: Callable[..., Any], bridge: Callable[..., Any],
     """
     if head is None:
         if not on_meta() or teacher_dim is None:
-            raise ValueError("med3dinsight needs a teacher: head=biomedclip_teacher "
-                             "head.path=DIR or head=test_teacher (~head with "
-                             "recipe.teacher_dim=N only counts parameters on the meta device)")
+            raise ConfigError("med3dinsight needs a teacher: head=biomedclip_teacher "
+                              "head.path=DIR or head=test_teacher (~head with "
+                              "recipe.teacher_dim=N only counts parameters on the meta device)")
         teacher = None
     else:
         teacher = head()
         if teacher_dim is not None and teacher_dim != teacher.embed_dim:
-            raise ValueError(f"recipe.teacher_dim={teacher_dim} disagrees with the teacher's "
-                             f"embed_dim {teacher.embed_dim} (leave it null)")
+            raise ConfigError(f"recipe.teacher_dim={teacher_dim} disagrees with the teacher's "
+                              f"embed_dim {teacher.embed_dim} (leave it null)")
         teacher_dim = teacher.embed_dim
     vision = encoder()
     psat = bridge(in_dim=vision.out_dim, teacher_dim=teacher_dim)

@@ -36,6 +36,7 @@ from torch import Tensor, nn
 from heads.seg_decoder import extract_features, feature_spec
 from recipes.med3dinsight import pad_to_multiple
 from zoo.build import on_meta
+from zoo.errors import CheckpointError, ConfigError, DataError, MissingFileError, RunError
 from zoo.registry import RECIPES
 from zoo.types import Stage, StepOutput, ZooModel
 
@@ -43,14 +44,16 @@ TASKS = ("seg", "cls")
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
-    """``model.safetensors`` for a file, a checkpoint folder or a trainer output folder."""
+    """``model.safetensors`` for a file, a checkpoint folder or a pretraining run's folder
+    (``<trainer.output_dir>/<run id>``, docs/guarantees.md)."""
     p = Path(path)
     for candidate in (p, p / "model.safetensors",
                       p / "checkpoints" / "pretrain-final" / "model.safetensors"):
         if candidate.is_file():
             return candidate
-    raise FileNotFoundError(f"init_from={path}: no model.safetensors there (give the file, its "
-                            "checkpoint folder or the pretraining run's trainer.output_dir)")
+    raise MissingFileError(f"init_from={path}: no model.safetensors there (give the file, its "
+                           "checkpoint folder or the pretraining run's folder "
+                           "<trainer.output_dir>/<run id>)")
 
 
 def load_encoder(encoder: nn.Module, path: str | Path, prefix: str = "encoder.") -> Path:
@@ -61,17 +64,17 @@ def load_encoder(encoder: nn.Module, path: str | Path, prefix: str = "encoder.")
     file = resolve_checkpoint(path)
     state = {k[len(prefix):]: v for k, v in load_file(str(file)).items() if k.startswith(prefix)}
     if not state:
-        raise KeyError(f"init_from={file}: no keys under {prefix!r} (is it a pretraining "
-                       "checkpoint of this encoder?)")
+        raise CheckpointError(f"init_from={file}: no keys under {prefix!r} (is it a pretraining "
+                              "checkpoint of this encoder?)")
     own = encoder.state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
     shapes = [k for k in set(own) & set(state) if own[k].shape != state[k].shape]
     if missing or unexpected or shapes:
-        raise KeyError(f"init_from={file}: encoder keys do not match: missing {missing[:5]}"
-                       f"{'...' if len(missing) > 5 else ''} ({len(missing)}), unexpected "
-                       f"{unexpected[:5]} ({len(unexpected)}), shape mismatches "
-                       f"{sorted(shapes)[:5]}")
+        raise CheckpointError(f"init_from={file}: encoder keys do not match: missing {missing[:5]}"
+                              f"{'...' if len(missing) > 5 else ''} ({len(missing)}), unexpected "
+                              f"{unexpected[:5]} ({len(unexpected)}), shape mismatches "
+                              f"{sorted(shapes)[:5]}")
     encoder.load_state_dict(state, strict=True)
     return file
 
@@ -82,14 +85,14 @@ def class_of(sample: dict[str, Any], classes: Sequence[str]) -> int:
     target = sample["meta"].get("target")
     if target is not None:
         if target not in classes:
-            raise ValueError(f"seg sample {sample['meta']['id']!r}: target {target!r} is not in "
-                             f"recipe.classes {list(classes)}")
+            raise DataError(f"seg sample {sample['meta']['id']!r}: target {target!r} is not in "
+                            f"recipe.classes {list(classes)}")
         return list(classes).index(target)
     prompt = str(sample.get("prompt", "")).lower()
     found = [c for c in classes if re.search(rf"\b{re.escape(c.lower())}\b", prompt)]
     if not found:
-        raise ValueError(f"seg sample {sample['meta']['id']!r}: none of recipe.classes "
-                         f"{list(classes)} appears in its prompt {sample.get('prompt')!r}")
+        raise DataError(f"seg sample {sample['meta']['id']!r}: none of recipe.classes "
+                        f"{list(classes)} appears in its prompt {sample.get('prompt')!r}")
     return list(classes).index(max(found, key=len))
 
 
@@ -109,8 +112,8 @@ class Med3DInsightFinetune(ZooModel):
     def collate(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
         wrong = [s for s in samples if s.get("task") != self.task]
         if wrong:
-            raise ValueError(f"med3dinsight_finetune(task={self.task!r}) got sample "
-                             f"{wrong[0]['meta']['id']!r} of task {wrong[0].get('task')!r}")
+            raise ConfigError(f"med3dinsight_finetune(task={self.task!r}) got sample "
+                              f"{wrong[0]['meta']['id']!r} of task {wrong[0].get('task')!r}")
         batch = super().collate(samples)
         batch["image"] = pad_to_multiple(batch["image"], self.pad_multiple)
         batch["size"] = tuple(samples[0]["image"].shape[-3:])
@@ -135,7 +138,7 @@ class SegFinetune(Med3DInsightFinetune):
     def collate(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
         batch = super().collate(samples)
         if "mask" not in batch or batch["mask"].shape[1] != 1:
-            raise ValueError("seg samples must carry one-channel masks (1, D, H, W)")
+            raise DataError("seg samples must carry one-channel masks (1, D, H, W)")
         batch["mask"] = pad_to_multiple(batch["mask"], self.pad_multiple)
         batch["class_index"] = torch.tensor([class_of(s, self.classes) for s in samples])
         return batch
@@ -255,7 +258,7 @@ def compare_finetune(overrides: Sequence[str], init_from: str, split: str = "tes
         results[name] = {"summary": summarize(rows), "rows": rows,
                          "seconds": sum(r.seconds for r in run["stages"])}
     if len(split_hashes) != 1:
-        raise ValueError(f"compare_finetune: the runs used different splits {split_hashes}")
+        raise RunError(f"compare_finetune: the runs used different splits {split_hashes}")
     key = "dice" if "dice" in results["scratch"]["rows"][0] else "correct"
     results["paired"] = paired_bootstrap([r[key] for r in results["pretrained"]["rows"]],
                                          [r[key] for r in results["scratch"]["rows"]], seed=seed)
@@ -273,22 +276,22 @@ def med3dinsight_finetune(encoder: Callable[..., Any], head: Callable[..., Any],
     channel per entry of ``classes``; ``linear_classifier`` for ``task="cls"``). ``init_from``:
     the pretraining checkpoint whose ``encoder.`` weights start the encoder (null = scratch)."""
     if task not in TASKS:
-        raise ValueError(f"recipe.task must be one of {TASKS}, got {task!r}")
+        raise ConfigError(f"recipe.task must be one of {TASKS}, got {task!r}")
     vision = encoder()
     if task == "seg":
         if not classes:
-            raise ValueError("recipe.classes: task='seg' needs the class names (one output "
-                             "channel each)")
+            raise ConfigError("recipe.classes: task='seg' needs the class names (one output "
+                              "channel each)")
         dims, strides = feature_spec(vision)
         part = head(feature_dims=dims, feature_strides=strides, out_channels=len(classes))
         if not hasattr(part, "loss_fn") or getattr(part, "activation", "sigmoid") != "sigmoid":
-            raise ValueError(f"task='seg' needs a sigmoid segmentation decoder (head="
-                             f"unetr_decoder), got {type(part).__name__}")
+            raise ConfigError(f"task='seg' needs a sigmoid segmentation decoder (head="
+                              f"unetr_decoder), got {type(part).__name__}")
     else:
         part = head(in_dim=vision.out_dim)
         if not hasattr(part, "pooled"):
-            raise ValueError(f"task='cls' needs a classifier head (head=linear_classifier), got "
-                             f"{type(part).__name__}")
+            raise ConfigError(f"task='cls' needs a classifier head (head=linear_classifier), got "
+                              f"{type(part).__name__}")
     if init_from and not on_meta():
         load_encoder(vision, init_from)
     stages = {"finetune": Stage("finetune", trainable=(r"encoder\.", r"heads\."), tasks=(task,),

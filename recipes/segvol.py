@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from heads.segvol import SINGLE_MASK_DECODER
+from zoo.errors import ConfigError, DataError
 from zoo.registry import RECIPES
 from zoo.types import MaskOutput, Stage, StepOutput, ZooModel, check_volume
 
@@ -33,10 +34,10 @@ class SegVolModel(ZooModel):
                  encoder: nn.Module | None = None, prompt_mix: bool = True) -> None:
         super().__init__()
         if getattr(head, "text_encoder", None) is None:
-            raise ValueError("recipe segvol needs a SegVol head with a text tower (text_tower=true)")
+            raise ConfigError("recipe segvol needs a SegVol head with a text tower (text_tower=true)")
         if (encoder is None) == (head.image_encoder is None):
-            raise ValueError("recipe segvol: use either the head's own encoder (encoder=null) or "
-                             "a shared encoder with share_encoder=true, not both or neither")
+            raise ConfigError("recipe segvol: use either the head's own encoder (encoder=null) or "
+                              "a shared encoder with share_encoder=true, not both or neither")
         self.encoder = encoder
         self.heads = head
         self.stages = stages
@@ -51,7 +52,7 @@ class SegVolModel(ZooModel):
                              f"the SegVol input size {self.heads.image_size} (set data.size)")
         prompts = batch.get("prompt")
         if not prompts or len(prompts) != image.shape[0]:
-            raise ValueError("recipe segvol needs batch['prompt'] with one text per image")
+            raise DataError("recipe segvol needs batch['prompt'] with one text per image")
         return image, self.heads.text_encoder(list(prompts), raw=True)[:, None]
 
     def _segment(self, image: torch.Tensor, text: torch.Tensor, target: torch.Tensor | None,
@@ -62,7 +63,7 @@ class SegVolModel(ZooModel):
 
     def forward(self, batch: dict[str, Any]) -> StepOutput:
         if batch.get("mask") is None:
-            raise ValueError("recipe segvol trains on samples with a 'mask' (tasks seg / refseg)")
+            raise ConfigError("recipe segvol trains on samples with a 'mask' (tasks seg / refseg)")
         image, text = self._inputs(batch)
         target = batch["mask"].to(image.dtype)
         tokens = self.heads.encode_image(image) if self.encoder is None else self.encoder(image)

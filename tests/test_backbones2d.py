@@ -6,6 +6,7 @@ import torch
 import zoo  # noqa: F401  (environment fixes first)
 from encoders.backbones2d import (ECOSYSTEMS, HFVisionViT, OpenClipViT, TimmViT, build_backbone2d,
                                   parse_backbone)
+from zoo.errors import CheckpointError, ConfigError
 
 TINY_TIMM = dict(embed_dim=32, depth=2, num_heads=2, img_size=32)
 TINY_OPEN_CLIP = dict(width=32, layers=2, head_width=16, image_size=32, patch_size=16)
@@ -162,7 +163,7 @@ def test_hf_local_directory_loads(tmp_path):
 
 def test_mismatched_checkpoint_names_missing_keys(tmp_path):
     torch.save({"something.else": torch.zeros(1)}, tmp_path / "bad.pt")
-    with pytest.raises(KeyError, match="missing keys"):
+    with pytest.raises(CheckpointError, match="missing keys"):
         build_backbone2d("open_clip:ViT-B-16", str(tmp_path / "bad.pt"), TINY_OPEN_CLIP)
     with pytest.raises(FileNotFoundError, match="nope.pt"):
         build_backbone2d("timm:vit_tiny_patch16_224", str(tmp_path / "nope.pt"), TINY_TIMM)
@@ -181,13 +182,13 @@ def test_unknown_ecosystem_lists_prefixes(spec):
 
 
 def test_unknown_model_names_suggest():
-    with pytest.raises(KeyError, match="Did you mean: ViT-L-14-336"):
+    with pytest.raises(ConfigError, match="Did you mean: ViT-L-14-336"):
         build_backbone2d("open_clip:ViT-L-14-33")
-    with pytest.raises(KeyError, match="unknown timm model"):
+    with pytest.raises(ConfigError, match="unknown timm model"):
         build_backbone2d("timm:vit_tiny_patch16_2244")
     with pytest.raises(ValueError, match="neither a local directory"):
         build_backbone2d("hf:/no/such/dir")
-    with pytest.raises(KeyError, match="vision_cfg"):
+    with pytest.raises(ConfigError, match="vision_cfg"):
         build_backbone2d("open_clip:ViT-B-16", None, {"widht": 32})
 
 

@@ -6,6 +6,7 @@ from monai.networks.nets import SwinUNETR
 
 from encoders import resnet3d as resnet_mod
 from encoders import swin3d as swin_mod
+from zoo.errors import CheckpointError
 from zoo.types import Encoder
 
 BUILDERS = [swin_mod.test_swin3d, resnet_mod.test_resnet3d]
@@ -59,7 +60,7 @@ def test_swin_loads_swinunetr_weights(tmp_path):
         torch.testing.assert_close(a, b)
     bad = {k: v for k, v in ref.state_dict().items() if "layers4" not in k}
     torch.save(bad, tmp_path / "bad.pt")
-    with pytest.raises(KeyError, match="missing keys"):
+    with pytest.raises(CheckpointError, match="missing keys"):
         swin_mod.test_swin3d(checkpoint=str(tmp_path / "bad.pt"))
 
 

@@ -105,6 +105,28 @@ def test_perceiver_runs_under_the_flop_counter():
     assert counter.get_total_flops() > 0
 
 
+def test_linear_layer_type_stacks_linears_without_activation():
+    """M3D's projector builder (spatial_pooling_projector.py): layer_type 'linear' with depth 2 is
+    Sequential(Linear(in, out), Linear(out, out)), keys projector.0 and projector.1; 'mlp' puts a
+    GELU between (keys projector.0 and projector.2)."""
+    from connectors.linear import linear
+    from connectors.spatial_pool import spatial_pool
+
+    conn = linear(in_dim=8, out_dim=6, depth=2)
+    assert list(conn.state_dict()) == ["projector.0.weight", "projector.0.bias",
+                                       "projector.1.weight", "projector.1.bias"]
+    x = torch.randn(2, 5, 8)
+    out = conn(VisualTokens(x, None)).tokens
+    expected = conn.projector[1](conn.projector[0](x))
+    torch.testing.assert_close(out, expected)
+    pool = spatial_pool(in_dim=8, out_dim=6, depth=2, layer_type="linear")
+    assert [type(m).__name__ for m in pool.projector] == ["Linear", "Linear"]
+    mlp_pool = spatial_pool(in_dim=8, out_dim=6, depth=2)
+    assert [type(m).__name__ for m in mlp_pool.projector] == ["Linear", "GELU", "Linear"]
+    with pytest.raises(ValueError, match="layer_type='lienar'.*Did you mean: linear"):
+        spatial_pool(in_dim=8, out_dim=6, layer_type="lienar")
+
+
 @pytest.mark.parametrize("grid,out_grid", [((32, 7, 7), (16, 4, 4)), ((1, 8, 8), (1, 4, 4)),
                                            ((8, 4, 3), (4, 2, 2)), ((1, 1, 1), (1, 1, 1))])
 def test_spatial_pool_fits_any_grid(grid, out_grid):

@@ -204,7 +204,7 @@ def test_a_folder_of_nifti_and_one_csv_trains_and_evaluates(tmp_path, monkeypatc
     assert "eval vqa_closed: 2 items" in printed and "eval caption: 2 items" in printed
     run_id = printed.split("mlflow run ")[1].split()[0]
     assert main(["eval", run_id, "eval.max_items=2", "eval.tasks=[vqa_closed]"]) == 0
-    assert f"to mlflow run {run_id}" in capsys.readouterr().out
+    assert f"a child run of {run_id}" in capsys.readouterr().out
     # a run trained without evaluation on a split without test patients: zoo eval says so
     assert main(["train", *common, "eval.enabled=false"]) == 0
     run_id = capsys.readouterr().out.split("mlflow run ")[1].split()[0]

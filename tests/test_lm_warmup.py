@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from tests.test_lamed import build_lamed
+from zoo.errors import ConfigError
 from zoo.lm_warmup import check_settings, warm_up_lm
 
 
@@ -70,5 +71,5 @@ def test_warm_up_refuses_bad_settings_and_models_without_a_language_model(tmp_pa
         check_settings({**settings(tmp_path), "step": 3})
     with pytest.raises(ValueError, match="no item of these tasks"):
         warm_up_lm(build_lamed(), TextData(), settings(tmp_path, tasks=["seg"]), seed=0)
-    with pytest.raises(TypeError, match="has no text_loss"):
+    with pytest.raises(ConfigError, match="has no text_loss"):
         warm_up_lm(torch.nn.Linear(2, 2), TextData(), settings(tmp_path), seed=0)

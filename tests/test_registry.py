@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 
+from zoo.errors import ConfigError
 from zoo.manifest import COMPONENT_MODULES
 from zoo.registry import REGISTRIES, Registry
 
@@ -38,7 +39,7 @@ def test_register_get_build_list():
 
 def test_unknown_name_suggests_close_matches():
     reg = make_registry()
-    with pytest.raises(KeyError) as info:
+    with pytest.raises(ConfigError) as info:
         reg.get("test_widgte")
     message = str(info.value)
     assert "unknown widget 'test_widgte'" in message

@@ -43,3 +43,44 @@ def test_env_uri_overrides_default(tmp_path, monkeypatch):
     uri = f"sqlite:///{tmp_path}/other.db"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     assert Tracker(root=tmp_path / "unused", experiment="e").uri == uri
+
+
+def _create_store(root, queue):
+    try:
+        queue.put(Tracker(root=root, experiment="race").experiment_id)
+    except BaseException as err:  # reported to the parent, which fails the test
+        queue.put(f"{type(err).__name__}: {err}")
+
+
+def test_two_processes_creating_a_fresh_sqlite_store_at_once_both_succeed(tmp_path, monkeypatch):
+    import multiprocessing
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    context = multiprocessing.get_context("fork")
+    queue = context.Queue()
+    workers = [context.Process(target=_create_store, args=(tmp_path / "runs", queue))
+               for _ in range(2)]
+    for worker in workers:
+        worker.start()
+    results = [queue.get(timeout=120) for _ in workers]
+    for worker in workers:
+        worker.join(timeout=30)
+    assert results[0] == results[1], results  # both saw the same experiment, neither crashed
+
+
+def test_an_unreachable_tracking_server_fails_fast_in_one_line():
+    import socket
+    import time
+
+    import pytest
+
+    from zoo.errors import ConfigError
+
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    start = time.monotonic()
+    with pytest.raises(ConfigError, match=f"tracking server http://127.0.0.1:{port} is "
+                                          "unreachable"):
+        Tracker(f"http://127.0.0.1:{port}")
+    assert time.monotonic() - start < 10

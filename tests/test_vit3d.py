@@ -8,6 +8,7 @@ from monai.networks.nets import ViT
 from encoders.vit3d import IGNORED_CHECKPOINT_PARTS, ViT3D, vit3d
 from zoo import ENCODERS
 from zoo.build import on_meta
+from zoo.errors import CheckpointError, ConfigError
 from zoo.types import Encoder, VisualTokens
 
 TINY = dict(img_size=(32, 64, 64), patch_size=(4, 16, 16), hidden_size=64, num_heads=4,
@@ -104,12 +105,12 @@ def test_checkpoint_key_errors_list_keys(tmp_path):
     net = monai_vit(cls_token=False)
     path = tmp_path / "vit.pt"
     torch.save(net.state_dict(), path)
-    with pytest.raises(KeyError, match="missing keys \\['cls_token'\\]"):
+    with pytest.raises(CheckpointError, match="missing keys \\['cls_token'\\]"):
         ENCODERS.build("test_vit3d", checkpoint=str(path))
     state = net.state_dict()
     state["blocks.0.attn.extra"] = torch.zeros(1)
     torch.save(state, path)
-    with pytest.raises(KeyError, match="unexpected keys \\['blocks.0.attn.extra'\\]"):
+    with pytest.raises(CheckpointError, match="unexpected keys \\['blocks.0.attn.extra'\\]"):
         ENCODERS.build("test_vit3d", cls_token=False, checkpoint=str(path))
     with pytest.raises(ValueError, match="position_embeddings has 128 positions"):
         torch.save(net.state_dict(), path)
@@ -161,7 +162,7 @@ def test_bad_inputs_raise_clearly():
         ENCODERS.build("test_vit3d", num_heads=5)
     with pytest.raises(ValueError, match="Did you mean: learnable"):
         ENCODERS.build("test_vit3d", pos_embed="learnabel")
-    with pytest.raises(TypeError, match="Did you mean: depth"):
+    with pytest.raises(ConfigError, match="Did you mean: depth"):
         ENCODERS.build("test_vit3d", detph=3)
 
 
@@ -222,21 +223,21 @@ def test_xformers_missing_or_off_cuda_raises(monkeypatch):
     import types
 
     monkeypatch.setitem(sys.modules, "xformers", None)  # import fails as if not installed
-    with pytest.raises(ImportError, match=r"pip install medzoo3d\[xformers\]"):
+    with pytest.raises(ConfigError, match=r"pip install medzoo3d\[xformers\]"):
         ENCODERS.build("vit3d_base_m3d", attn_impl="xformers")
     fake = types.ModuleType("xformers.ops")
     fake.memory_efficient_attention = lambda q, k, v, p=0.0: q
     monkeypatch.setitem(sys.modules, "xformers", types.ModuleType("xformers"))
     monkeypatch.setitem(sys.modules, "xformers.ops", fake)
     model = ENCODERS.build("test_vit3d", attn_impl="xformers")
-    with pytest.raises(RuntimeError, match="CUDA only, got input on cpu"):
+    with pytest.raises(ConfigError, match="CUDA only, got input on cpu"):
         model(torch.randn(1, 1, 32, 64, 64))
     broken = types.ModuleType("xformers")  # installed, but built for another torch / CUDA
     broken._has_cpp_library = False
     broken._cpp_lib = types.SimpleNamespace(_cpp_library_load_exception=OSError(
         "xFormers was built for:\n    PyTorch 2.10.0+cu128 with CUDA 1208"))
     monkeypatch.setitem(sys.modules, "xformers", broken)
-    with pytest.raises(ImportError, match=r"extension did not load \(xFormers was built for: "
+    with pytest.raises(ConfigError, match=r"extension did not load \(xFormers was built for: "
                                           r"PyTorch 2\.10\.0\+cu128 with CUDA 1208\); install"):
         ENCODERS.build("test_vit3d", attn_impl="xformers")
 

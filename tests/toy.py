@@ -30,10 +30,11 @@ class ToyData:
 
 
 class ToyModel(ZooModel):
-    def __init__(self, size=(4, 8, 8)) -> None:
+    def __init__(self, size=(4, 8, 8), dropout: float = 0.0) -> None:
         super().__init__()
         voxels = size[0] * size[1] * size[2]
-        self.encoder = nn.Sequential(nn.Flatten(), nn.Linear(voxels, 8), nn.Tanh())
+        self.encoder = nn.Sequential(nn.Flatten(), nn.Linear(voxels, 8), nn.Tanh(),
+                                     nn.Dropout(dropout))
         self.heads = nn.ModuleDict({"cls": nn.Linear(8, 2)})
         self.stages = {
             "warmup": Stage("warmup", trainable=(r"heads\.",), lr=0.05, epochs=4, batch_size=4),

@@ -28,6 +28,7 @@ from typing import Any, Sequence
 
 import torch
 from torch import Tensor
+from zoo.errors import DataError
 
 BOX_START = "<bx_start>"
 BOX_END = "<bx_end>"
@@ -44,11 +45,11 @@ Box = Sequence[float]
 def _check_box(box: Box, name: str = "box") -> list[float]:
     values = [float(v) for v in box]
     if len(values) != 6:
-        raise ValueError(f"{name} must have 6 values [x1, y1, z1, x2, y2, z2], got {len(values)}")
+        raise DataError(f"{name} must have 6 values [x1, y1, z1, x2, y2, z2], got {len(values)}")
     if not all(math.isfinite(v) for v in values):
-        raise ValueError(f"{name} has non-finite values: {values}")
+        raise DataError(f"{name} has non-finite values: {values}")
     if any(values[i + 3] < values[i] for i in range(3)):
-        raise ValueError(f"{name} has an upper corner below its lower corner: {values}")
+        raise DataError(f"{name} has an upper corner below its lower corner: {values}")
     return values
 
 
@@ -56,7 +57,7 @@ def format_box(box: Box) -> str:
     """``[x1, y1, z1, x2, y2, z2]`` (normalised) -> ``'<bx_start>[0.125, ...]<bx_end>'``."""
     values = _check_box(box)
     if any(v < 0.0 or v > 1.0 for v in values):
-        raise ValueError(f"box coordinates must be normalised to [0, 1], got {values}")
+        raise DataError(f"box coordinates must be normalised to [0, 1], got {values}")
     return BOX_START + "[" + ", ".join(f"{v:.3f}" for v in values) + "]" + BOX_END
 
 

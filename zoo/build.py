@@ -8,15 +8,101 @@ token counts, freezing and LoRA targets are the recipe's business alone (docs/de
 from __future__ import annotations
 
 import inspect
-from typing import Any
+from typing import Any, Callable
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from zoo.config import ConfigError, chosen_options
 from zoo.registry import load_manifest
 from zoo.types import ZooModel
 
 COMPONENT_GROUPS: tuple[str, ...] = ("encoder", "bridge", "connector", "lm", "head")
+
+
+def registered_targets() -> dict[str, Callable[..., Any]]:
+    """``{"module.function": builder}`` of every registered builder: the only ``_target_`` values
+    the zoo instantiates."""
+    from zoo.registry import REGISTRIES
+
+    load_manifest()
+    return {f"{b.__module__}.{b.__qualname__}": b for registry in REGISTRIES.values()
+            for b in (registry.get(name) for name in registry.list())}
+
+
+def _type_error(hint: Any, value: Any) -> str | None:
+    """What is wrong with ``value`` (not None) for the simple annotations int / float / bool /
+    str and their Optional forms; None when it fits or the annotation is another one."""
+    import types
+    import typing
+
+    options = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) \
+        else (hint,)
+    plain = [o for o in options if o is not type(None)]
+    if not plain or not all(o in (int, float, bool, str) for o in plain):
+        return None  # containers, modules, callables: the builder checks them
+    fits = {int: isinstance(value, int) and not isinstance(value, bool),
+            float: isinstance(value, (int, float)) and not isinstance(value, bool),
+            bool: isinstance(value, bool), str: isinstance(value, str)}
+    if any(fits[o] for o in plain):
+        return None
+    names = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
+    return f"expected {' or '.join(names[o] for o in plain)}"
+
+
+def check_types(node: Any, key: str) -> None:
+    """Values of a builder node's arguments annotated ``int``, ``float``, ``bool`` or ``str`` (or
+    their Optional forms) must have that type: a learning rate given as text is refused, never
+    converted (ConfigError naming the key). Argument names are checked when the config is
+    composed (:func:`zoo.signature.check_keys`)."""
+    import typing
+
+    if not isinstance(node, DictConfig) or "_target_" not in node:
+        return
+    builder = registered_targets().get(node["_target_"])
+    if builder is None:
+        return  # check_targets reports it
+    try:
+        hints = typing.get_type_hints(builder)
+    except Exception:  # an annotation that does not evaluate here: nothing to check against
+        return
+    raw = OmegaConf.to_container(node, resolve=False)
+    for name, value in raw.items():  # type: ignore[union-attr]
+        if name not in hints or value is None or (
+                isinstance(value, str) and ("${" in value or value == "???")):
+            continue  # null, an interpolation or a missing value: the builder or Hydra decides
+        problem = _type_error(hints[name], value)
+        if problem:
+            raise ConfigError(f"{key}.{name}={value!r}: {problem}")
+
+
+def check_targets(node: Any, key: str = "") -> None:
+    """Refuse any ``_target_`` in ``node`` (a config, possibly read from a run's stored
+    ``config.yaml``) that is not a registered builder, before anything is imported or called
+    (docs/guarantees.md). Raises ConfigError naming the key."""
+    allowed = registered_targets()
+
+    def walk(value: Any, where: str) -> None:
+        if isinstance(value, dict):
+            for name, child in value.items():
+                path = f"{where}.{name}" if where else str(name)
+                if name == "_target_" and child not in allowed:
+                    raise ConfigError(f"{path}={child!r} is not a registered builder (see `zoo "
+                                      "list`); only registered builders are instantiated from a "
+                                      "config")
+                walk(child, path)
+        elif isinstance(value, list):
+            for i, child in enumerate(value):
+                walk(child, f"{where}[{i}]")
+
+    walk(OmegaConf.to_container(node, resolve=False) if OmegaConf.is_config(node) else node, key)
+
+
+def check_config(cfg: DictConfig) -> None:
+    """The data source, recipe and components of ``cfg``: registered targets and the simple types
+    of builder arguments, checked before any work."""
+    for group in ("data", "recipe", *COMPONENT_GROUPS):
+        check_targets(cfg.get(group), group)
+        check_types(cfg.get(group), group)
 
 
 def component_factories(cfg: DictConfig) -> tuple[Any, dict[str, Any]]:
@@ -26,6 +112,9 @@ def component_factories(cfg: DictConfig) -> tuple[Any, dict[str, Any]]:
     load_manifest()
     if cfg.get("recipe") is None:
         raise ConfigError("recipe: no recipe chosen (set recipe=NAME; see `zoo list recipe`)")
+    for group in ("recipe", *COMPONENT_GROUPS):
+        check_targets(cfg.get(group), group)
+        check_types(cfg.get(group), group)
     recipe = instantiate(cfg.recipe, _partial_=True)
     accepted = inspect.signature(recipe.func).parameters
     choices = chosen_options(cfg)
@@ -54,7 +143,7 @@ def build_model(cfg: DictConfig) -> ZooModel:
     model = recipe(**parts)
     if not isinstance(model, ZooModel):
         raise TypeError(f"recipe {cfg.recipe.get('_target_')} returned {type(model).__name__}, "
-                        "not a ZooModel")
+                        "not a ZooModel")  # a registered recipe's bug
     return model
 
 

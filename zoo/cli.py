@@ -4,15 +4,15 @@ data | bench``.
 Config-taking commands accept Hydra overrides (``encoder=vit3d_base_m3d lm.path=/models/x``) and
 options in any order, and Hydra's habits: ``--cfg job [--resolve] [-p KEY]`` prints the composed
 config, ``hydra.verbose=...`` turns on debug logging; ``-m`` belongs to ``zoo sweep``. ``-v``/``-q``
-set how much is printed (:mod:`zoo.verbosity`). Configuration errors exit with code 2 and one
-readable line, never a stack trace.
+set how much is printed (:mod:`zoo.verbosity`). Input and configuration problems
+(:class:`zoo.errors.ZooError`, also when Hydra's instantiate wraps one) exit with code 2 and one
+readable line; anything else is a bug and keeps its traceback (docs/guarantees.md).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from typing import Callable
 
@@ -20,15 +20,6 @@ from zoo.errors import ConfigError, ZooError
 from zoo.registry import REGISTRIES
 
 EXIT_CONFIG = 2
-
-
-def _user_errors() -> tuple[type[BaseException], ...]:
-    from hydra.errors import InstantiationException
-
-    return (InstantiationException, KeyError, ValueError, FileNotFoundError)
-
-
-USER_ERRORS = _user_errors()
 
 
 def _kind(name: str) -> str:
@@ -134,7 +125,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         return print_config(args, args.overrides)
     result = run_training(compose(args.overrides))  # prints one summary line per stage
     if result["run_id"]:
-        print(f"mlflow run {result['run_id']} (split {result['split_hash'][:12]})")
+        print(f"mlflow run {result['run_id']} (split {result['split_hash'][:12]}), run folder "
+              f"{result['run_dir']}")
     return 0
 
 
@@ -155,7 +147,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from zoo.jobs import run_evaluation
 
     result = run_evaluation(args.run_id, args.overrides, tracking_uri=args.tracking_uri)
-    print(f"logged test metrics and per-item records (eval/*.jsonl) to mlflow run {result['run_id']}")
+    print(f"logged test metrics and per-item records (eval/*.jsonl) to mlflow run "
+          f"{result['run_id']}, a child run of {result['evaluated_run']} (whose own records are "
+          "unchanged)")
     return 0
 
 
@@ -208,13 +202,13 @@ def _run_models(args: argparse.Namespace) -> int:
     return 0
 
 
-def explain(err: BaseException) -> str:
-    """One line for a configuration or build error (unwrapping Hydra's instantiation wrapper)."""
-    key = getattr(err, "full_key", None)
-    inner = err.__cause__ if type(err).__name__ == "InstantiationException" and err.__cause__ else err
-    text = inner.args[0] if isinstance(inner, KeyError) and inner.args else str(inner)
-    text = " ".join(str(text).split())
-    return f"{key}: {text}" if key else text
+def user_error(err: BaseException) -> ZooError | None:
+    """The ZooError behind ``err`` (itself, or the cause of Hydra's instantiation wrapper), else
+    None: the error is a bug."""
+    while not isinstance(err, ZooError) and type(err).__name__ == "InstantiationException" \
+            and err.__cause__ is not None:
+        err = err.__cause__
+    return err if isinstance(err, ZooError) else None
 
 
 def _add_overrides(p: argparse.ArgumentParser, multirun_help: str | None = None) -> None:
@@ -375,15 +369,11 @@ def main(argv: list[str] | None = None) -> int:
     configure_output(args)
     try:
         return args.func(args)
-    except ZooError as err:
-        print(f"zoo {args.command}: {err}", file=sys.stderr)
-        return EXIT_CONFIG
     except Exception as err:
-        # bad configuration or input surfaces as these (builder errors come wrapped by Hydra's
-        # instantiate); ZOO_DEBUG=1 shows the traceback instead of one line
-        if os.environ.get("ZOO_DEBUG") or not isinstance(err, USER_ERRORS):
-            raise
-        print(f"zoo {args.command}: {explain(err)}", file=sys.stderr)
+        problem = user_error(err)
+        if problem is None:
+            raise  # a bug: the traceback is the report
+        print(f"zoo {args.command}: {' '.join(str(problem).split())}", file=sys.stderr)
         return EXIT_CONFIG
 
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
+from zoo.errors import ConfigError, RunError
 from zoo.stats import Interval, bootstrap_ci, paired_bootstrap
 
 # metrics shown in the markdown table per task (all metrics go to the csv)
@@ -141,12 +142,12 @@ def load_variants(client: Any, runs: Sequence[Any]) -> list[Variant]:
     """Variants (and the evaluators' baselines, once) of finished runs, split hashes checked;
     runs that repeat a configuration with other seeds are averaged into one variant."""
     if not runs:
-        raise ValueError("compare: no runs to compare")
+        raise RunError("compare: no runs to compare")
     hashes = {r.info.run_id: r.data.tags.get("zoo.split_hash", "unknown") for r in runs}
     if len(set(hashes.values())) > 1:
         listing = ", ".join(f"{rid[:8]}={h[:12]}" for rid, h in hashes.items())
-        raise ValueError(f"compare: runs were evaluated on different splits ({listing}); paired "
-                         "comparisons need the same test items")
+        raise RunError(f"compare: runs were evaluated on different splits ({listing}); paired "
+                       "comparisons need the same test items")
     variants, baselines = [], {}
     groups = repeat_groups(runs)
     for group, name in zip(groups, short_names([g[0] for g in groups])):
@@ -193,8 +194,8 @@ def compare_variants(variants: list[Variant], reference: str | None = None,
     models = [v for v in variants if not v.baseline]
     ref = next((v for v in variants if v.name == reference), None) if reference else models[0]
     if ref is None:
-        raise ValueError(f"compare --baseline {reference!r}: no such variant; variants: "
-                         f"{[v.name for v in variants]}")
+        raise ConfigError(f"compare --baseline {reference!r}: no such variant; variants: "
+                          f"{[v.name for v in variants]}")
     rows = []
     tasks = sorted({t for v in variants for t in v.records})
     for task in tasks:
@@ -372,7 +373,7 @@ def run_compare(parent: str | None = None, run_ids: Sequence[str] = (), referenc
     if parent:
         runs = sorted(tracker.child_runs(parent), key=lambda r: r.info.start_time)
         if not runs:
-            raise ValueError(f"compare: run {parent!r} has no child runs in {tracker.uri}")
+            raise RunError(f"compare: run {parent!r} has no child runs in {tracker.uri}")
     else:
         runs = [client.get_run(rid) for rid in run_ids]
     variants = load_variants(client, runs)

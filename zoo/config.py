@@ -13,7 +13,7 @@ the key, the value and close matches.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterable
+from typing import Any, Iterable
 
 from omegaconf import DictConfig
 
@@ -142,6 +142,7 @@ def complete_components(cfg: DictConfig) -> None:
     builder's defaults (:func:`zoo.signature.complete_node`)."""
     from omegaconf import OmegaConf, open_dict
 
+    from zoo.build import check_targets
     from zoo.signature import complete_node
 
     with open_dict(cfg):
@@ -153,6 +154,7 @@ def complete_components(cfg: DictConfig) -> None:
                 keys = list(node) if isinstance(node, DictConfig) else []
                 raise ConfigError(f"{group}.{keys[0] if keys else ''}: no {group} is chosen to take "
                                   f"it; set {group}=NAME first (see `zoo list {kind}`)")
+            check_targets(node, group)  # refused before its module is imported
             # a recipe's component arguments (encoder, bridge, ...) come from their own groups
             skip = [g for g in GROUP_KINDS if g not in ("recipe", "data")] if group == "recipe" else ()
             cfg[group] = complete_node(OmegaConf.to_container(node, resolve=False), group, skip)
@@ -214,3 +216,47 @@ def chosen_options(cfg: DictConfig) -> dict[str, str]:
         if isinstance(node, DictConfig) and "_target_" in node:
             choices[group] = str(node["_target_"]).rsplit(".", 1)[-1]
     return choices
+
+
+# Config keys holding file-system paths (besides any key ending in "_dir" or "_path"). Values of
+# "path", "tokenizer" and "*_path" keys may also name a Hugging Face model id: they are made
+# absolute only when they exist relative to the working directory.
+PATH_KEYS = ("root", "manifest", "checkpoint", "init_from", "bertscore_model")
+MAYBE_PATH_KEYS = ("path", "tokenizer")
+
+
+def _absolute(key: str, value: Any) -> Any:
+    if not isinstance(value, str) or not value or "://" in value:
+        return value
+    path = Path(value).expanduser()
+    if path.is_absolute():
+        return value
+    if key in MAYBE_PATH_KEYS or key.endswith("_path"):
+        return str(path.resolve()) if path.exists() else value
+    if key in PATH_KEYS or key.endswith("_dir"):
+        return str(path.resolve())
+    return value
+
+
+def absolute_paths(cfg: DictConfig) -> DictConfig:
+    """A resolved copy of ``cfg`` whose relative file-system paths are absolute, so a logged config
+    means the same files from any working directory (docs/guarantees.md). Interpolations (e.g.
+    ``${now:...}``) are resolved once; a missing mandatory value (``???``) is a ConfigError."""
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        plain = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+    except OmegaConfBaseException as err:
+        key = getattr(err, "full_key", None)
+        first = str(err).strip().splitlines()[0]
+        raise ConfigError(f"{key}: {first}" if key else first) from err
+
+    def walk(node: Any) -> Any:
+        if isinstance(node, dict):
+            return {k: _absolute(str(k), walk(v)) for k, v in node.items()}
+        if isinstance(node, list):
+            return [walk(v) for v in node]
+        return node
+
+    return OmegaConf.create(walk(plain))

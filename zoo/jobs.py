@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig
 
-from zoo.build import build_model
+from zoo import runs
+from zoo.build import build_model, check_config, check_targets, check_types
+from zoo.config import GROUP_KINDS, absolute_paths, chosen_options
 from zoo.data.source import check_data_fit
-from zoo.config import chosen_options
+from zoo.errors import CheckpointError, ConfigError, MissingFileError, RunError
 from zoo.params import parameter_report
+from zoo.settings import check_eval, check_job
 from zoo.tracking import Run, Tracker, job_name
 
 
@@ -17,10 +21,10 @@ def build_data(cfg: DictConfig) -> Any:
     """The configured data source (a registered dataset builder's ``DataSource``)."""
     from hydra.utils import instantiate
 
-    from zoo.config import ConfigError
-
     if cfg.get("data") is None:
         raise ConfigError("data: no data source chosen (set data=NAME; see `zoo list dataset`)")
+    check_targets(cfg.data, "data")
+    check_types(cfg.data, "data")
     return instantiate(cfg.data)
 
 
@@ -35,7 +39,7 @@ class TaskMix:
     def dataset(self, split: str, tasks: list[str] | None = None) -> Any:
         chosen = [t for t in (tasks or self.tasks_kept) if t in self.tasks_kept]
         if not chosen:
-            raise ValueError(f"train_tasks={self.tasks_kept} leaves no task of the stage's mix "
+            raise ConfigError(f"train_tasks={self.tasks_kept} leaves no task of the stage's mix "
                              f"{tasks}")
         return self.data.dataset(split, chosen)
 
@@ -45,12 +49,26 @@ class TaskMix:
 
 def run_training(cfg: DictConfig, parent: Run | None = None,
                  tags: dict[str, str] | None = None) -> dict[str, Any]:
-    """Train every configured stage; returns per-stage results, the run id and the split hash."""
+    """Train every configured stage in the run's own folder (zoo/runs.py), then evaluate; returns
+    per-stage results, the run id, the run folder and the split hash.
+
+    The configuration is checked and its paths made absolute before any work; with
+    ``trainer.resume`` the named run continues in its folder and MLflow run."""
     from accelerate import PartialState
-    from accelerate.utils import set_seed
+    from accelerate.utils import broadcast_object_list, set_seed
 
     from zoo.training import Trainer
 
+    cfg = absolute_paths(cfg)
+    check_job(cfg)
+    check_config(cfg)
+    resume = None
+    if cfg.trainer.resume:
+        if parent is not None:
+            raise ConfigError("trainer.resume: a sweep job cannot resume a run; resume it with "
+                              "`zoo train trainer.resume=RUN_ID ...`")
+        resume = runs.resume_folder(cfg)
+        runs.check_same_config(resume, cfg)
     state = PartialState()
     set_seed(int(cfg.seed))
     data = build_data(cfg)
@@ -64,11 +82,22 @@ def run_training(cfg: DictConfig, parent: Run | None = None,
     run = None
     if state.is_main_process:
         tracker = Tracker(cfg.tracking.uri, cfg.tracking.experiment, cfg.tracking.root)
-        tags = {"zoo.split_hash": data.split_hash, **{f"zoo.{k}": v for k, v in choices.items()},
-                **(tags or {})}
-        run = tracker.start_run(job_name(choices) or "train", parent=parent, tags=tags)
+        if resume is not None:
+            run = tracker.reopen_run(resume.name)
+        else:
+            tags = {"zoo.split_hash": data.split_hash,
+                    **{f"zoo.{k}": v for k, v in choices.items()}, **(tags or {})}
+            run = tracker.start_run(job_name(choices) or "train", parent=parent, tags=tags)
+    run_id = broadcast_object_list([run.run_id if run is not None else None])[0]
+    folder = resume or runs.run_folder(cfg, run_id)
+    if run is not None and resume is None:
+        runs.create(folder, cfg, run_id)
+        run.set_tags({"zoo.run_dir": str(folder)})
         run.log_config(cfg)
         run.log_parameter_counts(parameter_report(model))
+        if getattr(model, "init_report", None) is not None:  # released weights (recipe.init_from)
+            run.log_dict(model.init_report.to_dict(), "init_report.json")
+    state.wait_for_everyone()
     try:
         if cfg.get("lm_warmup") is not None:
             from zoo.lm_warmup import warm_up_lm
@@ -79,7 +108,7 @@ def run_training(cfg: DictConfig, parent: Run | None = None,
                     {"lm_warmup/loss": warm["loss"]} if warm["loss"] is not None else {})})
                 run.set_tags({"zoo.lm_warmup": warm["key"] + (" (cached)" if warm["cached"] else "")})
         mix = TaskMix(data, list(cfg.train_tasks)) if cfg.get("train_tasks") else data
-        trainer = Trainer(model, mix, cfg.trainer, seed=int(cfg.seed), run=run)
+        trainer = Trainer(model, mix, cfg.trainer, seed=int(cfg.seed), run=run, folder=folder)
         results = trainer.fit()
         evaluation = None
         if state.is_main_process:
@@ -91,10 +120,12 @@ def run_training(cfg: DictConfig, parent: Run | None = None,
     except BaseException:
         if run is not None:
             run.end("FAILED")
+            runs.set_status(folder, run_id, "FAILED")
         raise
     if run is not None:
         run.end("FINISHED")
-    return {"run_id": run.run_id if run else None, "split_hash": data.split_hash,
+        runs.set_status(folder, run_id, "FINISHED")
+    return {"run_id": run_id, "run_dir": folder, "split_hash": data.split_hash,
             "model": trainer.model, "data": data, "stages": results, "eval": evaluation}
 
 
@@ -128,46 +159,90 @@ def log_cost(run: Run | None, model: Any, data: Any, cfg: DictConfig, results: l
     return cost
 
 
-def final_checkpoint(cfg: DictConfig, model: Any) -> Any:
-    """``<trainer.output_dir>/checkpoints/<last stage>-final/model.safetensors`` of a run."""
-    from pathlib import Path
-
+def final_checkpoint(cfg: DictConfig, model: Any, folder: Path) -> Path:
+    """``<run folder>/checkpoints/<last stage>-final/model.safetensors`` of a run."""
     stages = list(cfg.trainer.get("stages") or model.stages)
-    path = Path(cfg.trainer.output_dir) / "checkpoints" / f"{stages[-1]}-final" / "model.safetensors"
+    path = folder / "checkpoints" / f"{stages[-1]}-final" / "model.safetensors"
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no final checkpoint of stage {stages[-1]!r} (did the "
-                                "run finish? trainer.output_dir must point to its outputs)")
+        raise MissingFileError(f"{path}: no final checkpoint of stage {stages[-1]!r} (did the run "
+                               "finish its training?)")
     return path
 
 
-def run_evaluation(run_id: str, overrides: list[str] = (), tracking_uri: str | None = None) -> dict:
-    """``zoo eval RUN_ID [eval.*=...]``: rebuild a run from its ``config.yaml`` artifact, load its
-    final checkpoint, evaluate on the test split and log to the same run."""
+def stored_config(tracker: Tracker, run_id: str) -> DictConfig:
+    """A run's ``config.yaml`` artifact, with every ``_target_`` checked (zoo.build.check_targets)."""
     import tempfile
-    from pathlib import Path
 
     from omegaconf import OmegaConf
-    from safetensors.torch import load_model
 
-    from zoo.evaluation.runner import evaluate
-
-    tracker = Tracker(tracking_uri)
     with tempfile.TemporaryDirectory() as tmp:
         try:
             local = tracker.client.download_artifacts(run_id, "config.yaml", tmp)
         except Exception as err:  # mlflow raises its own exception types
-            raise FileNotFoundError(f"run {run_id!r}: no config.yaml artifact in {tracker.uri} "
-                                    f"({type(err).__name__}: {str(err).splitlines()[0]})") from err
-        cfg = OmegaConf.load(Path(local))
+            raise RunError(f"run {run_id!r}: no config.yaml artifact in {tracker.uri} "
+                           f"({type(err).__name__}: {str(err).splitlines()[0]})") from err
+        try:
+            cfg = OmegaConf.load(Path(local))
+        except Exception as err:  # yaml and omegaconf parse errors
+            raise RunError(f"run {run_id!r}: its config.yaml is unreadable "
+                           f"({type(err).__name__}: {str(err).splitlines()[0]})") from err
+    if not isinstance(cfg, DictConfig):
+        raise RunError(f"run {run_id!r}: its config.yaml holds no mapping")
+    check_targets(cfg)
+    return cfg
+
+
+def run_evaluation(run_id: str, overrides: list[str] = (), tracking_uri: str | None = None) -> dict:
+    """``zoo eval RUN_ID [eval.*=...]``: rebuild a run from its ``config.yaml`` artifact, load the
+    final checkpoint from the run's own folder after checking its sha256 against the one the run
+    recorded, evaluate, and log to a new child run of RUN_ID (the train-time records stay as they
+    are; docs/guarantees.md)."""
+    from omegaconf import OmegaConf
+
+    from zoo.checkpoint import file_sha256, load_weights
+    from zoo.evaluation.runner import evaluate
+
+    tracker = Tracker(tracking_uri)
+    trained = tracker.get_run(run_id)
+    cfg = stored_config(tracker, run_id)
     if overrides:
-        cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(list(overrides)))
+        try:
+            cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(list(overrides)))
+        except Exception as err:  # omegaconf's parse and merge errors
+            raise ConfigError(f"overrides {list(overrides)}: {str(err).splitlines()[0]}") from err
+        check_targets(cfg)
+    if cfg.get("eval") is None:
+        raise ConfigError(f"run {run_id}: its config has no eval group")
+    check_eval(cfg.eval)
+    folder = Path(trained.data.tags.get("zoo.run_dir") or runs.run_folder(cfg, run_id))
     data = build_data(cfg)
-    run_split = tracker.client.get_run(run_id).data.tags.get("zoo.split_hash")
+    run_split = trained.data.tags.get("zoo.split_hash")
     if run_split and run_split != data.split_hash:
-        raise ValueError(f"run {run_id}: trained on split {run_split[:12]}, the data now has split "
-                         f"{data.split_hash[:12]}; refusing to evaluate on a different split")
+        raise RunError(f"run {run_id}: trained on split {run_split[:12]}, the data now has split "
+                       f"{data.split_hash[:12]}; refusing to evaluate on a different split")
     model = build_model(cfg)
     check_data_fit(data, model, str(cfg.eval.get("split") or "test"), "nothing to evaluate")
-    load_model(model, str(final_checkpoint(cfg, model)))  # strict; tied weights are saved once
-    results = evaluate(model, data, cfg.eval, run=Run(tracker.client, run_id))
-    return {"run_id": run_id, "eval": results}
+    weights = final_checkpoint(cfg, model, folder)
+    tag = f"zoo.checkpoint.{weights.parent.name}.sha256"
+    recorded = trained.data.tags.get(tag)
+    if recorded is None:
+        raise RunError(f"run {run_id}: records no sha256 of {weights} (tag {tag}); it was not "
+                       "trained by this version of the zoo")
+    if file_sha256(weights) != recorded:
+        raise CheckpointError(f"{weights}: sha256 differs from the one run {run_id} recorded when "
+                              "it wrote the file; refusing to evaluate other weights")
+    load_weights(model, weights)
+    # what the comparison reads to name and pair runs: split, variant, component choices
+    names = {k: v for k, v in trained.data.tags.items()
+             if k in ("zoo.split_hash", "zoo.variant") or k[len("zoo."):] in GROUP_KINDS}
+    child = tracker.start_run(f"eval:{trained.info.run_name or run_id}",
+                              parent=Run(tracker.client, run_id),
+                              tags={**names, "zoo.eval_of": run_id})
+    try:
+        child.log_text(OmegaConf.to_yaml(cfg.eval), "eval_config.yaml")
+        results = evaluate(model, data, cfg.eval, run=child)
+    except BaseException:
+        child.end("FAILED")
+        raise
+    child.end("FINISHED")
+    return {"run_id": child.run_id, "evaluated_run": run_id, "eval": results}

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from zoo.errors import ConfigError
 
 FIELDS = ("steps", "batch_size", "lr", "tasks", "cache_dir")
 
@@ -34,15 +35,15 @@ def check_settings(cfg: Any) -> dict[str, Any]:
     unknown = sorted(set(settings) - set(FIELDS))
     missing = sorted(set(FIELDS) - set(settings))
     if unknown or missing:
-        raise ValueError(f"lm_warmup: unknown keys {unknown}, missing keys {missing}; expected "
-                         f"{sorted(FIELDS)}")
+        raise ConfigError(f"lm_warmup: unknown keys {unknown}, missing keys {missing}; expected "
+                          f"{sorted(FIELDS)}")
     for key in ("steps", "batch_size"):
         if not isinstance(settings[key], int) or settings[key] < 1:
-            raise ValueError(f"lm_warmup.{key} must be a positive int, got {settings[key]!r}")
+            raise ConfigError(f"lm_warmup.{key} must be a positive int, got {settings[key]!r}")
     if not float(settings["lr"]) > 0:
-        raise ValueError(f"lm_warmup.lr must be > 0, got {settings['lr']!r}")
+        raise ConfigError(f"lm_warmup.lr must be > 0, got {settings['lr']!r}")
     if not settings["tasks"]:
-        raise ValueError("lm_warmup.tasks must name at least one task with text answers")
+        raise ConfigError("lm_warmup.tasks must name at least one task with text answers")
     return settings
 
 
@@ -63,8 +64,8 @@ def text_items(data: Any, tasks: list[str]) -> list[dict[str, Any]]:
     items = [{"task": i["task"], "prompt": i.get("prompt", ""), "answer": i["answer"]}
              for i in data.items("train") if i["task"] in tasks and isinstance(i.get("answer"), str)]
     if not items:
-        raise ValueError(f"lm_warmup.tasks={tasks}: the train split has no item of these tasks "
-                         "with a text answer")
+        raise ConfigError(f"lm_warmup.tasks={tasks}: the train split has no item of these tasks "
+                          "with a text answer")
     return items
 
 
@@ -74,8 +75,8 @@ def warm_up_lm(model: Any, data: Any, cfg: Any, seed: int, log: Any = print) -> 
     from safetensors.torch import load_model, save_model
 
     if not hasattr(model, "text_loss"):
-        raise TypeError(f"lm_warmup: recipe {type(model).__name__} has no text_loss (a language "
-                        "model to warm up); set lm_warmup=null")
+        raise ConfigError(f"lm_warmup: recipe {type(model).__name__} has no text_loss (a language "
+                          "model to warm up); set lm_warmup=null")
     settings = check_settings(cfg)
     key = cache_key(model, settings, data.split_hash, seed)
     path = Path(settings["cache_dir"]) / "lm_warmup" / f"{key}.safetensors"

@@ -11,6 +11,7 @@ import difflib
 import fnmatch
 import importlib
 from typing import Any, Callable, TypeVar
+from zoo.errors import ConfigError
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -70,8 +71,8 @@ class Registry:
             return self._builders[name]
         except KeyError:
             known = sorted(self._builders)
-            raise KeyError(f"unknown {self.kind} {name!r}.{suggest(name, known)} "
-                           f"Registered: {', '.join(known) or '(none)'}") from None
+            raise ConfigError(f"unknown {self.kind} {name!r}.{suggest(name, known)} "
+                              f"Registered: {', '.join(known) or '(none)'}") from None
 
     def build(self, name: str, **kwargs: Any) -> Any:
         return self.get(name)(**kwargs)

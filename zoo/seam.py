@@ -24,7 +24,7 @@ from typing import Any, Iterable, Mapping
 import torch
 from torch import Tensor
 
-from zoo.errors import ConfigError
+from zoo.errors import ConfigError, DataError
 from zoo.types import TASK_NAMES
 
 IMAGE_PLACEHOLDER = "<image>"
@@ -111,8 +111,8 @@ def chat_answer_separator(tokenizer: Any) -> str:
 def _single_token_id(tokenizer: Any, token: str) -> int:
     ids = tokenizer(token, add_special_tokens=False)["input_ids"]
     if len(ids) != 1 or ids[0] == tokenizer.unk_token_id:
-        raise ValueError(f"image_token={token!r} is not a single token of this tokenizer "
-                         f"(encodes to {ids}); build the LM with CausalLM, which adds it")
+        raise ConfigError(f"image_token={token!r} is not a single token of this tokenizer "
+                          f"(encodes to {ids}); build the LM with CausalLM, which adds it")
     return int(ids[0])
 
 
@@ -142,18 +142,18 @@ class ImageTextCollator:
                  for_generation: bool = False) -> None:
         self.templates = resolve_templates(template)
         if not isinstance(num_image_tokens, int) or num_image_tokens < 1:
-            raise ValueError(f"num_image_tokens must be a positive int, got {num_image_tokens!r}")
+            raise ConfigError(f"num_image_tokens must be a positive int, got {num_image_tokens!r}")
         if num_image_tokens >= max_length:
-            raise ValueError(f"num_image_tokens={num_image_tokens} leaves no room for text in "
-                             f"max_length={max_length}; image tokens are never truncated")
+            raise ConfigError(f"num_image_tokens={num_image_tokens} leaves no room for text in "
+                              f"max_length={max_length}; image tokens are never truncated")
         if tokenizer.pad_token_id is None:
-            raise ValueError("tokenizer has no pad token (CausalLM sets one)")
+            raise ConfigError("tokenizer has no pad token (CausalLM sets one)")
         if add_eos and tokenizer.eos_token_id is None:
-            raise ValueError("add_eos=True but the tokenizer has no eos token")
+            raise ConfigError("add_eos=True but the tokenizer has no eos token")
         has_chat = bool(getattr(tokenizer, "chat_template", None))
         if chat_template and not has_chat:
-            raise ValueError(f"chat_template=True but tokenizer "
-                             f"{getattr(tokenizer, 'name_or_path', '')!r} has no chat template")
+            raise ConfigError(f"chat_template=True but tokenizer "
+                              f"{getattr(tokenizer, 'name_or_path', '')!r} has no chat template")
         chat_template = has_chat if chat_template is None else bool(chat_template)
         self.tokenizer = tokenizer
         self.num_image_tokens = num_image_tokens
@@ -205,19 +205,19 @@ class ImageTextCollator:
         prompt_ids = self._encode(text)
         found = prompt_ids.count(self.image_token_id)
         if found != self.num_image_tokens:
-            raise ValueError(f"sample {index}: prompt has {found} {self.image_token!r} tokens, "
-                             f"expected num_image_tokens={self.num_image_tokens}")
+            raise DataError(f"sample {index}: prompt has {found} {self.image_token!r} tokens, "
+                            f"expected num_image_tokens={self.num_image_tokens}")
         if len(prompt_ids) > self.max_length:
-            raise ValueError(f"sample {index}: prompt is {len(prompt_ids)} tokens "
-                             f"({self.num_image_tokens} image tokens), longer than "
-                             f"max_length={self.max_length}")
+            raise DataError(f"sample {index}: prompt is {len(prompt_ids)} tokens "
+                            f"({self.num_image_tokens} image tokens), longer than "
+                            f"max_length={self.max_length}")
         if self.for_generation:
             return prompt_ids, len(prompt_ids)
         answer = sample.get("answer")
         if not isinstance(answer, str):
-            raise ValueError(f"sample {index} (task {sample.get('task')!r}) has no answer string "
-                             f"to train on (answer={answer!r}); use for_generation=True for "
-                             "prompts only")
+            raise DataError(f"sample {index} (task {sample.get('task')!r}) has no answer string "
+                            f"to train on (answer={answer!r}); use for_generation=True for "
+                            "prompts only")
         full = self._encode(text + self.answer_separator + answer)
         if full[:len(prompt_ids)] == prompt_ids:
             answer_ids = full[len(prompt_ids):]
@@ -225,7 +225,7 @@ class ImageTextCollator:
             answer_ids = list(self.tokenizer(self.answer_separator + answer,
                                              add_special_tokens=False)["input_ids"])
         if self.image_token_id in answer_ids:
-            raise ValueError(f"sample {index}: the answer contains {self.image_token!r}")
+            raise DataError(f"sample {index}: the answer contains {self.image_token!r}")
         if self.add_eos:
             answer_ids.append(self.tokenizer.eos_token_id)
         return prompt_ids + answer_ids, len(prompt_ids)
@@ -239,7 +239,7 @@ class ImageTextCollator:
         rows = []
         for i, s in enumerate(samples):
             if not isinstance(s.get("answer"), str):
-                raise ValueError(f"sample {i} (task {s.get('task')!r}) has no answer string")
+                raise DataError(f"sample {i} (task {s.get('task')!r}) has no answer string")
             ids = self._encode(self.prompt_text(s.get("prompt"), with_image=False,
                                                 task=s.get("task"))
                                + self.answer_separator + s["answer"])
@@ -266,10 +266,10 @@ class ImageTextCollator:
             raise ValueError("cannot collate an empty list of samples")
         missing = [i for i, s in enumerate(samples) if s.get("image") is None]
         if missing:
-            raise ValueError(f"samples {missing} have no 'image'")
+            raise DataError(f"samples {missing} have no 'image'")
         shapes = {tuple(s["image"].shape) for s in samples}
         if len(shapes) > 1:
-            raise ValueError(f"images of one batch must share a shape, got {sorted(shapes)}")
+            raise DataError(f"images of one batch must share a shape, got {sorted(shapes)}")
         encoded = [self.encode(s, i) for i, s in enumerate(samples)]
         cut = [i for i, (ids, _) in enumerate(encoded) if len(ids) > self.max_length]
         if cut:

@@ -21,6 +21,7 @@ import logging
 import os
 from pathlib import Path
 from typing import Iterable
+from zoo.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -98,10 +99,10 @@ def build_local_tokenizer(corpus: Iterable[str], vocab_size: int = 4096, min_fre
     if not texts:
         raise ValueError("corpus is empty: a tokenizer needs at least one text")
     if vocab_size < 256 + len(SPECIAL_TOKENS):
-        raise ValueError(f"vocab_size={vocab_size} is below the byte alphabet plus special tokens "
-                         f"({256 + len(SPECIAL_TOKENS)})")
+        raise ConfigError(f"vocab_size={vocab_size} is below the byte alphabet plus special tokens "
+                          f"({256 + len(SPECIAL_TOKENS)})")
     if min_frequency < 1:
-        raise ValueError(f"min_frequency must be >= 1, got {min_frequency}")
+        raise ConfigError(f"min_frequency must be >= 1, got {min_frequency}")
     from tokenizers import Tokenizer
 
     settings = {"vocab_size": vocab_size, "min_frequency": min_frequency}

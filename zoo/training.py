@@ -6,10 +6,14 @@ epochs. Single process, DDP (``accelerate launch``), mixed precision and gradien
 come from Accelerate. Batches are split across processes (``split_batches=True``), so a run with
 two processes sees the same global batches as one process.
 
-Resuming: checkpoints (see :mod:`zoo.checkpoint`) record the stage and optimiser step; with
-``trainer.resume=true`` the loop reloads the newest one and continues on the same data order (the
-sampler's permutation depends only on the seed and the epoch), reaching the same weights as an
-uninterrupted run.
+Resuming (docs/guarantees.md): checkpoints (see :mod:`zoo.checkpoint`) record the stage, the
+optimiser step and the sha256 of their files; with ``trainer.resume`` set the loop reloads the
+newest intact one and continues on the same data order (the sampler's permutation depends only on
+the seed and the epoch) and the same random stream: mid-stage, Accelerate's ``load_state``
+restores weights, optimiser, scheduler and random states; at a stage boundary the finished stage's
+weights and random states are loaded and the next stage starts as it would have. Data loaders
+draw their worker seeds from their own generator, so creating one never advances the global
+stream that feeds dropout. The result equals the uninterrupted run (tests/test_resume.py).
 
 ``trainer.compile`` (see :func:`compile_options`) compiles the model's forward in place with
 ``nn.Module.compile`` before Accelerate wraps it, so parameter names and checkpoints are those of
@@ -31,7 +35,9 @@ from omegaconf import DictConfig
 from torch.utils.data import DataLoader, Sampler
 
 from zoo import checkpoint
+from zoo.errors import ConfigError, DataError
 from zoo.registry import suggest
+from zoo.settings import check_trainer
 from zoo.types import Stage, ZooModel
 from zoo.verbosity import get_logger, show_progress
 
@@ -79,21 +85,21 @@ def compile_options(value: Any) -> dict[str, str] | None:
     elif isinstance(value, str):
         value = {"mode": value}
     if not isinstance(value, Mapping):
-        raise ValueError(f"trainer.compile={value!r}: expected null, true, a mode "
+        raise ConfigError(f"trainer.compile={value!r}: expected null, true, a mode "
                          f"{COMPILE_MODES} or {{mode: ..., backend: ...}}")
     unknown = sorted(set(value) - {"mode", "backend"})
     if unknown:
-        raise ValueError(f"trainer.compile: unknown key(s) {unknown}; allowed: mode, backend")
+        raise ConfigError(f"trainer.compile: unknown key(s) {unknown}; allowed: mode, backend")
     mode, backend = value.get("mode"), value.get("backend", "inductor")
     if mode is not None and mode not in COMPILE_MODES:
-        raise ValueError(f"trainer.compile.mode={mode!r} is not one of {COMPILE_MODES}."
+        raise ConfigError(f"trainer.compile.mode={mode!r} is not one of {COMPILE_MODES}."
                          f"{suggest(str(mode), COMPILE_MODES)}")
     backends = torch.compiler.list_backends(exclude_tags=())
     if backend not in backends:
-        raise ValueError(f"trainer.compile.backend={backend!r} is not one of {backends}."
+        raise ConfigError(f"trainer.compile.backend={backend!r} is not one of {backends}."
                          f"{suggest(str(backend), backends)}")
     if mode is not None and backend != "inductor":
-        raise ValueError(f"trainer.compile.mode={mode!r} needs backend inductor, got {backend!r}")
+        raise ConfigError(f"trainer.compile.mode={mode!r} needs backend inductor, got {backend!r}")
     return {"backend": backend} if mode is None else {"backend": backend, "mode": mode}
 
 
@@ -116,10 +122,14 @@ class Trainer:
     """Runs a model's stages on a data source; logs to an optional :class:`zoo.tracking.Run`."""
 
     def __init__(self, model: ZooModel, data: Any, cfg: DictConfig, seed: int = 0,
-                 run: Any | None = None, on_log: Callable[[str, int, dict], None] | None = None):
+                 run: Any | None = None, on_log: Callable[[str, int, dict], None] | None = None,
+                 folder: str | Path | None = None):
+        """``folder``: where this run's checkpoints go (``<folder>/checkpoints``); default
+        ``trainer.output_dir`` (``zoo train`` passes the run's own folder, zoo/runs.py)."""
+        check_trainer(cfg)
         self.model, self.data, self.cfg, self.seed, self.run = model, data, cfg, seed, run
         self.on_log = on_log
-        self.root = Path(cfg.output_dir) / "checkpoints"
+        self.root = Path(folder if folder is not None else cfg.output_dir) / "checkpoints"
         self.compile = compile_options(cfg.get("compile"))
 
     # ---------------------------------------------------------------- stage plumbing
@@ -137,15 +147,17 @@ class Trainer:
     def _loader(self, stage: Stage, split: str, shuffle: bool) -> DataLoader:
         dataset = self.data.dataset(split, tasks=list(stage.tasks) or None)
         if len(dataset) == 0:
-            raise ValueError(f"stage {stage.name!r}: the {split} split has no samples of tasks "
-                             f"{list(stage.tasks) or 'any'}")
+            raise DataError(f"stage {stage.name!r}: the {split} split has no samples of tasks "
+                            f"{list(stage.tasks) or 'any'}")
         batch_size = int(self.cfg.batch_size or stage.batch_size)
         if shuffle and len(dataset) < batch_size:
-            raise ValueError(f"stage {stage.name!r}: the {split} split has {len(dataset)} samples, "
-                             f"fewer than one batch of {batch_size} (set trainer.batch_size)")
+            raise DataError(f"stage {stage.name!r}: the {split} split has {len(dataset)} samples, "
+                            f"fewer than one batch of {batch_size} (set trainer.batch_size)")
+        # worker seeds come from the loader's own generator, not the global stream (resume)
         return DataLoader(dataset, batch_size=batch_size, drop_last=shuffle,
                           sampler=EpochPermutation(len(dataset), self.seed) if shuffle else None,
-                          collate_fn=self.model.collate, num_workers=int(self.cfg.num_workers))
+                          collate_fn=self.model.collate, num_workers=int(self.cfg.num_workers),
+                          generator=torch.Generator().manual_seed(self.seed))
 
     def _total_steps(self, stage: Stage, loader: DataLoader) -> tuple[int, int]:
         """(optimiser steps of ``stage``, steps per epoch). ``trainer.max_steps``: one number for
@@ -154,43 +166,53 @@ class Trainer:
         steps = self.cfg.max_steps
         if isinstance(steps, Mapping):
             if stage.name not in steps:
-                raise ValueError(f"trainer.max_steps={dict(steps)} names no step count for stage "
-                                 f"{stage.name!r} (stages: {list(self.model.stages)})")
+                raise ConfigError(f"trainer.max_steps={dict(steps)} names no step count for stage "
+                                  f"{stage.name!r} (stages: {list(self.model.stages)})")
             steps = steps[stage.name]
         total = steps or math.ceil(stage.epochs * per_epoch)
         return int(total), per_epoch
 
-    def _load_weights(self, folder: Path) -> None:
-        from safetensors.torch import load_model
-
-        weights = folder / "model.safetensors"
-        if not weights.exists():
-            raise FileNotFoundError(f"checkpoint {folder} has no model.safetensors")
-        load_model(self.model, str(weights))  # strict; tied weights are saved once
-
     # ---------------------------------------------------------------- the loop
     def fit(self) -> list[StageResult]:
-        stages = list(self.cfg.stages or self.model.stages)
+        self.stages = stages = list(self.cfg.stages or self.model.stages)
         unknown = [s for s in stages if s not in self.model.stages]
         if unknown:
-            raise ValueError(f"trainer.stages: unknown stage(s) {unknown}; the recipe has "
-                             f"{list(self.model.stages)}")
-        resume = checkpoint.latest(self.root) if self.cfg.resume else None
+            raise ConfigError(f"trainer.stages: unknown stage(s) {unknown}; the recipe has "
+                              f"{list(self.model.stages)}")
+        resume = self._resume_point(stages) if self.cfg.resume else None
         done: list[str] = list(resume[1]["done_stages"]) if resume else []
         if resume and resume[1]["stage"] in done:
-            self._load_weights(resume[0])  # a finished stage: weights only, next stage starts fresh
+            # a finished stage: its weights and random states; the next stage starts fresh
+            checkpoint.load_weights(self.model, resume[0] / checkpoint.WEIGHTS_FILE)
+            from accelerate import PartialState
+
+            checkpoint.restore_rng(resume[0], PartialState().process_index)
         if self.compile is not None:
             self.model.compile(**self.compile)  # in place: state-dict keys stay the eager ones
         results = []
-        for name in stages:
+        for index, name in enumerate(stages):
             if name in done:
                 continue
             mid_stage = resume if resume and resume[1]["stage"] == name else None
-            results.append(self._fit_stage(self.model.stages[name], done, mid_stage))
+            results.append(self._fit_stage(self.model.stages[name], index, done, mid_stage))
             done.append(name)
         return results
 
-    def _fit_stage(self, stage: Stage, done: list[str],
+    def _resume_point(self, stages: list[str]) -> tuple[Path, dict]:
+        """The newest intact checkpoint of this run; ConfigError when there is nothing to resume."""
+        found = checkpoint.latest(self.root)
+        if found is None:
+            raise ConfigError(f"trainer.resume={self.cfg.resume}: nothing to resume, {self.root} "
+                              "holds no checkpoint (start the run without trainer.resume)")
+        if found[1]["stages"] != stages:
+            raise ConfigError(f"trainer.resume: checkpoint {found[0]} belongs to a run of stages "
+                              f"{found[1]['stages']}, this one trains {stages}")
+        if all(s in found[1]["done_stages"] for s in stages):
+            raise ConfigError(f"trainer.resume={self.cfg.resume}: nothing to resume, the run in "
+                              f"{self.root.parent} finished every stage ({found[0].name})")
+        return found
+
+    def _fit_stage(self, stage: Stage, index: int, done: list[str],
                    resume: tuple[Path, dict] | None) -> StageResult:
         from tqdm.auto import tqdm
         from transformers import get_cosine_schedule_with_warmup
@@ -205,15 +227,23 @@ class Trainer:
         model, optimizer, loader, scheduler = acc.prepare(self.model, optimizer, loader, scheduler)
         step = 0
         if resume is not None:
-            acc.load_state(str(resume[0]))
+            if int(resume[1]["total"]) != total:
+                raise ConfigError(f"trainer.resume: checkpoint {resume[0]} was written for "
+                                  f"{resume[1]['total']} steps of stage {stage.name!r}, this run "
+                                  f"has {total} (trainer.max_steps, batch size or data changed)")
+            acc.load_state(str(resume[0]))  # weights, optimiser, scheduler, random states
             step = int(resume[1]["step"])
 
         def save(tag: str, finished: bool) -> None:
+            name = f"{stage.name}-{tag}"
             state = {"stage": stage.name, "step": step, "total": total,
+                     "position": [index, step, int(finished)], "stages": self.stages,
                      "done_stages": done + ([stage.name] if finished else [])}
-            checkpoint.save(self.root, f"{stage.name}-{tag}", lambda d: acc.save_state(str(d)),
-                            state, is_main=acc.is_main_process)
-            acc.wait_for_everyone()
+            folder = checkpoint.save(self.root, name, lambda d: acc.save_state(str(d)), state,
+                                     is_main=acc.is_main_process, barrier=acc.wait_for_everyone)
+            if acc.is_main_process and self.run is not None:
+                digest = checkpoint.read_state(folder)["sha256"][checkpoint.WEIGHTS_FILE]
+                self.run.set_tags({f"zoo.checkpoint.{name}.sha256": digest})
 
         bar = tqdm(total=total, initial=step, desc=f"stage {stage.name}",
                    disable=not (acc.is_local_main_process and show_progress()), dynamic_ncols=True)
@@ -221,7 +251,7 @@ class Trainer:
         losses: list[float] = []
         start = time.perf_counter()
         window_start, samples, tokens = start, 0, 0
-        every, save_every = max(1, int(self.cfg.log_every)), int(self.cfg.save_every)
+        every, save_every = int(self.cfg.log_every), int(self.cfg.save_every)
         model.train()
         while step < total:
             loader.set_epoch(step // per_epoch)
@@ -281,7 +311,7 @@ class Trainer:
         """Mean loss over (at most ``trainer.val_batches``) validation batches of the stage's mix."""
         try:
             loader = acc.prepare(self._loader(stage, "validation", shuffle=False))
-        except ValueError:
+        except DataError:  # no validation samples of the stage's tasks
             return None
         model.eval()
         total, count = 0.0, 0

@@ -14,6 +14,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor, nn
+from zoo.errors import DataError
 
 PLANES: tuple[str, ...] = ("axial", "coronal", "sagittal")
 COMPONENT_KEYS: tuple[str, ...] = ("encoder", "bridge", "connector", "lm", "heads")
@@ -40,7 +41,7 @@ def check_volume(volume: Tensor, name: str = "volume", channels: int | None = No
     # (it would break the graph) and on meta (no values).
     if volume.device.type != "meta" and not torch.compiler.is_compiling() \
             and not bool(torch.isfinite(volume).all()):
-        raise ValueError(f"{name} contains NaN or infinite values")
+        raise DataError(f"{name} contains NaN or infinite values")
 
 
 @dataclass
@@ -180,6 +181,22 @@ class Stage:
     epochs: float = 1.0
     warmup_ratio: float = 0.03
     batch_size: int = 2
+
+    def __post_init__(self) -> None:
+        """The recipe's stage settings (learning rates, epochs, batch size from its config) are
+        checked here, in one line naming the stage (docs/guarantees.md)."""
+        from zoo.errors import ConfigError
+        from zoo.settings import count, number
+
+        where = f"stage {self.name!r}:"
+        number(f"{where} lr", self.lr, 0, strict=True, meaning=" (the recipe's learning rate)")
+        number(f"{where} weight_decay", self.weight_decay, 0)
+        number(f"{where} epochs", self.epochs, 0, strict=True, meaning=" (the recipe's epochs)")
+        number(f"{where} warmup_ratio", self.warmup_ratio, 0)
+        if self.warmup_ratio >= 1:
+            raise ConfigError(f"{where} warmup_ratio={self.warmup_ratio!r}: expected a number "
+                              "in [0, 1)")
+        count(f"{where} batch_size", self.batch_size, 1, meaning=" (the recipe's batch size)")
 
 
 class ZooModel(nn.Module):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from zoo.bench import report
+from zoo.errors import ConfigError
 from zoo.bench.run import SECTIONS, run_bench
 
 
@@ -32,7 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     if args.strict and not args.check:
-        raise ValueError("--strict only applies with --check")
+        raise ConfigError("--strict only applies with --check")
     recorded = report.read_metrics(args.out) if args.check else None
     result = run_bench(out=None if args.check else args.out, quick=args.quick,
                        time_budget_gflop=args.budget_gflop, sweep=args.sweep,

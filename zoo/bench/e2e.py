@@ -13,6 +13,7 @@ import time
 from typing import Any, Sequence
 
 import torch
+from zoo.errors import ConfigError
 
 # Recipe configurations timed by default: tiny (the test components) and small (mid-size encoder).
 E2E_CONFIGS: dict[str, list[str]] = {
@@ -45,8 +46,8 @@ def train_step_seconds(overrides: Sequence[str], steps: int = 3, batch_size: int
     model.apply_stage(chosen)
     dataset = data.dataset("train", tasks=list(chosen.tasks) or None)
     if len(dataset) < batch_size:
-        raise ValueError(f"{' '.join(overrides)}: {len(dataset)} training samples for stage "
-                         f"{name!r}, fewer than batch_size={batch_size}")
+        raise ConfigError(f"{' '.join(overrides)}: {len(dataset)} training samples for stage "
+                          f"{name!r}, fewer than batch_size={batch_size}")
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=1e-5)
     model.train()

@@ -21,6 +21,7 @@ from torch import nn
 
 from zoo.bench import report
 from zoo.bench.cost import meta_cost, scalar_loss, time_call
+from zoo.errors import ConfigError
 
 GPU_SKIPPED = "not measured here (no GPU lent)"
 # Dense bf16 peak of common training GPUs (TFLOP/s, datasheet, no sparsity).
@@ -116,8 +117,8 @@ def encoder_rows(build: Callable[[str], nn.Module], size: Sequence[int], flops_p
     variants = list(variants or gpu_variants())
     for variant in variants:
         if variant not in VARIANTS:
-            raise ValueError(f"unknown GPU bench variant {variant!r}.{suggest(variant, VARIANTS)}"
-                             f" Variants: {', '.join(VARIANTS)}")
+            raise ConfigError(f"unknown GPU bench variant {variant!r}.{suggest(variant, VARIANTS)}"
+                              f" Variants: {', '.join(VARIANTS)}")
     rows, metrics, kernels = [], {}, {}
     for variant in variants:
         bf16_weights = variant.endswith("bf16-weights")

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import torch
+from zoo.errors import ConfigError, DataError, MissingFileError
 
 JSON_START, JSON_END = "<!-- bench-json", "bench-json -->"
 
@@ -67,10 +68,10 @@ def read_metrics(path: str | Path) -> dict[str, float]:
     """The metrics JSON recorded in a BENCHMARKS.md (``{}`` when the file has none)."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"no recorded benchmark at {path}: run `zoo bench` first")
+        raise MissingFileError(f"no recorded benchmark at {path}: run `zoo bench` first")
     match = re.search(re.escape(JSON_START) + r"(.*?)" + re.escape(JSON_END), path.read_text(), re.S)
     if match is None:
-        raise ValueError(f"{path} holds no recorded metrics ({JSON_START!r} block)")
+        raise DataError(f"{path} holds no recorded metrics ({JSON_START!r} block)")
     return json.loads(match.group(1))
 
 
@@ -93,7 +94,7 @@ def regressions(recorded: dict[str, float], current: dict[str, float], threshold
     """Latencies (``*_s``) slower than ``recorded * (1 + threshold)`` and by ``min_delta_s`` or
     more; exact counts (``*flops*``, ``*params*``) that differ. Keys in one run only are skipped."""
     if threshold < 0 or min_delta_s < 0:
-        raise ValueError(f"threshold and min_delta_s must be >= 0, got {threshold}, {min_delta_s}")
+        raise ConfigError(f"threshold and min_delta_s must be >= 0, got {threshold}, {min_delta_s}")
     found = []
     for key in sorted(set(recorded) & set(current)):
         old, new = recorded[key], current[key]

@@ -19,6 +19,7 @@ from zoo.bench import report
 from zoo.bench.cases import Case, component_cases, scaling_cases
 from zoo.bench.cost import measure, meta_cost
 from zoo.bench.gpu import GPU_SKIPPED, gpu_section
+from zoo.errors import ConfigError
 
 SECTIONS = ("components", "scaling", "vit3d", "prepare", "e2e", "gpu", "memory")
 LLAMA2_7B_PARAMS = 6_738_415_616
@@ -122,8 +123,8 @@ def run_bench(out: str | None = "docs/BENCHMARKS.md", quick: bool = False,
 
     unknown = [name for name in sections if name not in SECTIONS]
     if unknown:
-        raise ValueError(f"unknown bench section {unknown[0]!r}.{suggest(unknown[0], SECTIONS)} "
-                         f"Sections: {', '.join(SECTIONS)}")
+        raise ConfigError(f"unknown bench section {unknown[0]!r}.{suggest(unknown[0], SECTIONS)} "
+                          f"Sections: {', '.join(SECTIONS)}")
     load_manifest()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     budget = time_budget_gflop if time_budget_gflop is not None else (2.0 if quick else 50.0)

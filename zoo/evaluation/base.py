@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any, Iterable
+from zoo.errors import ConfigError
 
 
 @dataclass
@@ -52,6 +53,6 @@ def skipped(task: str, note: str) -> TaskResult:
 
 def batches(items: list[Any], size: int) -> Iterable[list[Any]]:
     if size < 1:
-        raise ValueError(f"eval.batch_size must be >= 1, got {size}")
+        raise ConfigError(f"eval.batch_size must be >= 1, got {size}")
     for start in range(0, len(items), size):
         yield items[start:start + size]

@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Sequence
 
 from zoo.boxes import box_iou, box_iou_m3d, parse_box, parse_box_m3d
+from zoo.errors import DataError
 
 
 def rec_scores(prediction: str, target: Sequence[float], answer: str | None = None
@@ -28,8 +29,8 @@ def rec_scores(prediction: str, target: Sequence[float], answer: str | None = No
 def mean_box(boxes: Sequence[Sequence[float]]) -> list[float]:
     """Coordinate-wise mean of training boxes (the REC baseline's single guess)."""
     if not boxes:
-        raise ValueError("mean_box: no training boxes to average (the train split has no REC "
-                         "items with a present target)")
+        raise DataError("mean_box: no training boxes to average (the train split has no REC "
+                        "items with a present target)")
     return [sum(b[i] for b in boxes) / len(boxes) for i in range(6)]
 
 

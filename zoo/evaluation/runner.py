@@ -2,11 +2,14 @@
 
 Per task: an evenly spaced subset of at most ``eval.max_items`` test samples, the registered
 evaluator, per-item records written as ``eval/<task>.jsonl`` (and ``eval/<task>.baseline.jsonl``)
-artifacts, and metrics logged as ``test/<task>/<metric>`` (``test/<task>/baseline/<metric>``).
+artifacts, and metrics logged as ``test/<task>/<metric>`` (``test/<task>/baseline/<metric>``). A
+subset is labelled: tag ``zoo.eval.<task>.subset`` (``N of M <split> items (eval.max_items=K)``)
+and the printed summary line.
 """
 
 from __future__ import annotations
 
+import inspect
 import json
 import time
 from typing import Any, Callable
@@ -14,6 +17,7 @@ from typing import Any, Callable
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from zoo.errors import ConfigError
 from zoo.evaluation.base import TaskResult, mean_scores
 from zoo.evaluation.tasks import DATA_TASK, EvalContext
 from zoo.registry import TASKS
@@ -27,7 +31,7 @@ def spaced(n: int, limit: int | None) -> list[int]:
     if limit is None or limit >= n:
         return list(range(n))
     if limit < 1:
-        raise ValueError(f"eval.max_items must be >= 1 or null, got {limit}")
+        raise ConfigError(f"eval.max_items={limit}: expected an integer >= 1 or null")
     return sorted({(i * n) // limit for i in range(limit)})
 
 
@@ -36,8 +40,10 @@ def chosen_tasks(eval_cfg: Any, data: Any) -> list[str]:
     tasks = list(eval_cfg.get("tasks") or [t for t in DATA_TASK if DATA_TASK[t] in offered])
     for task in tasks:
         if task not in DATA_TASK:
-            TASKS.get(task)  # raises with suggestions
-            raise KeyError(f"eval.tasks: {task!r} has no data task mapping")
+            from zoo.registry import suggest
+
+            raise ConfigError(f"eval.tasks: unknown task {task!r}.{suggest(task, list(DATA_TASK))} "
+                              f"Tasks: {', '.join(DATA_TASK)}")
     return tasks
 
 
@@ -48,8 +54,12 @@ def make_judge(spec: Any) -> Any:
 
     spec = dict(spec)
     if not spec.get("url"):
-        raise ValueError("eval.judge: needs a url (an OpenAI-compatible API, e.g. "
-                         "http://127.0.0.1:8000/v1)")
+        raise ConfigError("eval.judge: needs a url (an OpenAI-compatible API, e.g. "
+                          "http://127.0.0.1:8000/v1)")
+    unknown = sorted(set(spec) - set(inspect.signature(LLMJudge).parameters))
+    if unknown:
+        raise ConfigError(f"eval.judge: unknown key(s) {unknown}; allowed: "
+                          f"{', '.join(inspect.signature(LLMJudge).parameters)}")
     return LLMJudge(**spec)
 
 
@@ -105,7 +115,10 @@ def evaluate(model: torch.nn.Module, data: Any, eval_cfg: Any, run: Any = None,
     try:
         for task in chosen_tasks(eval_cfg, data):
             ds = data.dataset(split, [DATA_TASK[task]])
-            samples = [ds[i] for i in spaced(len(ds), eval_cfg.get("max_items"))]
+            limit = eval_cfg.get("max_items")
+            samples = [ds[i] for i in spaced(len(ds), limit)]
+            subset = (f"{len(samples)} of {len(ds)} {split} items (eval.max_items={limit})"
+                      if len(samples) < len(ds) else None)
             start = time.perf_counter()
             # the task's summary line replaces its bar (leave=False)
             bars[task] = tqdm(total=len(samples), desc=f"eval {task}", unit="item",
@@ -117,9 +130,12 @@ def evaluate(model: torch.nn.Module, data: Any, eval_cfg: Any, run: Any = None,
             bars.pop(task).close()
             results[task] = result
             if verbose:
-                log.info(summary_line(result, time.perf_counter() - start))
+                log.info(summary_line(result, time.perf_counter() - start)
+                         + (f" [subset: {subset}]" if subset else ""))
             if run is not None:
                 log_result(run, result)
+                if subset:
+                    run.set_tags({f"zoo.eval.{task}.subset": subset})
     finally:
         for bar in bars.values():  # a task that raised mid-way
             bar.close()

@@ -12,6 +12,7 @@ texts; LaMed-like recipes), ``segment(samples) -> (texts, masks (B, K, D, H, W) 
 
 from __future__ import annotations
 
+import sys
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -82,16 +83,25 @@ def _text_task(task: str, model: Any, samples: list[dict], ctx: EvalContext) -> 
     else:
         for rec, value in zip(records, f1):
             rec["scores"]["bertscore_f1"] = value
+    valid: list[float] = []
     if ctx.judge is not None and task == "caption":
-        judged = ctx.judge.score_all(predictions, references)
-        unscored = sum(v is None for v in judged)
+        from zoo.evaluation.judge import JudgeError
+
+        try:
+            judged = ctx.judge.score_all(predictions, references)
+        except JudgeError as err:  # the judge is down or refusing: the task is not judged
+            judged = [None] * len(records)
+            notes.append(f"not judged: {err}")
+            print(f"warning: {task}: not judged: {err}", file=sys.stderr, flush=True)
+        else:
+            valid = [v for v in judged if v is not None]
+            if len(valid) < len(judged):
+                notes.append(f"LLM judge gave no number for {len(judged) - len(valid)} of "
+                             f"{len(judged)} reports")
         for rec, value in zip(records, judged):
             rec["judge"] = value
-        valid = [v for v in judged if v is not None]
-        if unscored:
-            notes.append(f"LLM judge gave no number for {unscored} of {len(judged)} reports")
     result = TaskResult(task, records, mean_scores(records, by_type=True), note="; ".join(notes))
-    if ctx.judge is not None and task == "caption" and valid:
+    if valid:
         result.metrics["llm_judge"] = sum(valid) / len(valid)
     return result
 

@@ -17,6 +17,7 @@ import re
 import string
 from collections import Counter
 from typing import Any, Sequence
+from zoo.errors import DataError
 
 LETTERS = string.ascii_uppercase
 
@@ -34,7 +35,7 @@ def answer_letter(answer: str, choices: Sequence[str]) -> str:
         return match.group(1)
     if answer in choices:
         return LETTERS[list(choices).index(answer)]
-    raise ValueError(f"closed VQA answer {answer!r} names none of the choices {list(choices)}")
+    raise DataError(f"closed VQA answer {answer!r} names none of the choices {list(choices)}")
 
 
 def contains_letter(prediction: str, letter: str) -> bool:
