@@ -1,5 +1,5 @@
 """The ``zoo`` command line: ``zoo list | show | params | train | sweep | eval | compare | models |
-data | bench``.
+data | bench | results``.
 
 Config-taking commands accept Hydra overrides (``encoder=vit3d_base_m3d lm.path=/models/x``) and
 options in any order, and Hydra's habits: ``--cfg job [--resolve] [-p KEY]`` prints the composed
@@ -158,11 +158,16 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
     if bool(args.parent) == bool(args.runs):
         raise ConfigError("compare: give either --parent SWEEP_RUN_ID or --runs ID [ID ...]")
+    if not 0 < args.confidence < 1:
+        raise ConfigError(f"compare --confidence {args.confidence}: must be between 0 and 1")
     result = run_compare(parent=args.parent, run_ids=args.runs or (), reference=args.baseline,
                          out_dir=args.out, tracking_uri=args.tracking_uri,
-                         experiment=args.experiment, resamples=args.resamples)
+                         experiment=args.experiment, confidence=args.confidence,
+                         write_results=args.write_results)
     print(result["markdown"])
     print(f"table and plots in {result['out_dir']}; mlflow store {result['tracking_uri']}")
+    if result["results"]:
+        print(f"wrote {result['results']}; `zoo results sync` updates the documents quoting it")
     return 0
 
 
@@ -277,7 +282,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tracking-uri", help="MLflow store (default: as `zoo train`)")
     p.set_defaults(func=cmd_eval)
 
-    p = sub.add_parser("compare", help="paired comparison of a sweep's runs", parents=[common])
+    p = sub.add_parser("compare", help="compare a sweep's variants over seeds and test items",
+                       parents=[common])
     p.add_argument("--parent", help="the sweep's parent run id (compares its child runs)")
     p.add_argument("--runs", nargs="+", help="run ids to compare instead of a sweep")
     p.add_argument("--baseline", help="reference variant name for paired differences "
@@ -285,7 +291,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="output folder (default runs/compare/<parent or first run>)")
     p.add_argument("--tracking-uri", help="MLflow store (default: as `zoo train`)")
     p.add_argument("--experiment", default="zoo", help="MLflow experiment name")
-    p.add_argument("--resamples", type=int, default=2000, help="bootstrap resamples")
+    p.add_argument("--confidence", type=float, default=0.95, help="interval level (0.95)")
+    p.add_argument("--write-results", metavar="FILE", help="also write a results file (header "
+                   "with command, commit, machine, wall time), e.g. docs/results/NAME.md")
     p.set_defaults(func=cmd_compare)
 
     for name, helptext, runner in _PASSTHROUGH_COMMANDS:
@@ -301,6 +309,12 @@ def _run_data(args: argparse.Namespace) -> int:
     return data_main(args.args)
 
 
+def _run_results(args: argparse.Namespace) -> int:
+    from zoo.results import main as results_main
+
+    return results_main(args.args)
+
+
 def _run_bench(args: argparse.Namespace) -> int:
     from zoo.bench.cli import main as bench_main
 
@@ -313,6 +327,8 @@ _PASSTHROUGH_COMMANDS: list[tuple[str, str, Callable[[argparse.Namespace], int]]
      _run_models),
     ("data", "synthesise, prepare and check data sets", _run_data),
     ("bench", "cost and speed benchmarks", _run_bench),
+    ("results", "generated results files and the documents quoting them (sync, check, stale)",
+     _run_results),
 ]
 
 
