@@ -1,5 +1,6 @@
-"""zoo sweep: override expansion, launcher configs (composition only), and a miniature sweep end to
-end (train, evaluate, compare, then `zoo eval` and `zoo compare` on its runs)."""
+"""zoo sweep: jobs (variants x seeds x command-line lists), variants added from the command line,
+launcher configs, and miniature sweeps end to end (in process, and in parallel processes; then
+`zoo eval` and `zoo compare` on the runs)."""
 
 import json
 
@@ -10,40 +11,68 @@ from zoo.config import ConfigError
 from zoo.sweep import launcher_settings, plan, submitit_parameters
 
 
-def default_variants() -> list[dict]:
-    import yaml
+def test_default_sweep_runs_six_variants_times_three_seeds_in_parallel_processes():
+    sweep = plan([])
+    assert sweep.experiment == "compare_strategies"
+    assert sweep.launcher["launcher"] == "joblib" and sweep.threads_per_job == 1
+    assert sweep.launcher["n_jobs"] >= 1 and sweep.launcher["backend"] == "threading"
+    names = list(dict.fromkeys(job.variant for job in sweep.jobs))
+    assert names == ["vit3d_spatial_pool", "vit3d_sequence_pool", "vit3d_perceiver",
+                     "slice2d_spatial_pool", "tghmoe", "vit3d_psat_bridge"]
+    assert [(j.variant, j.seed) for j in sweep.jobs[:4]] == [
+        ("vit3d_spatial_pool", 0), ("vit3d_spatial_pool", 1), ("vit3d_spatial_pool", 2),
+        ("vit3d_sequence_pool", 0)]
+    assert len(sweep.jobs) == 18
+    assert all(j.overrides[0] == "experiment=compare_strategies" and j.overrides[-1] ==
+               f"seed={j.seed}" for j in sweep.jobs)
 
-    from zoo.config import conf_dir
 
-    text = (conf_dir() / "experiment" / "compare_strategies.yaml").read_text()
-    return yaml.safe_load(text)["sweep"]["variants"]
-
-
-def test_default_sweep_is_compare_strategies_with_its_variants():
-    experiment, jobs, launcher = plan([])
-    assert experiment == "compare_strategies" and launcher == {"launcher": "local"}
-    assert [name for name, _ in jobs] == [v["name"] for v in default_variants()]
-    assert all(overrides[0] == "experiment=compare_strategies" for _, overrides in jobs)
-
-
-@pytest.mark.parametrize("variant", [v["name"] for v in default_variants()])
-def test_every_default_sweep_variant_builds_with_the_same_visual_token_budget(variant):
-    """Each variant composes and builds on meta, with the 16 visual tokens all variants share."""
+def test_every_variant_of_the_default_experiment_composes_and_builds():
+    """Over the experiment's own variant list (not a copy of it): each job's config composes and
+    its model builds on the meta device."""
     from zoo.build import build_on_meta
     from zoo.config import compose
 
-    overrides = dict(plan([])[1])[variant]
-    model = build_on_meta(compose(overrides))
-    assert model.stages and model.num_image_tokens == 16
+    sweep = plan(["sweep.seeds=[0]"])
+    assert len(sweep.jobs) == 6
+    for job in sweep.jobs:
+        model = build_on_meta(compose(list(job.overrides)))
+        assert sum(p.numel() for p in model.parameters()) > 0, job.variant
+
+
+def test_a_named_variant_is_added_from_the_command_line():
+    sweep = plan(["+sweep.add={name: conv_reduce, overrides: ['connector=mlp', 'connector.depth=1']}",
+                  "sweep.only=[vit3d_spatial_pool,conv_reduce]", "sweep.seeds=[0,1]"])
+    assert [j.label for j in sweep.jobs] == ["vit3d_spatial_pool seed 0", "vit3d_spatial_pool seed 1",
+                                             "conv_reduce seed 0", "conv_reduce seed 1"]
+    assert sweep.jobs[2].overrides == ("experiment=compare_strategies", "connector=mlp",
+                                       "connector.depth=1", "seed=0")
+    several = plan(["+sweep.add=[{name: a, overrides: ['connector=mlp']}, {name: b}]",
+                    "sweep.only=[a,b]", "launcher=local", "seed=3"])
+    assert [(j.variant, j.seed) for j in several.jobs] == [("a", None), ("b", None)]
+    assert several.jobs[0].overrides[-1] == "seed=3" and several.launcher == {"launcher": "local"}
+
+
+@pytest.mark.parametrize("add, match", [
+    ("+sweep.add={name: tghmoe}", "variant name 'tghmoe' is taken"),
+    ("+sweep.add={overrides: []}", "each variant is"),
+    ("+sweep.add={name: x, overide: []}", "unknown key"),
+    ("+sweep.add={name: x, overrides: [connector=mlp]}", "quote each override"),
+    ("+sweep.add={name: x, overrides: ['connector=nope']}", "unknown connector 'nope'"),
+    ("+sweep.add={name: x, overrides: ['connector.nope=1']}", "sweep variant 'x'"),
+])
+def test_bad_added_variants_are_one_line_errors_before_any_training(add, match):
+    with pytest.raises(ConfigError, match=match):
+        plan([add])
 
 
 def test_comma_lists_expand_to_the_cartesian_product_after_the_variant():
-    _, jobs, _ = plan(["experiment=compare_strategies_mini", "seed=0,1",
-                       "connector=spatial_pool,mlp", "sweep.only=[vit3d_sequence_pool]"])
+    jobs = plan(["experiment=compare_strategies_mini", "seed=0,1", "connector=spatial_pool,mlp",
+                 "sweep.only=[vit3d_sequence_pool]"]).jobs
     assert len(jobs) == 4
-    name, overrides = jobs[0]
-    assert name == "vit3d_sequence_pool:seed=0,connector=spatial_pool"
+    assert jobs[0].variant == "vit3d_sequence_pool:seed=0,connector=spatial_pool"
     # the command line comes after the variant's own overrides, so it wins
+    overrides = jobs[0].overrides
     assert overrides.index("connector=sequence_pool") < overrides.index("connector=spatial_pool")
 
 
@@ -57,9 +86,15 @@ def test_bad_sweep_values_and_launchers_are_one_line_errors():
 
 
 def test_joblib_and_submitit_launcher_configs_compose():
+    from zoo.sweep import usable_cores
+
     joblib = launcher_settings("joblib")
-    assert joblib["n_jobs"] == 2 and joblib["backend"] == "loky"
+    assert joblib["n_jobs"] == usable_cores() and joblib["backend"] == "threading"
     assert joblib["_target_"].endswith("JoblibLauncher")
+    assert launcher_settings("joblib", ["hydra.launcher.n_jobs=5"])["n_jobs"] == 5
+    assert launcher_settings("joblib", threads=usable_cores() * 2)["n_jobs"] == 1
+    with pytest.raises(ConfigError, match="launcher=joblib"):
+        launcher_settings("joblib", ["hydra.launcher.nope=1"])
     slurm = launcher_settings("submitit_slurm")
     assert slurm["_target_"].endswith("SlurmLauncher")
     params = submitit_parameters(slurm)
@@ -76,7 +111,8 @@ def test_miniature_sweep_end_to_end(tmp_path, monkeypatch, capsys):
     out = capsys.readouterr().out
     assert "[job 2/2] vit3d_sequence_pool" in out
     assert "### vqa_closed" in out and "[baseline] majority answer per question type" in out
-    assert "### cost" in out and "mlflow store sqlite:///" in out
+    assert "### Cost" in out and "mlflow store sqlite:///" in out
+    assert "One training run for vit3d_spatial_pool, vit3d_sequence_pool" in out
     compare_dirs = list((tmp_path / "runs" / "compare").iterdir())
     assert len(compare_dirs) == 1
     folder = compare_dirs[0]
@@ -100,12 +136,37 @@ def test_miniature_sweep_end_to_end(tmp_path, monkeypatch, capsys):
     local = tracker.client.download_artifacts(run.info.run_id, "eval/vqa_closed.jsonl", str(tmp_path))
     first = json.loads(open(local).readline())
     assert set(first) >= {"id", "question_type", "prediction", "reference", "scores"}
+    # each job records the files its numbers depend on
+    inputs = json.loads(open(tracker.client.download_artifacts(
+        run.info.run_id, "inputs.json", str(tmp_path))).read())
+    assert {"zoo/training.py", "encoders/vit3d.py", "experiments/conf/experiment/"
+            "compare_strategies_mini.yaml", "experiments/conf/experiment/"
+            "compare_strategies.yaml"} <= set(inputs)
+    assert not any(k.startswith(("encoders/tghmoe", "zoo/cli", "zoo/compare")) for k in inputs)
+
+    # a run that did not finish is left out, and named
+    tracker.client.set_terminated(children[1].info.run_id, "KILLED")
+    results_file = tmp_path / "docs" / "results" / "mini.md"
+    assert main(["compare", "--parent", folder.name, "--out", str(tmp_path / "cmp0"),
+                 "--write-results", str(results_file)]) == 0
+    out = capsys.readouterr().out
+    assert "### Runs left out" in out and "status KILLED (killed)" in out
+    assert children[1].data.tags["zoo.variant"] not in out.split("### Summary")[1].split(
+        "### ")[1]  # not in the summary
+    from zoo import results
+
+    record, _, blocks = results.read(results_file)
+    assert record["command"] == "zoo sweep experiment=compare_strategies_mini"
+    assert "zoo/training.py" in record["inputs"] and "zoo/stats.py" in record["inputs"]
+    assert record["wall_seconds"] > 0 and "summary" in blocks
+    assert (results_file.parent / "mini.bars.png").is_file()
+    tracker.client.set_terminated(children[1].info.run_id, "FINISHED")
 
     # zoo eval reloads the run's config and final checkpoint and logs to the same run
     assert main(["eval", run.info.run_id, "eval.tasks=[vqa_closed]", "eval.max_items=2"]) == 0
     assert "logged test metrics" in capsys.readouterr().out
     # zoo compare on an explicit run list, with a chosen reference
     assert main(["compare", "--runs", *[r.info.run_id for r in children], "--baseline",
-                 "vit3d_sequence_pool", "--out", str(tmp_path / "cmp"), "--resamples", "200"]) == 0
+                 "vit3d_sequence_pool", "--out", str(tmp_path / "cmp")]) == 0
     assert "**vit3d_sequence_pool**" in capsys.readouterr().out
     assert main(["compare"]) == 2  # neither --parent nor --runs: a one-line error

@@ -9,17 +9,20 @@ recipe's stages. It never reads an image or a test item.
 
 The result is cached: the key hashes the LM's initial weights, the settings, the split hash and
 the seed, so every job of a sweep with the same LM and data shares one warm-up (computed once)
-and a cached and a fresh warm-up give the same weights. The global RNG state is left untouched.
+and a cached and a fresh warm-up give the same weights. Jobs running in parallel that need the
+same warm-up wait for the first one's (a lock file beside the cache entry) instead of repeating
+it. The global RNG state is left untouched.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 from zoo.errors import ConfigError
@@ -69,17 +72,40 @@ def text_items(data: Any, tasks: list[str]) -> list[dict[str, Any]]:
     return items
 
 
+@contextlib.contextmanager
+def exclusive(path: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``<path>.lock`` (POSIX ``flock``; no lock where it is missing)."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: parallel jobs may compute the same warm-up twice
+        yield
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(path.name + ".lock"), "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def warm_up_lm(model: Any, data: Any, cfg: Any, seed: int, log: Any = print) -> dict[str, Any]:
     """Warm up ``model.lm`` in place (or load the cached result); returns ``{key, cached,
     seconds, loss}`` (``loss``: mean text loss of the last 10 steps, None when cached)."""
-    from safetensors.torch import load_model, save_model
-
     if not hasattr(model, "text_loss"):
         raise ConfigError(f"lm_warmup: recipe {type(model).__name__} has no text_loss (a language "
                           "model to warm up); set lm_warmup=null")
     settings = check_settings(cfg)
     key = cache_key(model, settings, data.split_hash, seed)
     path = Path(settings["cache_dir"]) / "lm_warmup" / f"{key}.safetensors"
+    with exclusive(path):
+        return _warm_up_or_load(model, data, settings, seed, key, path, log)
+
+
+def _warm_up_or_load(model: Any, data: Any, settings: dict[str, Any], seed: int, key: str,
+                     path: Path, log: Any) -> dict[str, Any]:
+    from safetensors.torch import load_model, save_model
+
     start = time.perf_counter()
     if path.exists():
         load_model(model.lm, str(path))  # strict; tied weights are saved once
