@@ -146,8 +146,8 @@ def test_costs_are_per_job_with_the_range_over_runs():
                            Job("a1", "1", {"cost.train_seconds": 14.0, "cost.peak_memory_mb": 720.0},
                                {"vqa_closed": records([0.0, 0.0])})])
     table = markdown(compare_variants([a]), [a], "a")
-    assert "| a | 2 | - | - | - | - | 12 (10-14) | 710 (700-720) |" in table
-    assert "| a | 1 | a1 | 14 | 720 |" in table
+    assert "| a | 2 | - | - | - | - | 12 (10-14) | - | 710 (700-720) |" in table
+    assert "| a | 1 | a1 | 14 | - | 720 |" in table
 
 
 def test_unknown_reference_variant_is_named():

@@ -170,3 +170,32 @@ def test_miniature_sweep_end_to_end(tmp_path, monkeypatch, capsys):
                  "vit3d_sequence_pool", "--out", str(tmp_path / "cmp")]) == 0
     assert "**vit3d_sequence_pool**" in capsys.readouterr().out
     assert main(["compare"]) == 2  # neither --parent nor --runs: a one-line error
+
+
+def test_parallel_jobs_run_in_their_own_processes_and_a_failed_job_is_named(tmp_path, monkeypatch,
+                                                                              capsys):
+    """The default experiment's launcher on the miniature experiment: two jobs in two processes,
+    one of which fails after its run started (an LM warm-up on a task without text answers). The
+    other is compared, the failed run is listed as left out, the sweep exits with one line naming
+    the failed job and its log. Slower than most tests (two interpreters start: ~10 s)."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    code = main(["sweep", "experiment=compare_strategies_mini", "launcher=joblib",
+                 "+sweep.add={name: broken, overrides: ['lm_warmup.tasks=[seg]']}",
+                 "sweep.only=[vit3d_spatial_pool,broken]"])
+    captured = capsys.readouterr()
+    assert code == 2
+    assert "jobs, launcher joblib (" in captured.out and "1 thread(s) each" in captured.out
+    assert "done in" in captured.out and "FAILED after" in captured.out
+    assert "### Runs left out" in captured.out and "status FAILED (failed)" in captured.out
+    assert "sweep: 1 of 2 jobs failed" in captured.err and "broken: exit 1:" in captured.err
+    logs = sorted((tmp_path / "runs" / "sweeps").glob("*/*.log"))
+    assert [p.name for p in logs] == ["01-vit3d_spatial_pool-seed0.log", "02-broken-seed0.log"]
+    assert "no item of these tasks with a text answer" in logs[1].read_text()
+
+    from zoo.tracking import Tracker
+
+    finished = [r for r in Tracker().client.search_runs(
+        [Tracker().experiment_id], "tags.`zoo.variant` = 'vit3d_spatial_pool'")]
+    assert finished[0].info.status == "FINISHED"
+    assert finished[0].data.metrics["cost.peak_memory_mb"] > 100  # this job's own process

@@ -51,8 +51,10 @@ METRIC_LABELS = {"accuracy": "accuracy (greedy)", "accuracy_ll": "accuracy (like
                  "iou": "IoU", "dice": "Dice"}
 COSTS = (("params.total", "params"), ("params.trainable", "trainable"),
          ("cost.visual_tokens", "visual tokens"), ("cost.flops_per_sample", "FLOPs/sample"),
-         ("cost.train_seconds", "train s / job"), ("cost.peak_memory_mb", "peak MB / job"))
-JOB_COSTS = ("cost.train_seconds", "cost.peak_memory_mb")  # measured per job, vary between runs
+         ("cost.train_seconds", "train s / job"), ("cost.job_cpu_seconds", "CPU s / job"),
+         ("cost.peak_memory_mb", "peak MB / job"))
+# measured per job, vary between runs (CPU s: the whole job's process, little changed by load)
+JOB_COSTS = ("cost.train_seconds", "cost.job_cpu_seconds", "cost.peak_memory_mb")
 BASELINE_PREFIX = "[baseline] "
 # logged params in which training runs of one variant differ (``sweep.*`` plans the sweep)
 REPEAT_KEYS = ("seed", "trainer.output_dir")
@@ -387,7 +389,7 @@ def summary_table(rows: list[Row], variants: list[Variant], against_baseline: Se
                     f"{key_base[len(BASELINE_PREFIX):]}")
     if key:
         head.append(f"{METRIC_LABELS.get(key[1], key[1])} per run")
-    head += ["train s / job", "peak MB / job"]
+    head += [label for key, label in COSTS if key in JOB_COSTS]
     out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for v in variants:
         if v.baseline and not any((v.name, t, m) in cells for t, m in metrics):
@@ -466,13 +468,15 @@ def markdown(rows: list[Row], variants: list[Variant], reference: str,
         out += _table(f"{task}: each variant against the baseline (Δ = variant - baseline)",
                       task_rows, list(dict.fromkeys(r.variant for r in task_rows)),
                       list(dict.fromkeys(r.metric for r in task_rows)))
-    out += ["### Cost", "", "Per variant; train s and peak MB are measured per job (mean, and "
-            "the range over its runs).", "",
+    out += ["### Cost", "", "Per variant; train s (wall clock of the training stages), CPU s "
+            "(the job's process: start, data, warm-up, training, evaluation) and peak MB are "
+            "measured per job (mean, and the range over its runs).", "",
             "| variant | runs | " + " | ".join(label for _, label in COSTS) + " |",
             "|---|---|" + "---|" * len(COSTS)]
     out += [f"| {v.name} | {v.seeds} | " + " | ".join(_fmt_cost(k, v.cost(k)) for k, _ in COSTS)
             + " |" for v in models]
-    out += ["", "### Jobs", "", "| variant | seed | run | train s | peak MB |", "|---|---|---|---|---|"]
+    out += ["", "### Jobs", "", "| variant | seed | run | train s | CPU s | peak MB |",
+            "|---|---|---|---|---|---|"]
     out += [f"| {v.name} | {j.seed} | {j.run_id[:8]} | "
             + " | ".join(_fmt_cost(k, [j.costs[k]] if k in j.costs else []) for k in JOB_COSTS)
             + " |" for v in models for j in v.jobs]

@@ -269,13 +269,25 @@ def job_inputs(model: Any, data: Any, overrides: Sequence[str]) -> dict[str, str
     return results.input_digests([*files, *config_files(overrides)])
 
 
+def cpu_seconds() -> float:
+    """User + system CPU seconds of this process so far."""
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def run_job(overrides: Sequence[str], parent_id: str | None, variant: str,
-            seed: int | None = None, threads: int | None = None) -> dict[str, Any]:
-    """One sweep job: compose, train, evaluate, log as a child of ``parent_id`` with its inputs."""
+            seed: int | None = None, threads: int | None = None,
+            cpu_start: float | None = None) -> dict[str, Any]:
+    """One sweep job: compose, train, evaluate, log as a child of ``parent_id`` with its inputs
+    and ``cost.job_cpu_seconds`` (CPU time since ``cpu_start``, default: the call; a measure of
+    the job's work that other load on the machine barely changes)."""
     from zoo.config import compose
     from zoo.jobs import run_training
     from zoo.tracking import Run, Tracker
 
+    cpu_start = cpu_seconds() if cpu_start is None else cpu_start
     if threads:
         import torch
 
@@ -288,9 +300,13 @@ def run_job(overrides: Sequence[str], parent_id: str | None, variant: str,
     tags = {"zoo.variant": variant, **({"zoo.seed": str(seed)} if seed is not None else {})}
     result = run_training(cfg, parent=parent, tags=tags)
     inputs = job_inputs(result["model"], result["data"], overrides)
+    cpu = cpu_seconds() - cpu_start
     if result["run_id"]:
-        Run(tracker.client, result["run_id"]).log_dict(inputs, "inputs.json")
-    return {"run_id": result["run_id"], "split_hash": result["split_hash"], "variant": variant}
+        run = Run(tracker.client, result["run_id"])
+        run.log_dict(inputs, "inputs.json")
+        run.log_metrics({"cost.job_cpu_seconds": cpu})
+    return {"run_id": result["run_id"], "split_hash": result["split_hash"], "variant": variant,
+            "cpu_seconds": cpu}
 
 
 def job_main(argv: Sequence[str]) -> int:
@@ -298,7 +314,7 @@ def job_main(argv: Sequence[str]) -> int:
     writes ``{run_id, split_hash, variant}`` to the spec's ``result`` path."""
     spec = json.loads(Path(argv[0]).read_text())
     out = run_job(spec["overrides"], spec["parent"], spec["variant"], spec.get("seed"),
-                  spec.get("threads"))
+                  spec.get("threads"), cpu_start=0.0)  # the whole process: it runs this job only
     Path(spec["result"]).write_text(json.dumps(out))
     return 0
 
@@ -369,11 +385,12 @@ def run_sweep(overrides: Sequence[str] = ()) -> dict[str, Any]:
              if launcher["launcher"] == "joblib" else "")
           + f", mlflow {tracker.uri} (parent run {parent.run_id})", flush=True)
     failures: list[str] = []
+    outcomes: list[dict[str, Any]] = []
     try:
         if launcher["launcher"] == "local":
             for i, job in enumerate(jobs, 1):
                 print(f"[job {i}/{len(jobs)}] {job.label}: {' '.join(job.overrides)}", flush=True)
-                run_job(job.overrides, parent.run_id, job.variant, job.seed)
+                outcomes.append(run_job(job.overrides, parent.run_id, job.variant, job.seed))
         elif launcher["launcher"] == "joblib":
             from joblib import Parallel, delayed
 
@@ -405,7 +422,9 @@ def run_sweep(overrides: Sequence[str] = ()) -> dict[str, Any]:
         parent.end("FAILED")
         raise
     wall = time.perf_counter() - start
-    parent.log_metrics({"sweep.wall_seconds": wall})
+    cpu = sum(o.get("cpu_seconds", 0.0) for o in outcomes)
+    parent.log_metrics({"sweep.wall_seconds": wall, **({"sweep.job_cpu_seconds": cpu} if cpu
+                                                        else {})})
     print(result["markdown"])
     if failures:
         parent.end("FAILED")
@@ -416,6 +435,9 @@ def run_sweep(overrides: Sequence[str] = ()) -> dict[str, Any]:
                                      result["run_ids"], result["markdown"], result["plots"], wall)
         print(f"wrote {written}; `zoo results sync` updates the documents quoting it", flush=True)
     parent.end("FINISHED")
+    if cpu:
+        print(f"the jobs used {cpu:.0f} CPU seconds ({cpu / parallel:.0f} s for each of "
+              f"{parallel} parallel workers)", flush=True)
     print(f"sweep finished in {wall:.0f} s; comparison and plots in {result['out_dir']} "
           f"({', '.join(p.name for p in result['plots'])}); mlflow store {tracker.uri}, parent "
           f"run {parent.run_id}", flush=True)
