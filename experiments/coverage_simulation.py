@@ -63,7 +63,8 @@ def items_only(a: np.ndarray, b: np.ndarray, rng: np.random.Generator,
 
 def two_stage_bootstrap(a: np.ndarray, b: np.ndarray, rng: np.random.Generator,
                         resamples: int) -> tuple[float, float]:
-    """Percentile interval of mean(a) - mean(b) over resampled runs (per variant) and shared items."""
+    """Percentile interval of mean(a) - mean(b) over resampled runs (per variant) and shared
+    items."""
     items = a.shape[1]
     weights = rng.multinomial(items, np.full(items, 1 / items), resamples).T / items  # items x R
     diff = 0.0

@@ -141,10 +141,11 @@ def test_left_out_runs_are_listed_in_the_table():
 
 
 def test_costs_are_per_job_with_the_range_over_runs():
-    a = Variant("a", "h", [Job("a0", "0", {"cost.train_seconds": 10.0, "cost.peak_memory_mb": 700.0},
-                               {"vqa_closed": records([1.0, 0.0])}),
-                           Job("a1", "1", {"cost.train_seconds": 14.0, "cost.peak_memory_mb": 720.0},
-                               {"vqa_closed": records([0.0, 0.0])})])
+    def job(k, seconds, mb, values):
+        return Job(f"a{k}", str(k), {"cost.train_seconds": seconds, "cost.peak_memory_mb": mb},
+                   {"vqa_closed": records(values)})
+
+    a = Variant("a", "h", [job(0, 10.0, 700.0, [1.0, 0.0]), job(1, 14.0, 720.0, [0.0, 0.0])])
     table = markdown(compare_variants([a]), [a], "a")
     assert "| a | 2 | - | - | - | - | 12 (10-14) | - | 710 (700-720) |" in table
     assert "| a | 1 | a1 | 14 | - | 720 |" in table

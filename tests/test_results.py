@@ -50,7 +50,8 @@ def test_a_changed_input_is_flagged_until_the_file_is_marked_stale(project):
     results.sync(project)
     (project / "zoo" / "model.py").write_text("WIDTH = 16\n")
     problem, = results.check(project)
-    assert "docs/results/x.md: written from inputs that have changed since (zoo/model.py)" in problem
+    assert "docs/results/x.md: written from inputs that have changed since (zoo/model.py)" \
+        in problem
     record, _, _ = results.read(project / "docs" / "results" / "x.md")
     assert results.changed_inputs(record, project) == ["zoo/model.py"]
     shutil.copy(project / "docs" / "results" / "x.md", project / "before.md")

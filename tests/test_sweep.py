@@ -41,10 +41,11 @@ def test_every_variant_of_the_default_experiment_composes_and_builds():
 
 
 def test_a_named_variant_is_added_from_the_command_line():
-    sweep = plan(["+sweep.add={name: conv_reduce, overrides: ['connector=mlp', 'connector.depth=1']}",
-                  "sweep.only=[vit3d_spatial_pool,conv_reduce]", "sweep.seeds=[0,1]"])
-    assert [j.label for j in sweep.jobs] == ["vit3d_spatial_pool seed 0", "vit3d_spatial_pool seed 1",
-                                             "conv_reduce seed 0", "conv_reduce seed 1"]
+    add = "+sweep.add={name: conv_reduce, overrides: ['connector=mlp', 'connector.depth=1']}"
+    sweep = plan([add, "sweep.only=[vit3d_spatial_pool,conv_reduce]", "sweep.seeds=[0,1]"])
+    assert [j.label for j in sweep.jobs] == ["vit3d_spatial_pool seed 0",
+                                             "vit3d_spatial_pool seed 1", "conv_reduce seed 0",
+                                             "conv_reduce seed 1"]
     assert sweep.jobs[2].overrides == ("experiment=compare_strategies", "connector=mlp",
                                        "connector.depth=1", "seed=0")
     several = plan(["+sweep.add=[{name: a, overrides: ['connector=mlp']}, {name: b}]",

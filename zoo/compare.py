@@ -293,7 +293,8 @@ def compare_variants(variants: list[Variant], reference: str | None = None,
                     continue
                 value = seed_item_interval(scores, confidence=confidence, runs_fixed=v.baseline)
                 diff = None
-                if ref_scores is not None and v is not ref and ref_scores.shape[1] == scores.shape[1]:
+                if ref_scores is not None and v is not ref and \
+                        ref_scores.shape[1] == scores.shape[1]:
                     diff = seed_item_interval(scores, ref_scores, confidence,
                                               runs_fixed=v.baseline, reference_fixed=ref.baseline)
                 rows.append(Row(v.name, task, metric, scores.shape[1], value, diff,
@@ -382,14 +383,15 @@ def summary_table(rows: list[Row], variants: list[Variant], against_baseline: Se
     key = key_metric(rows)
     cells = {(r.variant, r.task, r.metric): r for r in rows}
     base = {(r.variant, r.task, r.metric): r for r in against_baseline}
-    key_base = next((r.against for r in against_baseline if key and (r.task, r.metric) == key), None)
+    key_base = next((r.against for r in against_baseline
+                     if key and (r.task, r.metric) == key), None)
     head = ["variant", "runs"] + [metric_title(t, m) for t, m in metrics]
     if key_base:
         head.append(f"{METRIC_LABELS.get(key[1], key[1])}: Δ to the "
                     f"{key_base[len(BASELINE_PREFIX):]}")
     if key:
         head.append(f"{METRIC_LABELS.get(key[1], key[1])} per run")
-    head += [label for key, label in COSTS if key in JOB_COSTS]
+    head += [label for k, label in COSTS if k in JOB_COSTS]
     out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for v in variants:
         if v.baseline and not any((v.name, t, m) in cells for t, m in metrics):
@@ -404,7 +406,8 @@ def summary_table(rows: list[Row], variants: list[Variant], against_baseline: Se
                                                else _interval(r.diff, True)))
         if key:
             r = cells.get((v.name, *key))
-            line.append("-" if r is None or v.baseline else " / ".join(f"{x:.3f}" for x in r.per_seed))
+            line.append("-" if r is None or v.baseline
+                        else " / ".join(f"{x:.3f}" for x in r.per_seed))
         line += [_fmt_cost(k, v.cost(k)) if not v.baseline else "-" for k in JOB_COSTS]
         out.append("| " + " | ".join(line) + " |")
     return "\n".join(out)
@@ -439,9 +442,10 @@ def markdown(rows: list[Row], variants: list[Variant], reference: str,
            f"zero, so the difference holds over seeds and items; {ONE_RUN} = one training run: "
            "the interval covers test items only and ignores training variance.", ""]
     if single:
-        out += [f"**One training run for {', '.join(single)}: {'every' if len(single) == len(models) else 'their'} "
-                "interval ignores training (seed-to-seed) variance, and no verdict is drawn for "
-                "them. Run two or more seeds (`sweep.seeds=[0,1,2]`).**", ""]
+        whose = "every" if len(single) == len(models) else "their"
+        out += [f"**One training run for {', '.join(single)}: {whose} interval ignores training "
+                "(seed-to-seed) variance, and no verdict is drawn for them. Run two or more "
+                "seeds (`sweep.seeds=[0,1,2]`).**", ""]
     if left_out:
         out += ["### Runs left out", ""] + [f"- {x.run_id[:8]} ({x.name}): {x.reason}"
                                             for x in left_out] + [""]
@@ -522,8 +526,10 @@ def _unit(metric: str, n: int) -> str:
 def _interval_note(rows: Sequence[Row]) -> str:
     models = [r for r in rows if not r.variant.startswith(BASELINE_PREFIX)]
     if models and all(r.value.training_variance for r in models):
-        return "error bars: 95 % intervals over training runs (seeds) and test items; dots: each run"
-    return "error bars: 95 % intervals over test items only (one training run: training variance ignored)"
+        return ("error bars: 95 % intervals over training runs (seeds) and test items; dots: "
+                "each run")
+    return ("error bars: 95 % intervals over test items only (one training run: training "
+            "variance ignored)")
 
 
 def plots(rows: list[Row], variants: list[Variant], out: Path) -> list[Path]:
@@ -548,8 +554,8 @@ def plots(rows: list[Row], variants: list[Variant], out: Path) -> list[Path]:
                          key=lambda r: names.index(r.variant))[::-1]
             y = np.arange(len(sel))
             means = [r.value.mean for r in sel]
-            errs = [[max(r.value.mean - r.value.low, 0) if np.isfinite(r.value.low) else 0 for r in sel],
-                    [max(r.value.high - r.value.mean, 0) if np.isfinite(r.value.high) else 0 for r in sel]]
+            errs = [[r.value.mean - r.value.low if np.isfinite(r.value.low) else 0 for r in sel],
+                    [r.value.high - r.value.mean if np.isfinite(r.value.high) else 0 for r in sel]]
             ax.barh(y, means, xerr=errs, capsize=3, height=0.6,
                     color=["0.75" if r.variant.startswith(BASELINE_PREFIX) else "C0" for r in sel])
             for k, r in enumerate(sel):
@@ -588,7 +594,8 @@ def plots(rows: list[Row], variants: list[Variant], out: Path) -> list[Path]:
                 ax.errorbar(x, r.value.mean,
                             yerr=[[r.value.mean - r.value.low], [r.value.high - r.value.mean]]
                             if np.isfinite(r.value.low) else None,
-                            xerr=[[x - min(values)], [max(values) - x]] if len(values) > 1 else None,
+                            xerr=[[x - min(values)], [max(values) - x]] if len(values) > 1
+                            else None,
                             fmt=markers[k % len(markers)], color=f"C{k % 10}", capsize=3,
                             label=v.name)
             front = pareto_front(xy)
@@ -613,9 +620,9 @@ def plots(rows: list[Row], variants: list[Variant], out: Path) -> list[Path]:
     return paths
 
 
-def run_compare(parent: str | None = None, run_ids: Sequence[str] = (), reference: str | None = None,
-                out_dir: str | Path | None = None, tracking_uri: str | None = None,
-                experiment: str = "zoo", confidence: float = 0.95,
+def run_compare(parent: str | None = None, run_ids: Sequence[str] = (),
+                reference: str | None = None, out_dir: str | Path | None = None,
+                tracking_uri: str | None = None, experiment: str = "zoo", confidence: float = 0.95,
                 write_results: str | Path | None = None) -> dict[str, Any]:
     """Compare the FINISHED child runs of ``parent`` (or the runs ``run_ids``); returns markdown,
     paths, rows, variants and the runs left out. ``write_results``: also write a results file
@@ -679,7 +686,8 @@ def write_results_file(path: str | Path, client: Any, parent: str | None, run_id
                 inputs.update(json.loads(Path(local).read_text()))
             except Exception:  # mlflow raises its own types for a missing artifact
                 missing.append(run_id[:8])
-    inputs.update(results.input_digests([Path(__file__), Path(results.__file__).with_name("stats.py")]))
+    inputs.update(results.input_digests([Path(__file__),
+                                         Path(results.__file__).with_name("stats.py")]))
     machine_info = json.loads(tags["zoo.machine"]) if "zoo.machine" in tags else None
     wall = wall_seconds if wall_seconds is not None else (
         info.metrics.get("sweep.wall_seconds") if info else None)

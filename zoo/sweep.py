@@ -180,8 +180,8 @@ def usable_cores() -> int:
 
 def launcher_settings(name: str, overrides: Sequence[str] = (), threads: int = 1) -> dict[str, Any]:
     """The composed Hydra launcher config ``hydra/launcher=zoo_<name>`` with
-    ``hydra.launcher.KEY=VALUE`` overrides (``local``: none). A joblib ``n_jobs`` of -1 (the default) becomes the usable cores
-    divided by ``threads`` per job."""
+    ``hydra.launcher.KEY=VALUE`` overrides (``local``: none). A joblib ``n_jobs`` of -1 (the
+    default) becomes the usable cores divided by ``threads`` per job."""
     if name == "local":
         if overrides:
             raise ConfigError(f"{overrides[0]}: launcher=local has no settings")
