@@ -329,8 +329,9 @@ def run_in_process(job: Job, index: int, parent_id: str, folder: Path, threads: 
     spec.write_text(json.dumps({"overrides": list(job.overrides), "parent": parent_id,
                                 "variant": job.variant, "seed": job.seed, "threads": threads,
                                 "result": str(result)}))
-    env = {**os.environ, **{k: str(threads) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS",
-                                                      "OPENBLAS_NUM_THREADS")}}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1",  # the log follows the job as it runs
+           **{k: str(threads) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS",
+                                        "OPENBLAS_NUM_THREADS")}}
     start = time.perf_counter()
     with open(log, "w") as stream:
         code = subprocess.run([sys.executable, "-m", "zoo.sweep", str(spec)], stdout=stream,
