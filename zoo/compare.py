@@ -201,6 +201,10 @@ def _load_job(client: Any, run: Any, baselines: dict[tuple[str, str], dict]) -> 
     return job
 
 
+def _seed_order(job: Job) -> tuple:
+    return (0, int(job.seed), "") if job.seed.lstrip("-").isdigit() else (1, 0, job.seed)
+
+
 def load_variants(client: Any, runs: Sequence[Any]) -> tuple[list[Variant], list[LeftOut]]:
     """Variants of the FINISHED runs (the evaluators' baselines as extra variants) and the runs
     left out with the reason; split hashes must agree."""
@@ -218,7 +222,7 @@ def load_variants(client: Any, runs: Sequence[Any]) -> tuple[list[Variant], list
     groups, repeated = repeat_groups(runs)
     variants, baselines = [], {}
     for group, name in zip(groups, short_names([g[0] for g in groups])):
-        jobs = [_load_job(client, run, baselines) for run in group]
+        jobs = sorted((_load_job(client, run, baselines) for run in group), key=_seed_order)
         variants.append(Variant(name, hashes[group[0].info.run_id], jobs))
     for (task, tag), records in baselines.items():
         variants.append(Variant(f"{BASELINE_PREFIX}{tag}", variants[0].split_hash,
@@ -390,7 +394,7 @@ def summary_table(rows: list[Row], variants: list[Variant], against_baseline: Se
         head.append(f"{METRIC_LABELS.get(key[1], key[1])}: Δ to the "
                     f"{key_base[len(BASELINE_PREFIX):]}")
     if key:
-        head.append(f"{METRIC_LABELS.get(key[1], key[1])} per run")
+        head.append(f"{METRIC_LABELS.get(key[1], key[1])} per run, by seed")
     head += [label for k, label in COSTS if k in JOB_COSTS]
     out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for v in variants:
@@ -578,8 +582,8 @@ def plots(rows: list[Row], variants: list[Variant], out: Path) -> list[Path]:
     models = [v for v in variants if not v.baseline and v.name in sel]
     axes_spec = [("cost.flops_per_sample", 1e-9, "FLOPs per sample, training forward (GFLOP, log "
                   "scale)", True),
-                 ("cost.train_seconds", 1.0, "training time per job (s; bars: range over runs)",
-                  False)]
+                 ("cost.train_seconds", 1.0, "training time per job (s, wall clock; bars: range "
+                  "over runs)", False)]
     axes_spec = [a for a in axes_spec if all(v.cost(a[0]) for v in models)]
     if models and axes_spec:
         fig, axes = plt.subplots(1, len(axes_spec), figsize=(5.2 * len(axes_spec) + 2.6, 4.2),
@@ -704,4 +708,5 @@ def write_results_file(path: str | Path, client: Any, parent: str | None, run_id
     body += "\n" + "\n".join(images) + "\n"
     return results.write(path, f"Results: {tags.get('zoo.sweep', 'comparison')}", command, body,
                          inputs, wall_seconds=wall, commit=tags.get("zoo.git_commit"),
-                         machine_info=machine_info)
+                         machine_info=machine_info,
+                         cpu_seconds=info.metrics.get("sweep.job_cpu_seconds") if info else None)
