@@ -28,6 +28,9 @@ from typing import Any, Sequence
 
 from zoo.config import ConfigError, validate_overrides
 from zoo.errors import RunError
+from zoo.verbosity import get_logger
+
+log = get_logger(__name__)
 
 DEFAULT_EXPERIMENT = "compare_strategies"
 LAUNCHERS = ("local", "joblib", "submitit_slurm")
@@ -63,9 +66,11 @@ def parse_overrides(overrides: Sequence[str]) -> tuple[list[str], list[list[str]
     try:
         parsed = OverridesParser.create().parse_overrides(list(overrides))
     except HydraException as err:
+        from zoo.config import hydra_message
+
         hint = (" (quote each override in a variant's list: +sweep.add={name: N, overrides: "
                 "['connector=mlp']})" if any("sweep.add" in o for o in overrides) else "")
-        raise ConfigError(f"sweep overrides: {str(err).splitlines()[0]}{hint}") from err
+        raise ConfigError(f"sweep overrides: {hydra_message(err)}{hint}") from err
     fixed, sweeps = [], []
     for override in parsed:
         if override.is_sweep_override():
@@ -114,7 +119,7 @@ def plan(overrides: Sequence[str]) -> Plan:
     for item in overrides:
         if item.startswith("launcher="):
             launcher = item.split("=", 1)[1]
-        elif item.startswith("hydra.launcher."):
+        elif item.lstrip("+~").startswith("hydra.launcher."):
             hydra_launcher.append(item)
         else:
             rest.append(item)
@@ -184,7 +189,8 @@ def launcher_settings(name: str, overrides: Sequence[str] = (), threads: int = 1
     default) becomes the usable cores divided by ``threads`` per job."""
     if name == "local":
         if overrides:
-            raise ConfigError(f"{overrides[0]}: launcher=local has no settings")
+            raise ConfigError(f"{overrides[0]}: the local launcher has no settings; choose "
+                              "launcher=joblib or launcher=submitit_slurm")
         return {"launcher": "local"}
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
@@ -192,14 +198,14 @@ def launcher_settings(name: str, overrides: Sequence[str] = (), threads: int = 1
     from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
-    from zoo.config import conf_dir
+    from zoo.config import conf_dir, hydra_message
 
     try:
         with initialize_config_dir(version_base="1.3", config_dir=str(conf_dir()), job_name="zoo"):
             cfg = hydra_compose("config", return_hydra_config=True, overrides=[
                 f"hydra/launcher=zoo_{name}", *overrides])
     except (HydraException, OmegaConfBaseException) as err:
-        raise ConfigError(f"launcher={name}: {str(err).strip().splitlines()[0]}") from err
+        raise ConfigError(f"launcher={name}: {hydra_message(err)}") from err
     settings = {**OmegaConf.to_container(cfg.hydra.launcher, resolve=True), "launcher": name}
     if name == "joblib" and int(settings.get("n_jobs") or -1) < 0:
         settings["n_jobs"] = max(1, (usable_cores() + 1 + int(settings.get("n_jobs") or -1))
@@ -324,8 +330,8 @@ def run_in_process(job: Job, index: int, parent_id: str, folder: Path, threads: 
     returns ``{job, seconds, log, run_id | error}``."""
     stem = f"{index:02d}-{job.variant.replace('/', '_').replace(':', '_')}" + (
         f"-seed{job.seed}" if job.seed is not None else "")
-    spec, result, log = (folder / f"{stem}.json", folder / f"{stem}.result.json",
-                         folder / f"{stem}.log")
+    spec, result, log_file = (folder / f"{stem}.json", folder / f"{stem}.result.json",
+                              folder / f"{stem}.log")
     spec.write_text(json.dumps({"overrides": list(job.overrides), "parent": parent_id,
                                 "variant": job.variant, "seed": job.seed, "threads": threads,
                                 "result": str(result)}))
@@ -333,18 +339,19 @@ def run_in_process(job: Job, index: int, parent_id: str, folder: Path, threads: 
            **{k: str(threads) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS",
                                         "OPENBLAS_NUM_THREADS")}}
     start = time.perf_counter()
-    with open(log, "w") as stream:
+    with open(log_file, "w") as stream:
         code = subprocess.run([sys.executable, "-m", "zoo.sweep", str(spec)], stdout=stream,
                               stderr=subprocess.STDOUT, env=env, check=False).returncode
     seconds = time.perf_counter() - start
     if code == 0 and result.is_file():
-        out = {**json.loads(result.read_text()), "seconds": seconds, "log": str(log)}
-        print(f"  done in {seconds:.0f} s: {job.label} (run {out['run_id']})", flush=True)
+        out = {**json.loads(result.read_text()), "seconds": seconds, "log": str(log_file)}
+        log.info(f"  done in {seconds:.0f} s: {job.label} (run {out['run_id']})")
         return out
-    tail = [line for line in log.read_text(errors="replace").splitlines() if line.strip()][-1:]
-    print(f"  FAILED after {seconds:.0f} s: {job.label} (exit {code}; log {log})", flush=True)
-    return {"error": f"{job.label}: exit {code}: {tail[0] if tail else ''} (log {log})",
-            "seconds": seconds, "log": str(log)}
+    tail = [line for line in log_file.read_text(errors="replace").splitlines()
+            if line.strip()][-1:]
+    log.warning(f"  FAILED after {seconds:.0f} s: {job.label} (exit {code}; log {log_file})")
+    return {"error": f"{job.label}: exit {code}: {tail[0] if tail else ''} (log {log_file})",
+            "seconds": seconds, "log": str(log_file)}
 
 
 def prepare_shared(jobs: Sequence[Job]) -> None:
@@ -381,16 +388,16 @@ def run_sweep(overrides: Sequence[str] = ()) -> dict[str, Any]:
                               for j in jobs], "launcher": launcher,
                      "threads_per_job": sweep.threads_per_job}, "sweep.json")
     parallel = launcher.get("n_jobs", 1) if launcher["launcher"] == "joblib" else 1
-    print(f"sweep {sweep.experiment}: {len(jobs)} jobs, launcher {launcher['launcher']}"
+    log.info(f"sweep {sweep.experiment}: {len(jobs)} jobs, launcher {launcher['launcher']}"
           + (f" ({parallel} at a time, {sweep.threads_per_job} thread(s) each)"
              if launcher["launcher"] == "joblib" else "")
-          + f", mlflow {tracker.uri} (parent run {parent.run_id})", flush=True)
+          + f", mlflow {tracker.uri} (parent run {parent.run_id})")
     failures: list[str] = []
     outcomes: list[dict[str, Any]] = []
     try:
         if launcher["launcher"] == "local":
             for i, job in enumerate(jobs, 1):
-                print(f"[job {i}/{len(jobs)}] {job.label}: {' '.join(job.overrides)}", flush=True)
+                log.info(f"[job {i}/{len(jobs)}] {job.label}: {' '.join(job.overrides)}")
                 outcomes.append(run_job(job.overrides, parent.run_id, job.variant, job.seed))
         elif launcher["launcher"] == "joblib":
             from joblib import Parallel, delayed
@@ -398,7 +405,7 @@ def run_sweep(overrides: Sequence[str] = ()) -> dict[str, Any]:
             folder = Path(first.tracking.root) / "sweeps" / parent.run_id
             folder.mkdir(parents=True, exist_ok=True)
             prepare_shared(jobs)
-            print(f"job logs in {folder}", flush=True)
+            log.info(f"job logs in {folder}")
             keys = ("n_jobs", "backend", "prefer", "require", "verbose", "timeout",
                     "pre_dispatch", "batch_size", "temp_folder", "max_nbytes", "mmap_mode")
             outcomes = Parallel(**{k: launcher[k] for k in keys if launcher.get(k) is not None})(
@@ -414,7 +421,7 @@ def run_sweep(overrides: Sequence[str] = ()) -> dict[str, Any]:
             submitted = executor.map_array(run_job, [list(j.overrides) for j in jobs],
                                            [parent.run_id] * len(jobs), [j.variant for j in jobs],
                                            [j.seed for j in jobs])
-            print(f"submitted {len(submitted)} Slurm jobs: {submitted[0].job_id} ...", flush=True)
+            log.info(f"submitted {len(submitted)} Slurm jobs: {submitted[0].job_id} ...")
             for job in submitted:
                 job.result()
         result = run_compare(parent=parent.run_id, tracking_uri=tracker.uri,
