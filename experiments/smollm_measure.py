@@ -87,9 +87,8 @@ def variant_step(name: str, steps: int, batch_size: int) -> dict[str, Any]:
     from zoo.bench.e2e import train_step_seconds
     from zoo.sweep import plan
 
-    _, jobs, _ = plan([f"experiment={EXPERIMENT}", f"sweep.only=[{name}]"])
-    (_, overrides), = jobs
-    result = train_step_seconds(overrides, steps=steps, batch_size=batch_size)
+    job, = plan([f"experiment={EXPERIMENT}", f"sweep.only=[{name}]", "sweep.seeds=[0]"]).jobs
+    result = train_step_seconds(list(job.overrides), steps=steps, batch_size=batch_size)
     import torch
 
     return {**result, "seconds": round(result["seconds"], 2),
@@ -133,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             from zoo.sweep import plan
 
-            names = [name for name, _ in plan([f"experiment={EXPERIMENT}"])[1]]
+            names = list(dict.fromkeys(j.variant for j in plan([f"experiment={EXPERIMENT}"]).jobs))
         report["train_steps"] = {}
         for name in names:
             done = subprocess.run([sys.executable, __file__, "--one-variant", name, "--steps",

@@ -134,10 +134,10 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from zoo.sweep import plan, run_sweep
 
     if args.cfg:  # every job's composed config
-        _, jobs, _ = plan(args.overrides)
-        for i, (variant, overrides) in enumerate(jobs, 1):
-            print(f"# job {i}/{len(jobs)} {variant}: {' '.join(overrides)}")
-            print_config(args, overrides)
+        jobs = plan(args.overrides).jobs
+        for i, job in enumerate(jobs, 1):
+            print(f"# job {i}/{len(jobs)} {job.label}: {' '.join(job.overrides)}")
+            print_config(args, list(job.overrides))
         return 0
     run_sweep(args.overrides)  # prints progress, the comparison table and the paths
     return 0
