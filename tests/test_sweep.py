@@ -35,13 +35,17 @@ def test_default_sweep_runs_its_variants_times_three_seeds_in_parallel_processes
 @pytest.mark.parametrize("variant", [v["name"] for v in default_variants()])
 def test_every_default_sweep_variant_builds_with_the_same_visual_token_budget(variant):
     """Over the experiment's own variant list (not a copy of it): each job's config composes and
-    builds on meta, with the 16 visual tokens all variants share."""
+    builds on meta, with the 16 visual tokens all variants share; the config files it reads (the
+    job's recorded inputs) are found."""
     from zoo.build import build_on_meta
     from zoo.config import compose
+    from zoo.sweep import config_files
 
     job = next(j for j in plan(["sweep.seeds=[0]"]).jobs if j.variant == variant)
     model = build_on_meta(compose(list(job.overrides)))
     assert model.stages and model.num_image_tokens == 16
+    files = {f"{p.parent.name}/{p.name}" for p in config_files(job.overrides)}
+    assert {"experiment/compare_strategies.yaml", "trainer/default.yaml"} <= files
 
 
 def test_a_named_variant_is_added_from_the_command_line():

@@ -238,13 +238,13 @@ def config_files(overrides: Sequence[str]) -> list[Path]:
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
-    from zoo.config import conf_dir, recipe_defaults
+    from zoo.config import conf_dir, force_component_keys, recipe_defaults, register_resolvers
 
     root = conf_dir()
-    overrides = list(overrides)
+    overrides = force_component_keys(recipe_defaults(list(overrides)) + list(overrides))
+    register_resolvers()
     with initialize_config_dir(version_base="1.3", config_dir=str(root), job_name="zoo"):
-        cfg = hydra_compose("config", overrides=recipe_defaults(overrides) + overrides,
-                            return_hydra_config=True)
+        cfg = hydra_compose("config", overrides=overrides, return_hydra_config=True)
     files = [root / "config.yaml", root / "recipe_defaults.yaml"]
     pending = []
     for group, option in cfg.hydra.runtime.choices.items():
@@ -261,10 +261,10 @@ def config_files(overrides: Sequence[str]) -> list[Path]:
     return [f for f in files if f.is_file()]
 
 
-def job_inputs(model: Any, data: Any, overrides: Sequence[str]) -> dict[str, str]:
+def job_inputs(model: Any, data: Any, configs: Sequence[Path]) -> dict[str, str]:
     """sha256 of the files a job's numbers depend on (docs/evaluation.md, "Results that
     regenerate"): the modules defining the model's parts and the data source, the project's
-    non-component modules the job loaded, and the config files composed."""
+    non-component modules the job loaded, and the config files composed (``configs``)."""
     from zoo import results
     from zoo.manifest import COMPONENT_MODULES
 
@@ -272,7 +272,7 @@ def job_inputs(model: Any, data: Any, overrides: Sequence[str]) -> dict[str, str
               if name.split(".")[0] in results.PACKAGES and name not in COMPONENT_MODULES
               and not name.startswith(NOT_INPUTS)]
     files = results.module_files([*model.modules(), data, *loaded])
-    return results.input_digests([*files, *config_files(overrides)])
+    return results.input_digests([*files, *configs])
 
 
 def cpu_seconds() -> float:
@@ -299,13 +299,14 @@ def run_job(overrides: Sequence[str], parent_id: str | None, variant: str,
 
         torch.set_num_threads(int(threads))
     cfg = compose(list(overrides))
+    configs = config_files(overrides)  # before training: a failure here costs no work
     parent = None
     tracker = Tracker(cfg.tracking.uri, cfg.tracking.experiment, cfg.tracking.root)
     if parent_id:
         parent = Run(tracker.client, parent_id)
     tags = {"zoo.variant": variant, **({"zoo.seed": str(seed)} if seed is not None else {})}
     result = run_training(cfg, parent=parent, tags=tags)
-    inputs = job_inputs(result["model"], result["data"], overrides)
+    inputs = job_inputs(result["model"], result["data"], configs)
     cpu = cpu_seconds() - cpu_start
     if result["run_id"]:
         run = Run(tracker.client, result["run_id"])
