@@ -37,7 +37,11 @@ from zoo.signature import forwards
 from zoo.types import Conditioning, Grid, VisualTokens, check_volume
 
 POS_EMBED_TYPES = ("learnable", "sincos", "none")
-ATTN_IMPLS = ("sdpa", "xformers")
+ATTN_IMPLS = ("sdpa",)
+XFORMERS_REMOVED = (
+    "attn_impl='xformers' was removed: its only torch-compatible release (xformers 0.0.35, built "
+    "for torch 2.10 + CUDA 12.8) did not load beside the measured GPU's torch, and SDPA already "
+    "runs cuDNN's flash-attention kernels there (docs/performance.md); use 'sdpa'")
 POS_KEY = "patch_embedding.position_embeddings"
 # Parameters of MONAI's ViT that this encoder does not have (MONAI >= 1.4 builds an unused
 # cross-attention norm in every block; ``classification=True`` adds a head). They are dropped when
@@ -114,39 +118,15 @@ class PatchEmbedding(nn.Module):
         return self.dropout(self.patch_embeddings(x) + self.position(grid))
 
 
-def xformers_attention() -> Any:
-    """``xformers.ops.memory_efficient_attention``, or an ImportError saying how to install it.
-
-    An installed xformers whose compiled extension did not load (a wheel built for another torch
-    or CUDA: without it every CUDA kernel is missing) is refused here, with xformers' own account
-    of the mismatch, rather than failing at the first forward with "No operator found"."""
-    try:
-        import xformers
-        from xformers.ops import memory_efficient_attention
-    except ImportError as err:
-        raise ConfigError("attn_impl='xformers' needs xformers 0.0.35 (CUDA only): "
-                          "pip install medzoo3d[xformers], or use attn_impl='sdpa'") from err
-    if not getattr(xformers, "_has_cpp_library", True):
-        cause = getattr(getattr(xformers, "_cpp_lib", None), "_cpp_library_load_exception", None)
-        reason = " ".join(str(cause).split()) if cause else "unknown reason"
-        raise ConfigError(f"attn_impl='xformers': xformers is installed but its compiled "
-                          f"extension did not load ({reason[:300]}); install an xformers build "
-                          f"matching torch {torch.__version__}, or use attn_impl='sdpa'")
-    return memory_efficient_attention
-
-
 class SelfAttention(nn.Module):
-    """Multi-head self-attention with a fused qkv projection (MONAI ``SABlock`` key names).
+    """Multi-head self-attention with a fused qkv projection (MONAI ``SABlock`` key names),
+    computed by ``scaled_dot_product_attention`` (PyTorch picks the flash / memory-efficient
+    kernel)."""
 
-    ``attn_impl``: ``"sdpa"`` (``scaled_dot_product_attention``, any device) or ``"xformers"``
-    (``xformers.ops.memory_efficient_attention``, CUDA only)."""
-
-    def __init__(self, hidden_size: int, num_heads: int, qkv_bias: bool, dropout: float,
-                 attn_impl: str = "sdpa") -> None:
+    def __init__(self, hidden_size: int, num_heads: int, qkv_bias: bool, dropout: float) -> None:
         super().__init__()
         self.num_heads, self.head_dim = num_heads, hidden_size // num_heads
         self.dropout = dropout
-        self.xformers = xformers_attention() if attn_impl == "xformers" else None
         self.qkv = nn.Linear(hidden_size, 3 * hidden_size, bias=qkv_bias)
         self.out_proj = nn.Linear(hidden_size, hidden_size)
         self.drop_output = nn.Dropout(dropout)
@@ -155,14 +135,8 @@ class SelfAttention(nn.Module):
         b, n, c = x.shape
         p = self.dropout if self.training else 0.0
         qkv = self.qkv(x).view(b, n, 3, self.num_heads, self.head_dim)
-        if self.xformers is not None:
-            if not x.is_cuda:
-                raise ConfigError(f"attn_impl='xformers' runs on CUDA only, got input on "
-                                  f"{x.device} (use attn_impl='sdpa')")
-            x = self.xformers(*qkv.unbind(2), p=p)  # (B, N, H, D) in and out
-        else:
-            q, k, v = qkv.permute(2, 0, 3, 1, 4)  # (B, H, N, D)
-            x = F.scaled_dot_product_attention(q, k, v, dropout_p=p).transpose(1, 2)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4)  # (B, H, N, D)
+        x = F.scaled_dot_product_attention(q, k, v, dropout_p=p).transpose(1, 2)
         return self.drop_output(self.out_proj(x.reshape(b, n, c)))
 
 
@@ -184,10 +158,10 @@ class Block(nn.Module):
     """Pre-norm transformer block: ``x + attn(norm1(x))``, then ``x + mlp(norm2(x))``."""
 
     def __init__(self, hidden_size: int, num_heads: int, mlp_dim: int, qkv_bias: bool,
-                 dropout: float, attn_impl: str = "sdpa") -> None:
+                 dropout: float) -> None:
         super().__init__()
         self.norm1 = nn.LayerNorm(hidden_size)
-        self.attn = SelfAttention(hidden_size, num_heads, qkv_bias, dropout, attn_impl)
+        self.attn = SelfAttention(hidden_size, num_heads, qkv_bias, dropout)
         self.norm2 = nn.LayerNorm(hidden_size)
         self.mlp = MLP(hidden_size, mlp_dim, dropout)
 
@@ -201,8 +175,8 @@ class ViT3D(nn.Module):
 
     ``img_size`` is the volume size the position table was made for (the training size of a
     checkpoint); any other size whose sides are multiples of ``patch_size`` also runs, with the
-    table resampled trilinearly over the patch grid. ``attn_impl`` picks the attention kernel
-    (:data:`ATTN_IMPLS`; ``"xformers"`` needs the ``xformers`` extra and CUDA inputs).
+    table resampled trilinearly over the patch grid. ``attn_impl`` names the attention kernel
+    (:data:`ATTN_IMPLS`: SDPA only; ``"xformers"`` was removed and is refused saying so).
     """
 
     def __init__(self, img_size: Sequence[int] = (32, 256, 256),
@@ -225,6 +199,8 @@ class ViT3D(nn.Module):
         if pos_embed not in POS_EMBED_TYPES:
             raise ConfigError(f"pos_embed={pos_embed!r} is not one of {POS_EMBED_TYPES}."
                               f"{suggest(str(pos_embed), POS_EMBED_TYPES)}")
+        if attn_impl == "xformers":
+            raise ConfigError(XFORMERS_REMOVED)
         if attn_impl not in ATTN_IMPLS:
             raise ConfigError(f"attn_impl={attn_impl!r} is not one of {ATTN_IMPLS}."
                               f"{suggest(str(attn_impl), ATTN_IMPLS)}")
@@ -235,8 +211,8 @@ class ViT3D(nn.Module):
         self.patch_embedding = PatchEmbedding(in_channels, self.patch_size, self.grid,
                                               hidden_size, pos_embed, dropout)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, hidden_size)) if cls_token else None
-        self.blocks = nn.ModuleList(Block(hidden_size, num_heads, mlp_dim, qkv_bias, dropout,
-                                          attn_impl) for _ in range(depth))
+        self.blocks = nn.ModuleList(Block(hidden_size, num_heads, mlp_dim, qkv_bias, dropout)
+                                    for _ in range(depth))
         self.norm = nn.LayerNorm(hidden_size)
         self.grad_checkpointing = bool(grad_checkpointing)
         self.apply(_init_weights)
@@ -391,7 +367,7 @@ def vit3d(img_size: Sequence[int] = (32, 256, 256), patch_size: Sequence[int] = 
           attn_impl: str = "sdpa") -> ViT3D:
     """Native 3D ViT with every hyper-parameter exposed (defaults: M3D's ViT-B, see
     :func:`vit3d_base_m3d`); ``checkpoint`` loads a MONAI-ViT-layout state dict (skipped when
-    building on the meta device); ``attn_impl``: ``"sdpa"`` or ``"xformers"`` (CUDA only)."""
+    building on the meta device); ``attn_impl``: ``"sdpa"`` (the only kernel)."""
     model = ViT3D(img_size=img_size, patch_size=patch_size, in_channels=in_channels,
                   hidden_size=hidden_size, depth=depth, num_heads=num_heads, mlp_dim=mlp_dim,
                   qkv_bias=qkv_bias, cls_token=cls_token, dropout=dropout, pos_embed=pos_embed,
