@@ -179,6 +179,8 @@ class ViT3D(nn.Module):
     (:data:`ATTN_IMPLS`: SDPA only; ``"xformers"`` was removed and is refused saying so).
     """
 
+    _no_split_modules = ["Block"]  # the unit sharded training wraps (docs/scale.md)
+
     def __init__(self, img_size: Sequence[int] = (32, 256, 256),
                  patch_size: Sequence[int] = (4, 16, 16), in_channels: int = 1,
                  hidden_size: int = 768, depth: int = 12, num_heads: int = 12,

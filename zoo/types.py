@@ -253,3 +253,15 @@ class ZooModel(nn.Module):
         """How many entries of ``param`` the current stage can change (parameter counts): all of
         them when it requires grad; recipes that mask gradients override this."""
         return param.numel() if param.requires_grad else 0
+
+    @property
+    def _no_split_modules(self) -> list[str]:
+        """Class names of the blocks that sharded training wraps as units: those the components
+        declare in their own ``_no_split_modules`` (a Hugging Face LM's decoder layer, vit3d's
+        ``Block``), kept only where a module of that class is present. Accelerate's FSDP
+        ``TRANSFORMER_BASED_WRAP`` reads this attribute when its config names no class, so one
+        config file fits every encoder/LM pair (docs/scale.md)."""
+        present = {type(m).__name__ for m in self.modules()}
+        declared = {name for m in self.modules() if m is not self
+                    for name in (getattr(m, "_no_split_modules", None) or ())}
+        return sorted(declared & present)
