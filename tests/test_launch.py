@@ -231,3 +231,33 @@ def test_two_slurm_nodes_meet_and_train_like_one_process(tmp_path):
     distributed = torch.load(tmp_path / "weights.pt", weights_only=True)
     for key, value in single.state_dict().items():
         torch.testing.assert_close(distributed[key], value, rtol=1e-4, atol=1e-5)
+
+
+def test_sweep_runs_one_accelerate_launch_per_node_for_multi_process_jobs():
+    from functools import partial
+
+    from zoo.launch.slurm import sweep_job_function, sweep_node_job
+    from zoo.sweep import plan, run_job, submitit_parameters
+
+    _, _, slurm = plan(["experiment=compare_strategies_mini", "launcher=submitit_slurm",
+                        "+sweep.accelerate_config=fsdp"])
+    assert slurm["accelerate_config"] == "fsdp"
+    assert "slurm_accelerate_config" not in submitit_parameters(slurm)
+    assert sweep_job_function({**slurm, "accelerate_config": None}) is run_job  # 1 node x 1 GPU
+    job = sweep_job_function({**slurm, "nodes": 2, "gpus_per_node": 8})
+    assert isinstance(job, partial) and job.func is sweep_node_job
+    assert job.keywords == {"config": "fsdp"}
+    assert sweep_job_function({"nodes": 1, "gpus_per_node": 8}).keywords == {"config": "ddp"}
+    with pytest.raises(ConfigError, match="set tasks_per_node: 1"):
+        sweep_job_function({"nodes": 2, "gpus_per_node": 8, "tasks_per_node": 8})
+
+
+def test_job_entry_hands_the_overrides_to_run_job(monkeypatch):
+    import zoo.sweep
+    from zoo.launch.__main__ import main
+
+    calls = []
+    monkeypatch.setattr(zoo.sweep, "run_job", lambda *args: calls.append(args))
+    assert main(["job", "--variant", "tghmoe", "--parent", "abc", "--", "seed=1", "lm=test_llama"]) == 0
+    assert main(["job", "--variant", "v", "--", "seed=2"]) == 0
+    assert calls == [(["seed=1", "lm=test_llama"], "abc", "tghmoe"), (["seed=2"], None, "v")]

@@ -88,7 +88,10 @@ def plan(overrides: Sequence[str]) -> tuple[str, list[tuple[str, list[str]]], di
                 else ",".join(combo)
             # experiment first, then the variant, then the command line (the user wins)
             jobs.append((label, [fixed[0], *extra, *fixed[1:], *combo]))
-    return experiment, jobs, launcher_settings(launcher, launcher_overrides)
+    settings = launcher_settings(launcher, launcher_overrides)
+    if spec.get("accelerate_config"):  # multi-process Slurm jobs (zoo/launch/slurm.py)
+        settings["accelerate_config"] = spec["accelerate_config"]
+    return experiment, jobs, settings
 
 
 def launcher_settings(name: str, overrides: Sequence[str] = ()) -> dict[str, Any]:
@@ -119,7 +122,7 @@ def submitit_parameters(settings: dict[str, Any]) -> dict[str, Any]:
     """Hydra's ``submitit_slurm`` launcher keys as ``submitit.AutoExecutor`` parameters."""
     generic = {"timeout_min", "cpus_per_task", "gpus_per_node", "tasks_per_node", "mem_gb",
                "nodes", "name"}
-    skip = {"launcher", "_target_", "submitit_folder", "max_num_timeout"}
+    skip = {"launcher", "_target_", "submitit_folder", "max_num_timeout", "accelerate_config"}
     params = {}
     for key, value in settings.items():
         if key in skip or value is None or value == {} or value == []:
@@ -179,10 +182,12 @@ def run_sweep(overrides: Sequence[str] = ()) -> dict[str, Any]:
         else:
             import submitit
 
+            from zoo.launch.slurm import sweep_job_function
+
             executor = submitit.AutoExecutor(folder=launcher.get("submitit_folder") or
                                              "runs/submitit/%j")
             executor.update_parameters(**submitit_parameters(launcher))
-            submitted = executor.map_array(run_job, [j for _, j in jobs],
+            submitted = executor.map_array(sweep_job_function(launcher), [j for _, j in jobs],
                                            [parent.run_id] * len(jobs), [v for v, _ in jobs])
             log.info(f"submitted {len(submitted)} Slurm jobs: {submitted[0].job_id} ...")
             for job in submitted:

@@ -17,13 +17,14 @@ and torchrun, inside ``accelerate launch``, starts G processes per node that mee
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from zoo.errors import ConfigError, RunError
 from zoo.launch import accelerate_config
@@ -147,3 +148,21 @@ def sweep_node_job(overrides: list[str], parent_id: str | None, variant: str,
         raise RunError(f"sweep job {variant}: accelerate launch exited with code {code} on node "
                        f"{os.environ.get('SLURM_NODEID', '0')} (see the job's log)")
     return {"variant": variant}
+
+
+def sweep_job_function(settings: Mapping[str, Any]) -> Callable[..., dict[str, Any]]:
+    """What the sweep's submitit launcher runs per job: :func:`zoo.sweep.run_job` in the task
+    when a job is one process, else :func:`sweep_node_job` on every node with the experiment's
+    ``sweep.accelerate_config`` (default ``ddp``). A multi-process job needs one task per node
+    (``tasks_per_node: 1``): ``accelerate launch`` starts the GPU processes itself."""
+    from zoo.sweep import run_job
+
+    processes = int(settings.get("nodes") or 1) * int(settings.get("gpus_per_node") or 1)
+    config = settings.get("accelerate_config")
+    if processes == 1 and not config:
+        return run_job
+    if int(settings.get("tasks_per_node") or 1) != 1:
+        raise ConfigError(f"launcher submitit_slurm: tasks_per_node="
+                          f"{settings.get('tasks_per_node')} with {processes} processes per job; "
+                          "set tasks_per_node: 1 (one accelerate launch per node starts them)")
+    return functools.partial(sweep_node_job, config=config or "ddp")
