@@ -25,7 +25,7 @@ import torch
 from torch import Tensor
 
 from zoo.errors import ConfigError, DataError
-from zoo.types import TASK_NAMES
+from zoo.types import TASK_NAMES, stack_batch
 
 IMAGE_PLACEHOLDER = "<image>"
 PROMPT_FIELD = "{prompt}"
@@ -283,11 +283,11 @@ class ImageTextCollator:
                 labels[row, n_prompt:len(ids)] = input_ids[row, n_prompt:len(ids)]
         keys = dict.fromkeys(k for s in samples for k in s)  # union: mixed seg / text batches
         batch: dict[str, Any] = {k: [s.get(k) for s in samples] for k in keys}
-        batch["image"] = torch.stack([s["image"] for s in samples])
+        batch["image"] = stack_batch([s["image"] for s in samples])
         masks = batch.get("mask")
         if masks is not None and all(m is not None for m in masks) \
                 and len({tuple(m.shape) for m in masks}) == 1:
-            batch["mask"] = torch.stack(masks)
+            batch["mask"] = stack_batch(masks)
         batch["input_ids"] = input_ids
         batch["attention_mask"] = attention
         if not self.for_generation:

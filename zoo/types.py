@@ -25,6 +25,16 @@ TASK_NAMES: tuple[str, ...] = ("caption", "vqa_closed", "vqa_open", "rec", "reg"
                                "cls", "slice")
 
 
+def stack_batch(tensors: list[Tensor]) -> Tensor:
+    """``torch.stack(tensors)`` through ``torch.utils.data.default_collate``: inside a DataLoader
+    worker the stacked batch is written straight into shared memory, saving the copy the worker
+    would otherwise make to hand it to the training process (docs/performance.md, "Data
+    pipeline")."""
+    from torch.utils.data import default_collate
+
+    return default_collate(tensors)
+
+
 def check_volume(volume: Tensor, name: str = "volume", channels: int | None = None) -> None:
     """Raise ``ValueError`` naming ``name`` unless ``volume`` is a finite float (B, C, D, H, W)."""
     if not isinstance(volume, Tensor):
@@ -218,9 +228,9 @@ class ZooModel(nn.Module):
         keep every other key as a list. Recipes with text override this (tokenisation lives
         with the model because the image-token count does)."""
         batch: dict[str, Any] = {k: [s.get(k) for s in samples] for k in samples[0]}
-        batch["image"] = torch.stack([s["image"] for s in samples])
+        batch["image"] = stack_batch([s["image"] for s in samples])
         if all(s.get("mask") is not None for s in samples):
-            batch["mask"] = torch.stack([s["mask"] for s in samples])
+            batch["mask"] = stack_batch([s["mask"] for s in samples])
         return batch
 
     def generate(self, batch: dict[str, Any], **gen_kwargs: Any) -> Any:

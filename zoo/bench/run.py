@@ -21,7 +21,7 @@ from zoo.bench.cost import measure, meta_cost
 from zoo.bench.gpu import GPU_SKIPPED, gpu_section
 from zoo.errors import ConfigError
 
-SECTIONS = ("components", "scaling", "vit3d", "prepare", "e2e", "gpu", "memory")
+SECTIONS = ("components", "scaling", "vit3d", "prepare", "e2e", "loader", "gpu", "memory")
 
 
 def _mb(nbytes: float) -> float:
@@ -80,6 +80,19 @@ def scaling_plot(rows: list[list[Any]], path: str) -> str | None:
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+def gpu_step_rate(recorded: str = "docs/BENCHMARKS_GPU.md") -> float | None:
+    """Volumes per second of the best recorded ``vit3d_base_m3d`` training step on a GPU (read
+    from ``recorded``'s metrics): the rate the data loader has to keep up with."""
+    from pathlib import Path
+
+    if not Path(recorded).is_file():
+        return None
+    rates = [int(key.split("/")[3][1:]) / seconds
+             for key, seconds in report.read_metrics(recorded).items()
+             if key.startswith("gpu/vit3d_base_m3d/") and key.endswith("/fwd_bwd_s")]
+    return max(rates) if rates else None
 
 
 def measured_peak_note(device: torch.device, recorded: str = "docs/BENCHMARKS_GPU.md") -> str:
@@ -204,6 +217,13 @@ def run_bench(out: str | None = "docs/BENCHMARKS.md", quick: bool = False,
         add("End to end: seconds per training step",
             report.table(["config", "stage", "batch", "s / step", "trainable", "params",
                           "overrides"], rows))
+    if "loader" in sections:
+        from zoo.bench.loader import loader_section
+
+        size, cases = ((32, 64, 64), 8) if quick else ((32, 256, 256), 16)
+        body, loader_metrics = loader_section(size, cases, target_volumes_per_s=gpu_step_rate())
+        metrics.update(loader_metrics)
+        add("Data loader: prepared volumes loaded and collated", body)
     if "gpu" in sections:
         gpu_body, gpu_metrics = gpu_section(device)
         metrics.update(gpu_metrics)

@@ -9,7 +9,8 @@ an item into a sample (docs/design.md section 6) when indexed:
 - ``task``, ``prompt`` (no ``<image>``), ``answer``; optional ``mask`` (K, D, H, W), ``box``,
   ``label``, ``choices``, ``slice`` (plane, index, image (1, h, w), text).
 
-Images are memory-mapped ``.npy`` files, validated on every first read in a worker (a small
+Images are ``.npy`` files read whole (one read beats a memory map when the whole volume is used:
+docs/performance.md, "Data pipeline"), validated on every first read in a worker (a small
 per-process cache keeps the last few), so bad files fail with their name instead of training on
 something else.
 """
@@ -72,7 +73,8 @@ def load_image(item: dict[str, Any]) -> tuple[np.ndarray, dict[str, Any]]:
     fmt = item.get("format", "npy")
     if fmt == "npy":
         return _IMAGES.get(("npy", *_file_key(item["image"])),
-                           lambda: (np.asarray(load_npy(item["image"]), dtype=np.float32), {}))
+                           lambda: (np.asarray(load_npy(item["image"], mmap=False),
+                                               dtype=np.float32), {}))
     if fmt not in IMAGE_LOADERS:
         import zoo.data.medical  # noqa: F401  (registers the NIfTI / DICOM loaders)
     return _IMAGES.get((fmt, *_file_key(item["image"]), item.get("spec_key"), item.get("series")),
