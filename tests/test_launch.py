@@ -258,6 +258,7 @@ def test_job_entry_hands_the_overrides_to_run_job(monkeypatch):
 
     calls = []
     monkeypatch.setattr(zoo.sweep, "run_job", lambda *args: calls.append(args))
-    assert main(["job", "--variant", "tghmoe", "--parent", "abc", "--", "seed=1", "lm=test_llama"]) == 0
+    assert main(["job", "--variant", "tghmoe", "--parent", "abc", "--", "seed=1",
+                 "lm=test_llama"]) == 0
     assert main(["job", "--variant", "v", "--", "seed=2"]) == 0
     assert calls == [(["seed=1", "lm=test_llama"], "abc", "tghmoe"), (["seed=2"], None, "v")]

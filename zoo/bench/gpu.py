@@ -1,7 +1,7 @@
 """GPU figures of ``zoo bench``: the ``vit3d_base_m3d`` training step per variant (fp32; bf16
-autocast eager, compiled, compiled with CUDA graphs, compiled with bf16 weights), its model FLOPs utilisation
-(MFU), the attention kernels that actually ran, and the measured peak memory of the full M3D
-configuration (ViT-B + LLaMA-2-7B with LoRA, batch 1).
+autocast eager, compiled, compiled with CUDA graphs, compiled with bf16 weights), its model FLOPs
+utilisation (MFU), the attention kernels that actually ran, and the measured peak memory of the
+full M3D configuration (ViT-B + LLaMA-2-7B with LoRA, batch 1).
 
 MFU = meta-counted matmul FLOPs of forward+backward x batch / step time / peak. Two peaks are
 reported: the datasheet's dense bf16 rate and the rate of a large bf16 matrix product measured

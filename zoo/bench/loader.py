@@ -36,7 +36,8 @@ def loader_items(size: Sequence[int], cases: int, cache_dir: str) -> list[dict[s
     data = synth(cases=cases, size=tuple(size), cache_dir=cache_dir)
     items = [i for split in SPLITS for i in data.items(split) if i["task"] == "caption"]
     if len(items) != cases:
-        raise ValueError(f"the synthetic benchmark gave {len(items)} caption items for {cases} cases")
+        raise ValueError(f"the synthetic benchmark gave {len(items)} caption items for "
+                         f"{cases} cases")
     return items
 
 
@@ -99,8 +100,7 @@ def augmentation_seconds(size: Sequence[int], repeats: int = 10) -> float:
     from monai import transforms as mt
 
     augment = mt.Compose([mt.RandRotate90(prob=0.5, spatial_axes=(1, 2)),
-                          mt.RandFlip(prob=0.1, spatial_axis=0), mt.RandFlip(prob=0.1, spatial_axis=1),
-                          mt.RandFlip(prob=0.1, spatial_axis=2),
+                          *(mt.RandFlip(prob=0.1, spatial_axis=axis) for axis in range(3)),
                           mt.RandScaleIntensity(factors=0.1, prob=0.5),
                           mt.RandShiftIntensity(offsets=0.1, prob=0.5)])
     augment.set_random_state(0)

@@ -78,8 +78,10 @@ def count_parameters(model: nn.Module) -> ParameterCounts:
     for block in blocks:
         params = list(block.parameters())
         in_blocks.update(id(p) for p in params)
-        size, train = sum(p.numel() for p in params), sum(p.numel() for p in params if p.requires_grad)
-        counts.block, counts.block_trainable = max(counts.block, size), max(counts.block_trainable, train)
+        size = sum(p.numel() for p in params)
+        train = sum(p.numel() for p in params if p.requires_grad)
+        counts.block = max(counts.block, size)
+        counts.block_trainable = max(counts.block_trainable, train)
     root = [p for p in {id(p): p for p in model.parameters()}.values() if id(p) not in in_blocks]
     counts.root = sum(p.numel() for p in root)
     counts.root_trainable = sum(p.numel() for p in root if p.requires_grad)

@@ -61,7 +61,8 @@ def _env_int(key: str) -> int | None:
 
 def gpus_on_node() -> int | None:
     """GPUs Slurm gave this node: ``SLURM_GPUS_ON_NODE``, else the count in
-    ``SLURM_GPUS_PER_NODE`` (``8``, ``h100:8``, ``gpu:h100:8(IDX:0-7)``); None when neither is set."""
+    ``SLURM_GPUS_PER_NODE`` (``8``, ``h100:8``, ``gpu:h100:8(IDX:0-7)``); None when neither is
+    set."""
     count = _env_int("SLURM_GPUS_ON_NODE")
     if count is not None:
         return count
@@ -96,8 +97,9 @@ def slurm_rendezvous(processes_per_node: int | None = None, port: int | None = N
         raise RunError(f"Slurm environment: SLURM_NODEID={node_rank} outside 0..{num_nodes - 1}")
     hosts = list(SlurmJobEnvironment().hostnames)
     if len(hosts) != num_nodes:
-        raise RunError(f"Slurm environment: SLURM_JOB_NODELIST={os.environ.get('SLURM_JOB_NODELIST')!r}"
-                       f" expands to {len(hosts)} host(s), SLURM_JOB_NUM_NODES says {num_nodes}")
+        nodelist = os.environ.get("SLURM_JOB_NODELIST")
+        raise RunError(f"Slurm environment: SLURM_JOB_NODELIST={nodelist!r} expands to "
+                       f"{len(hosts)} host(s), SLURM_JOB_NUM_NODES says {num_nodes}")
     if processes_per_node is None:
         processes_per_node = gpus_on_node()
     if processes_per_node is None:
@@ -116,7 +118,8 @@ def slurm_rendezvous(processes_per_node: int | None = None, port: int | None = N
     return Rendezvous(num_nodes, node_rank, int(processes_per_node), hosts[0], int(port))
 
 
-def accelerate_command(rendezvous: Rendezvous, config: str | Path, target: Sequence[str]) -> list[str]:
+def accelerate_command(rendezvous: Rendezvous, config: str | Path,
+                       target: Sequence[str]) -> list[str]:
     """``accelerate launch`` of ``target`` (``["-m", "zoo", "train", ...]`` or a script and its
     arguments) on this node, with the rendezvous on the command line (it overrides the config
     file's process counts and addresses)."""
