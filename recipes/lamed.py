@@ -28,6 +28,7 @@ from torch import Tensor
 from recipes.lamed_seg import (SegProjector, batch_masks, generated_seg_positions, run_head,
                                seg_target, teacher_seg_positions, trainable_head_patterns)
 from zoo.errors import ConfigError
+from zoo.gradient_mask import RowGradientMask
 from zoo.registry import RECIPES, suggest
 from zoo.seam import ImageTextCollator, decode_generated, splice_visual
 from zoo.types import TASK_NAMES, Conditioning, Stage, StepOutput, VisualTokens, ZooModel
@@ -144,7 +145,7 @@ class LaMed(ZooModel):
             if len(rows) != 2 or set(rows) - set(ROWS):
                 raise ConfigError(f"embedding_rows[{stage!r}]={rows}: expected (input, output), "
                                   f"each one of {ROWS}")
-        self._row_hooks: list[Any] = []
+        self._row_hooks: list[RowGradientMask] = []
         self._masked_rows: dict[int, int] = {}  # id(weight) -> rows the gradient mask lets move
         self.heads = torch.nn.ModuleDict({"seg": head}) if head is not None else None
         self.seg_projector = (SegProjector(lm.hidden_size, head.embed_dim, seg_dropout)
@@ -168,13 +169,12 @@ class LaMed(ZooModel):
                 raise ConfigError(f"stage {stage.name!r} trains input embedding rows "
                                   f"{rows_setting[0]!r} and output rows {rows_setting[1]!r}, but "
                                   "this LLM ties its input and output embeddings")
-            matrices = {id(w): w for w, r in zip(pair, rows_setting) if r == "new"}
+            modules = (hf_model.get_input_embeddings(), hf_model.get_output_embeddings())
+            matrices = {id(w): m for w, m, r in zip(pair, modules, rows_setting) if r == "new"}
             rows = sorted(set(self.lm.special_ids.values()))
-            for key, weight in matrices.items():
-                if weight.requires_grad:
-                    mask = torch.zeros(weight.shape[0], 1, dtype=weight.dtype, device=weight.device)
-                    mask[rows] = 1
-                    self._row_hooks.append(weight.register_hook(lambda g, m=mask: g * m))
+            for key, module in matrices.items():
+                if module.weight.requires_grad:  # masked through the module: survives FSDP2
+                    self._row_hooks.append(RowGradientMask(module, rows))
                     self._masked_rows[key] = len(rows)
         return names
 
