@@ -244,7 +244,12 @@ def test_sweep_runs_one_accelerate_launch_per_node_for_multi_process_jobs():
     assert slurm["accelerate_config"] == "fsdp"
     assert "slurm_accelerate_config" not in submitit_parameters(slurm)
     assert sweep_job_function({**slurm, "accelerate_config": None}) is run_job  # 1 node x 1 GPU
-    job = sweep_job_function({**slurm, "nodes": 2, "gpus_per_node": 8})
+    _, _, two_nodes = plan(["experiment=compare_strategies_mini", "launcher=submitit_slurm",
+                            "hydra.launcher.nodes=2", "hydra.launcher.gpus_per_node=8",
+                            "+sweep.accelerate_config=fsdp"])
+    params = submitit_parameters(two_nodes)
+    assert (params["nodes"], params["gpus_per_node"], params["tasks_per_node"]) == (2, 8, 1)
+    job = sweep_job_function(two_nodes)
     assert isinstance(job, partial) and job.func is sweep_node_job
     assert job.keywords == {"config": "fsdp"}
     assert sweep_job_function({"nodes": 1, "gpus_per_node": 8}).keywords == {"config": "ddp"}
