@@ -74,19 +74,16 @@ def test_fsdp_config_is_fsdp2_full_shard_wrapping_llm_and_vit_blocks():
     assert sum(policy(m) for m in model.modules()) == 2 + 2  # test_vit3d and test_llama: 2 each
 
 
-@pytest.mark.parametrize("name,stage,gather", [("deepspeed_zero2", 2, False),
-                                               ("deepspeed_zero3", 3, True)])
-def test_deepspeed_configs_give_the_zero_stage(name, stage, gather):
+def test_deepspeed_config_gives_zero_2():
     from accelerate.utils import DeepSpeedPlugin
 
-    args, _, env = accelerate_environment(name)
+    args, _, env = accelerate_environment("deepspeed_zero2")
     assert args.use_deepspeed
     with mock.patch.dict(os.environ, env):
         plugin = DeepSpeedPlugin()  # accelerate's own plugin, built from the launcher's environment
     zero = plugin.deepspeed_config["zero_optimization"]
-    assert plugin.zero_stage == stage and zero["stage"] == stage
-    assert zero["stage3_gather_16bit_weights_on_model_save"] is gather
-    assert plugin.deepspeed_config["gradient_clipping"] == 1.0  # = trainer.max_grad_norm default
+    assert plugin.zero_stage == 2 and zero["stage"] == 2
+    assert plugin.deepspeed_config["gradient_clipping"] == "auto"  # the trainer's max_grad_norm
     assert plugin.deepspeed_config["gradient_accumulation_steps"] == "auto"  # = trainer.grad_accum
 
 
@@ -130,7 +127,7 @@ def test_slurm_cli_dry_run_prints_the_command(monkeypatch, capsys):
 
     slurm_env(monkeypatch, SLURM_JOB_ID=7, SLURM_JOB_NUM_NODES=1, SLURM_JOB_NODELIST="node1",
               SLURM_GPUS_PER_NODE="h100:4")
-    assert main(["slurm", "--config", "deepspeed_zero3", "--dry-run", "train", "lm=llama2_7b"]) == 0
+    assert main(["slurm", "--config", "deepspeed_zero2", "--dry-run", "train", "lm=llama2_7b"]) == 0
     out = capsys.readouterr().out
     assert "--num_processes 4 --main_process_ip node1 --main_process_port 20007" in out
     assert out.strip().endswith("-m zoo train lm=llama2_7b")
@@ -267,3 +264,19 @@ def test_job_entry_hands_the_overrides_to_run_job(monkeypatch):
                  "lm=test_llama"]) == 0
     assert main(["job", "--variant", "v", "--", "seed=2"]) == 0
     assert calls == [(["seed=1", "lm=test_llama"], "abc", "tghmoe"), (["seed=2"], None, "v")]
+
+
+def test_the_trainer_refuses_deepspeed_zero3_in_one_line():
+    from types import SimpleNamespace
+
+    from zoo.training import check_strategy
+
+    def accelerator(kind, stage=None):
+        plugin = SimpleNamespace(zero_stage=stage) if stage else None
+        return SimpleNamespace(distributed_type=kind,
+                               state=SimpleNamespace(deepspeed_plugin=plugin))
+
+    with pytest.raises(ConfigError, match="DeepSpeed ZeRO-3 is not supported: .* use the fsdp"):
+        check_strategy(accelerator("DEEPSPEED", 3))
+    for kind, stage in (("DEEPSPEED", 2), ("FSDP", None), ("MULTI_GPU", None), ("NO", None)):
+        check_strategy(accelerator(kind, stage))

@@ -62,7 +62,9 @@ def save(root: Path, name: str, write_state: Callable[[Path], None], trainer_sta
     write_state(tmp)
     barrier()
     if is_main:
-        hashes = {p.name: file_sha256(p) for p in sorted(tmp.iterdir()) if p.is_file()}
+        # every file, also those of sharded states in subfolders (FSDP, DeepSpeed)
+        hashes = {p.relative_to(tmp).as_posix(): file_sha256(p) for p in sorted(tmp.rglob("*"))
+                  if p.is_file()}
         (tmp / STATE_FILE).write_text(json.dumps({**trainer_state, "sha256": hashes}, indent=2))
         if final.exists():
             old = root / f".{name}.old"

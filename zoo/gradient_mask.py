@@ -15,7 +15,7 @@ import weakref
 from typing import Any, Sequence
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 
 class RowGradientMask:
@@ -31,11 +31,15 @@ class RowGradientMask:
         weight = module.weight
         if not weight.requires_grad or any(ref() is weight for ref, _ in self._hooked):
             return
-        mask = torch.zeros(weight.shape[0], 1, dtype=weight.dtype, device=weight.device)
-        mask[self.rows] = 1
         self._hooked = [(ref, h) for ref, h in self._hooked if ref() is not None]
-        self._hooked.append((weakref.ref(weight), weight.register_hook(
-            lambda grad, m=mask: grad * m.to(grad.dtype))))
+        self._hooked.append((weakref.ref(weight), weight.register_hook(self._mask)))
+
+    def _mask(self, grad: Tensor) -> Tensor:
+        # built from the gradient, whose rows are the full matrix's also where the weight itself
+        # is a partition at hook time (DeepSpeed ZeRO-3)
+        keep = torch.zeros(grad.shape[0], 1, dtype=grad.dtype, device=grad.device)
+        keep[self.rows] = 1
+        return grad * keep
 
     def remove(self) -> None:
         """Detach the mask: no gradient is masked afterwards."""

@@ -110,13 +110,18 @@ def run_training(cfg: DictConfig, parent: Run | None = None,
         mix = TaskMix(data, list(cfg.train_tasks)) if cfg.get("train_tasks") else data
         trainer = Trainer(model, mix, cfg.trainer, seed=int(cfg.seed), run=run, folder=folder)
         results = trainer.fit()
-        evaluation = None
+        model, evaluation = trainer.model, None
         if state.is_main_process:
-            log_cost(run, trainer.model, data, cfg, results)
+            if trainer.sharded:  # the main process alone evaluates: an unsharded copy of the
+                from zoo.checkpoint import load_weights  # trained weights, from the final,
+
+                model = build_model(cfg)  # consolidated checkpoint (docs/scale.md)
+                load_weights(model, final_checkpoint(cfg, model, folder))
+            log_cost(run, model, data, cfg, results)
             if eval_enabled(cfg):
                 from zoo.evaluation.runner import evaluate
 
-                evaluation = evaluate(trainer.model, data, cfg.eval, run=run)
+                evaluation = evaluate(model, data, cfg.eval, run=run)
     except BaseException:
         if run is not None:
             run.end("FAILED")
@@ -126,7 +131,7 @@ def run_training(cfg: DictConfig, parent: Run | None = None,
         run.end("FINISHED")
         runs.set_status(folder, run_id, "FINISHED")
     return {"run_id": run_id, "run_dir": folder, "split_hash": data.split_hash,
-            "model": trainer.model, "data": data, "stages": results, "eval": evaluation}
+            "model": model, "data": data, "stages": results, "eval": evaluation}
 
 
 def eval_enabled(cfg: DictConfig) -> bool:

@@ -70,6 +70,24 @@ def peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: kilobytes
 
 
+def check_strategy(acc: Any) -> None:
+    """Refuse DeepSpeed ZeRO-3: its hooks re-gather a module's own parameters for backward by
+    finding tensors in the module's output, and the zoo's components return ``VisualTokens`` /
+    ``StepOutput`` dataclasses, which it cannot see into; on the tiny LaMed the backward then
+    fails on a partitioned parameter (docs/scale.md). ZeRO-2 and FSDP (full sharding) work."""
+    plugin = getattr(acc.state, "deepspeed_plugin", None)
+    if acc.distributed_type == "DEEPSPEED" and plugin is not None and plugin.zero_stage == 3:
+        raise ConfigError("DeepSpeed ZeRO-3 is not supported: its backward hooks need module "
+                          "outputs made of tensors, and the zoo's components return dataclasses "
+                          "(VisualTokens, StepOutput); use the fsdp config (full sharding, the "
+                          "same memory per GPU) or deepspeed_zero2 (docs/scale.md)")
+
+
+def sharded(acc: Any) -> bool:
+    """Whether ``acc`` shards model and optimiser states over its processes (FSDP, DeepSpeed)."""
+    return acc.distributed_type in ("FSDP", "DEEPSPEED")
+
+
 def compile_options(value: Any) -> dict[str, str] | None:
     """``trainer.compile`` as keyword arguments of ``nn.Module.compile``; None = eager.
 
@@ -131,15 +149,18 @@ class Trainer:
         self.on_log = on_log
         self.root = Path(folder if folder is not None else cfg.output_dir) / "checkpoints"
         self.compile = compile_options(cfg.get("compile"))
+        self.sharded = False  # set per stage: FSDP / DeepSpeed shard the model (see sharded())
 
     # ---------------------------------------------------------------- stage plumbing
     def _accelerator(self) -> Any:
         from accelerate import Accelerator
         from accelerate.utils import DataLoaderConfiguration, DistributedDataParallelKwargs
 
+        mixed = self.cfg.get("mixed_precision")
         return Accelerator(
             gradient_accumulation_steps=int(self.cfg.grad_accum),
-            mixed_precision=str(self.cfg.mixed_precision),
+            # null: the launcher's setting (accelerate config / --mixed_precision), else "no"
+            mixed_precision=None if mixed is None else str(mixed),
             dataloader_config=DataLoaderConfiguration(split_batches=True),
             kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
         )
@@ -224,7 +245,14 @@ class Trainer:
         optimizer = torch.optim.AdamW(params, lr=stage.lr, weight_decay=stage.weight_decay)
         scheduler = get_cosine_schedule_with_warmup(optimizer, int(stage.warmup_ratio * total), total)
         acc = self._accelerator()
+        check_strategy(acc)
+        if acc.distributed_type == "DEEPSPEED":  # DeepSpeed clips in its engine
+            acc.state.deepspeed_plugin.deepspeed_config["gradient_clipping"] = \
+                float(self.cfg.max_grad_norm or 0.0)
         model, optimizer, loader, scheduler = acc.prepare(self.model, optimizer, loader, scheduler)
+        self.sharded = sharded(acc)
+        # the prepared model's parameters: FSDP2 has replaced the originals by sharded DTensors
+        params = [p for p in model.parameters() if p.requires_grad]
         step = 0
         if resume is not None:
             if int(resume[1]["total"]) != total:
@@ -239,7 +267,8 @@ class Trainer:
             state = {"stage": stage.name, "step": step, "total": total,
                      "position": [index, step, int(finished)], "stages": self.stages,
                      "done_stages": done + ([stage.name] if finished else [])}
-            folder = checkpoint.save(self.root, name, lambda d: acc.save_state(str(d)), state,
+            folder = checkpoint.save(self.root, name, lambda d: self._write_state(acc, model, d),
+                                     state,
                                      is_main=acc.is_main_process, barrier=acc.wait_for_everyone)
             if acc.is_main_process and self.run is not None:
                 digest = checkpoint.read_state(folder)["sha256"][checkpoint.WEIGHTS_FILE]
@@ -305,6 +334,19 @@ class Trainer:
         self.model = acc.unwrap_model(model)
         acc.free_memory()
         return result
+
+    @staticmethod
+    def _write_state(acc: Any, model: Any, folder: Path) -> None:
+        """Accelerate's ``save_state`` (sharded model and optimiser states under FSDP and
+        DeepSpeed, which ``trainer.resume`` reloads); for those, also the full weights gathered
+        into one ``model.safetensors`` with the unwrapped model's keys, as a single process
+        writes it, for ``zoo eval`` and for resuming at a stage boundary (docs/scale.md)."""
+        acc.save_state(str(folder))
+        if sharded(acc):
+            from accelerate.utils import save
+
+            state = acc.get_state_dict(model)  # collective; the full state on the main process
+            save(state, folder / checkpoint.WEIGHTS_FILE, safe_serialization=True)  # main only
 
     @torch.no_grad()
     def validate(self, acc: Any, model: Any, stage: Stage) -> float | None:

@@ -1,5 +1,6 @@
 """Launching the zoo on more than one process: the Accelerate config files it ships (DDP, FSDP2,
-DeepSpeed ZeRO-2 and ZeRO-3) and the multi-node rendezvous on Slurm (:mod:`zoo.launch.slurm`).
+DeepSpeed ZeRO-2) and the multi-node rendezvous on Slurm (:mod:`zoo.launch.slurm`). DeepSpeed
+ZeRO-3 is refused by the trainer (:func:`zoo.training.check_strategy`), so no file is shipped.
 
 The config files live in ``zoo/launch/configs/`` inside the installed package, so an installed
 zoo finds them by name: ``python -m zoo.launch config fsdp`` prints the path for
@@ -13,7 +14,7 @@ from pathlib import Path
 from zoo.errors import ConfigError, MissingFileError
 
 CONFIG_DIR = Path(__file__).with_name("configs")
-ACCELERATE_CONFIGS = ("ddp", "fsdp", "deepspeed_zero2", "deepspeed_zero3")
+ACCELERATE_CONFIGS = ("ddp", "fsdp", "deepspeed_zero2")
 
 
 def accelerate_config(name: str | Path) -> Path:
