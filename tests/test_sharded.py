@@ -183,3 +183,37 @@ def test_fsdp_on_two_processes_equals_one_process_and_resumes(tmp_path, one_proc
 def test_deepspeed_zero2_on_two_processes_equals_one_process(tmp_path, one_process):
     sharded = launch(tmp_path, "deepspeed_zero2", ["full"])
     assert_same(sharded["full"], one_process["full"], atol=2e-6)
+
+
+TRAIN_SCRIPT = textwrap.dedent("""
+    import sys
+    sys.path.insert(0, {root!r})
+    from tests.test_sharded import cpu_sharding_shim
+    cpu_sharding_shim()
+    from zoo.cli import main
+    sys.exit(main(["train", "data=test_synth", "recipe.train_lm=full", "trainer.max_steps=1",
+                   "trainer.validate=false", "trainer.mixed_precision=no",
+                   "eval.tasks=[vqa_closed]", "eval.max_items=2", "eval.cost=false"]))
+""")
+
+
+def test_zoo_train_under_fsdp_evaluates_the_consolidated_weights(tmp_path):
+    """`zoo train` on 2 FSDP processes: the main process alone evaluates, with an unsharded copy
+    of the trained weights (the sharded model would wait for the other process). About 20-40 s."""
+    script = tmp_path / "train.py"
+    script.write_text(TRAIN_SCRIPT.format(root=str(ROOT)))
+    from zoo.launch import accelerate_config
+
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+           str(accelerate_config("fsdp")), "--num_processes", "2", "--main_process_port", "0",
+           str(script)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=280, cwd=tmp_path, env=env)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    assert "eval vqa_closed: 2 items" in proc.stdout + proc.stderr  # evaluated on the main process
+    finals = list(tmp_path.glob("**/checkpoints/instruct-final/model.safetensors"))
+    assert len(finals) == 1
+    from safetensors.torch import load_file
+
+    build("full").load_state_dict(load_file(str(finals[0])), strict=True)
