@@ -1,8 +1,8 @@
 """Sharded training through the zoo's trainer on 2 CPU processes (gloo): FSDP2 gives the weights
 of one process at the same global batch for the tiny LaMed with ``train_lm=full`` and with LoRA
 (both stages: the ``align`` row mask, then full or LoRA training of the LM), writes a consolidated
-``model.safetensors`` beside its sharded states, and resumes from them; DeepSpeed ZeRO-2 the
-same where DeepSpeed is installed.
+``model.safetensors`` beside its sharded states, resumes from them, and `zoo train` evaluates
+after it; DeepSpeed ZeRO-2 the same where DeepSpeed is installed.
 
 Accelerate runs FSDP and DeepSpeed only on accelerators: on CPU its state enables FSDP for
 GPU-like process groups only and gives DeepSpeed no process group. :func:`cpu_sharding_shim`,
@@ -130,6 +130,15 @@ SCRIPT = textwrap.dedent("""
         weights = train("full", f"{{out}}/resumed", save_every=1, resume=True)
         if PartialState().is_main_process:
             torch.save(weights, f"{{out}}/resumed.pt")
+        # `zoo train` end to end in the same processes, in its own working directory
+        import os
+        from zoo.cli import main
+        os.makedirs(f"{{out}}/cli", exist_ok=True)
+        os.chdir(f"{{out}}/cli")
+        code = main(["train", "data=test_synth", "recipe.train_lm=full", "trainer.max_steps=1",
+                     "trainer.validate=false", "trainer.mixed_precision=no",
+                     "eval.tasks=[vqa_closed]", "eval.max_items=2", "eval.cost=false"])
+        assert code == 0, code
 """)
 
 
@@ -145,11 +154,13 @@ def launch(tmp_path, config, variants, resume=False):
            str(accelerate_config(config)), "--num_processes", "2", "--mixed_precision", "no",
            "--main_process_port", "0", str(script)]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    env.pop("ACCELERATE_USE_CPU", None)
+    for key in ("ACCELERATE_USE_CPU", "MLFLOW_TRACKING_URI"):
+        env.pop(key, None)
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=280, cwd=tmp_path, env=env)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
-    return {name: torch.load(out / f"{name}.pt", weights_only=True)
-            for name in [*variants, *(["resumed"] if resume else [])]}
+    weights = {name: torch.load(out / f"{name}.pt", weights_only=True)
+               for name in [*variants, *(["resumed"] if resume else [])]}
+    return weights, proc.stdout + proc.stderr
 
 
 def assert_same(got, expected, atol):
@@ -165,9 +176,10 @@ def one_process(tmp_path_factory):
     return {variant: train(variant, folder / variant) for variant in OVERRIDES}
 
 
-def test_fsdp_on_two_processes_equals_one_process_and_resumes(tmp_path, one_process):
-    """About 40-80 s on 2 shared cores (one launch, three trainings of the tiny LaMed)."""
-    sharded = launch(tmp_path, "fsdp", ["full", "lora"], resume=True)
+def test_fsdp_on_two_processes_equals_one_process_resumes_and_evaluates(tmp_path, one_process):
+    """About 30-60 s on 2 shared cores: one launch, four trainings of the tiny LaMed (full, LoRA,
+    killed and resumed, then `zoo train` through its evaluation)."""
+    sharded, output = launch(tmp_path, "fsdp", ["full", "lora"], resume=True)
     for variant in OVERRIDES:
         assert_same(sharded[variant], one_process[variant], atol=2e-6)
         build(variant).load_state_dict(sharded[variant], strict=True)  # what zoo eval does
@@ -177,43 +189,17 @@ def test_fsdp_on_two_processes_equals_one_process_and_resumes(tmp_path, one_proc
     assert_same(sharded["resumed"], sharded["full"], atol=1e-5)
     folder = tmp_path / "fsdp" / "full" / "checkpoints" / "instruct-final"
     assert (folder / "pytorch_model_fsdp_0").is_dir() and (folder / "optimizer_0").is_dir()
-
-
-@pytest.mark.skipif(importlib.util.find_spec("deepspeed") is None, reason="needs deepspeed")
-def test_deepspeed_zero2_on_two_processes_equals_one_process(tmp_path, one_process):
-    sharded = launch(tmp_path, "deepspeed_zero2", ["full"])
-    assert_same(sharded["full"], one_process["full"], atol=2e-6)
-
-
-TRAIN_SCRIPT = textwrap.dedent("""
-    import sys
-    sys.path.insert(0, {root!r})
-    from tests.test_sharded import cpu_sharding_shim
-    cpu_sharding_shim()
-    from zoo.cli import main
-    sys.exit(main(["train", "data=test_synth", "recipe.train_lm=full", "trainer.max_steps=1",
-                   "trainer.validate=false", "trainer.mixed_precision=no",
-                   "eval.tasks=[vqa_closed]", "eval.max_items=2", "eval.cost=false"]))
-""")
-
-
-def test_zoo_train_under_fsdp_evaluates_the_consolidated_weights(tmp_path):
-    """`zoo train` on 2 FSDP processes: the main process alone evaluates, with an unsharded copy
-    of the trained weights (the sharded model would wait for the other process). About 20-40 s."""
-    script = tmp_path / "train.py"
-    script.write_text(TRAIN_SCRIPT.format(root=str(ROOT)))
-    from zoo.launch import accelerate_config
-
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-           str(accelerate_config("fsdp")), "--num_processes", "2", "--main_process_port", "0",
-           str(script)]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    env.pop("MLFLOW_TRACKING_URI", None)
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=280, cwd=tmp_path, env=env)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
-    assert "eval vqa_closed: 2 items" in proc.stdout + proc.stderr  # evaluated on the main process
-    finals = list(tmp_path.glob("**/checkpoints/instruct-final/model.safetensors"))
+    # `zoo train`: the main process alone evaluated, with an unsharded copy of the weights
+    assert "eval vqa_closed: 2 items" in output
+    finals = list((tmp_path / "fsdp" / "cli").glob("**/instruct-final/model.safetensors"))
     assert len(finals) == 1
     from safetensors.torch import load_file
 
     build("full").load_state_dict(load_file(str(finals[0])), strict=True)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("deepspeed") is None, reason="needs deepspeed")
+def test_deepspeed_zero2_on_two_processes_equals_one_process(tmp_path, one_process):
+    sharded, _ = launch(tmp_path, "deepspeed_zero2", ["full"])
+    assert_same(sharded["full"], one_process["full"], atol=2e-6)
+
