@@ -38,13 +38,7 @@ def export(name: str, out_dir: str | Path, merge_lora: bool = False,
            tracking_uri: str | None = None) -> dict[str, Any]:
     """Write the export of run ``name`` (a run id or run folder) into ``out_dir`` (which must not
     exist or be empty); returns the record written as ``config.json``."""
-    from omegaconf import OmegaConf
-
-    from zoo.checkpoint import file_sha256
-    from zoo.config import chosen_options
-    from zoo.params import parameter_report
-    from zoo.tracking import git_commit
-    from zoo.trained import EXPORT_FILE, EXPORT_FORMAT, locate
+    from zoo.trained import locate
 
     out = Path(out_dir)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
@@ -58,37 +52,50 @@ def export(name: str, out_dir: str | Path, merge_lora: bool = False,
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
-        params = parameter_report(model)
-        save_state_dict(model, tmp)
-        weights = {p.name: file_sha256(p) for p in sorted(tmp.glob("model*.safetensors"))}
-        llm = save_llm(model, tmp, merge_lora)
-        checkpoint = next(iter(trained.weights.items()))
-        record = {
-            "format": EXPORT_FORMAT, "version": 1,
-            "config": OmegaConf.to_container(trained.cfg, resolve=True),
-            "preparation": trained.preparation_record(),
-            "weights": weights, "llm": llm,
-            "components": chosen_options(trained.cfg),
-            "parameters": {"total": params["total"],
-                           "components": {k: v["total"] for k, v in params["components"].items()}},
-            "run": {"id": trained.run_id, "folder": str(trained.folder),
-                    "split_hash": trained.split_hash, "checkpoint": str(checkpoint[0]),
-                    "checkpoint_sha256": checkpoint[1],
-                    "git_commit": trained.record.get("zoo.git_commit"),
-                    "test_metrics": trained.test_metrics()},
-            "exported": {"git_commit": git_commit(),
-                         "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())},
-        }
-        record["files"] = {p.relative_to(tmp).as_posix(): file_sha256(p)
-                           for p in sorted(tmp.rglob("*")) if p.is_file()}
-        (tmp / EXPORT_FILE).write_text(json.dumps(record, indent=1) + "\n")
-        (tmp / "README.md").write_text(model_card(record, out.name))
-        if out.exists():
-            out.rmdir()
-        os.replace(tmp, out)
+        return _write(trained, model, tmp, out, merge_lora)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _write(trained: Any, model: Any, tmp: Path, out: Path, merge_lora: bool) -> dict[str, Any]:
+    """Fill ``tmp`` (the export's files), then rename it to ``out``; returns the record."""
+    from omegaconf import OmegaConf
+
+    from zoo.checkpoint import file_sha256
+    from zoo.config import chosen_options
+    from zoo.params import parameter_report
+    from zoo.tracking import git_commit
+    from zoo.trained import EXPORT_FILE, EXPORT_FORMAT
+
+    params = parameter_report(model)
+    save_state_dict(model, tmp)
+    weights = {p.name: file_sha256(p) for p in sorted(tmp.glob("model*.safetensors"))}
+    llm = save_llm(model, tmp, merge_lora)
+    checkpoint = next(iter(trained.weights.items()))
+    record = {
+        "format": EXPORT_FORMAT, "version": 1,
+        "config": OmegaConf.to_container(trained.cfg, resolve=True),
+        "preparation": trained.preparation_record(),
+        "weights": weights, "llm": llm,
+        "components": chosen_options(trained.cfg),
+        "parameters": {"total": params["total"],
+                       "components": {k: v["total"] for k, v in params["components"].items()}},
+        "run": {"id": trained.run_id, "folder": str(trained.folder),
+                "split_hash": trained.split_hash, "checkpoint": str(checkpoint[0]),
+                "checkpoint_sha256": checkpoint[1],
+                "git_commit": trained.record.get("zoo.git_commit"),
+                "test_metrics": trained.test_metrics()},
+        "exported": {"git_commit": git_commit(),
+                     "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())},
+    }
+    record["files"] = {p.relative_to(tmp).as_posix(): file_sha256(p)
+                       for p in sorted(tmp.rglob("*")) if p.is_file()}
+    (tmp / EXPORT_FILE).write_text(json.dumps(record, indent=1) + "\n")
+    (tmp / "README.md").write_text(model_card(record, out.name))
+    if out.exists():
+        out.rmdir()
+    os.replace(tmp, out)
     return record
 
 
@@ -96,21 +103,10 @@ def save_state_dict(model: Any, folder: Path) -> None:
     """The model's state dict as safetensors (shards above :data:`MAX_SHARD`); a tensor tied to
     another is stored once (``zoo.checkpoint.load_weights`` fills it back)."""
     from huggingface_hub import save_torch_state_dict
-    from huggingface_hub.utils import (are_progress_bars_disabled, disable_progress_bars,
-                                       enable_progress_bars)
-
-    from zoo.verbosity import show_progress
 
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    quiet = not show_progress() and not are_progress_bars_disabled()
-    if quiet:
-        disable_progress_bars()
-    try:
-        save_torch_state_dict(state, folder, filename_pattern="model{suffix}.safetensors",
-                              max_shard_size=MAX_SHARD)
-    finally:
-        if quiet:
-            enable_progress_bars()
+    save_torch_state_dict(state, folder, filename_pattern="model{suffix}.safetensors",
+                          max_shard_size=MAX_SHARD)
 
 
 def save_llm(model: Any, folder: Path, merge_lora: bool) -> dict[str, Any] | None:

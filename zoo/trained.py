@@ -48,7 +48,7 @@ class Trained:
 
     def build_config(self) -> DictConfig:
         """The configuration to build from: the stored one; for an export, its LM reads the
-        export's tokenizer and LLM folder, and weight-initialising paths are dropped."""
+        export's LLM folder and tokenizer, and weight-initialising paths are dropped."""
         if self.kind != "export":
             return self.cfg
         from omegaconf import open_dict
@@ -61,11 +61,14 @@ class Trained:
                     for key in WEIGHT_INIT_KEYS:
                         if key in node:
                             node[key] = None
-            llm = self.record.get("llm") or {}
-            if cfg.get("lm") is not None and llm.get("tokenizer"):
-                cfg.lm.tokenizer = str(self.folder / llm["tokenizer"])
-                if cfg.lm.get("path") is not None and llm.get("architecture"):
-                    cfg.lm.path = str(self.folder / llm["architecture"])
+            llm, lm = self.record.get("llm") or {}, cfg.get("lm")
+            if isinstance(lm, DictConfig) and llm:
+                # builders that read an LLM folder (lm.path; None may mean a cache) read the
+                # export's, which holds the tokenizer too; tiny in-process LMs take the tokenizer
+                if "path" in lm:
+                    lm.path = str(self.folder / llm["architecture"])
+                if "tokenizer" in lm:
+                    lm.tokenizer = str(self.folder / llm["tokenizer"])
         return cfg
 
     def verify(self) -> None:

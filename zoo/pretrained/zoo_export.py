@@ -27,7 +27,7 @@ LORA_WRAPPED = re.compile(r"(.*)\.(weight|bias)$")
 
 def load_export(model: nn.Module, path: str | Path) -> LoadReport:
     """Place the export at ``path`` into ``model`` (module docstring); returns the report."""
-    from zoo.checkpoint import read_state_dict, tied_to
+    from zoo.checkpoint import read_state_dict, tied_aliases
     from zoo.trained import locate
 
     trained = locate(str(path))
@@ -42,7 +42,7 @@ def load_export(model: nn.Module, path: str | Path) -> LoadReport:
         raise CheckpointError(f"{trained.folder}: its LLM carries LoRA adapters; build the model "
                               "with LoRA of the same rank (recipe.train_lm=lora, recipe.lora_r)")
     placer.add(state, lambda key: (model_key(keys, key), None))
-    tied = tied_to({k: v for k, v in model.state_dict().items()}, set(report.placed))
+    tied = tied_aliases(model.state_dict(), report.placed)
 
     def keep(name: str) -> str | None:
         if name in tied:
