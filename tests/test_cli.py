@@ -131,8 +131,8 @@ def test_options_and_overrides_in_any_order():
     from zoo.cli import parse_args
 
     args = parse_args(["eval", "RUN", "--tracking-uri", "sqlite:///x.db", "eval.max_items=2"])
-    assert (args.run_id, args.tracking_uri, args.overrides) == ("RUN", "sqlite:///x.db",
-                                                                 ["eval.max_items=2"])
+    assert (args.model, args.tracking_uri, args.overrides) == ("RUN", "sqlite:///x.db",
+                                                                ["eval.max_items=2"])
     args = parse_args(["-q", "params", "encoder=test_vit3d", "--json", "lm=test_llama",
                        "--stage", "instruct"])
     assert args.overrides == ["encoder=test_vit3d", "lm=test_llama"] and args.json and args.quiet
