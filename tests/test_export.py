@@ -103,6 +103,21 @@ def test_export_loads_back_to_identical_logits(exports, byo_run, form):
             assert torch.equal(llm(input_ids=ids).logits, reference)
 
 
+def test_a_large_model_is_written_in_shards_that_load_back(byo_run, monkeypatch, tmp_path):
+    import zoo.export
+    from zoo.trained import locate
+
+    monkeypatch.chdir(byo_run.home)
+    monkeypatch.setattr(zoo.export, "MAX_SHARD", "400KB")
+    record = zoo.export.export(byo_run.run_id, tmp_path / "sharded", merge_lora=True)
+    assert len(record["weights"]) > 1 and all(f.startswith("model-0") for f in record["weights"])
+    assert (tmp_path / "sharded" / "model.safetensors.index.json").is_file()
+    trained = locate(str(byo_run.run_dir)).load().eval()
+    exported = locate(str(tmp_path / "sharded")).load().eval()
+    batch = text_and_image_batch(trained, byo_run)
+    assert torch.equal(logits(trained, batch), logits(exported, batch))
+
+
 def test_recipe_init_from_reads_an_export(exports, byo_run):
     from zoo.build import build_model
     from zoo.config import compose

@@ -78,6 +78,31 @@ def test_a_box_comes_back_in_source_voxels_and_world_millimetres(scan):
     assert np.allclose(found["world"]["max"], world[1], atol=0.02)
 
 
+def test_a_dicom_series_mask_is_written_as_nifti_in_the_series_frame(tmp_path):
+    """A DICOM folder: prepared as a NIfTI would be; the mask goes back onto the series' voxel
+    grid and is written as NIfTI with the series' RAS affine (patient LPS flipped)."""
+    from tests.test_data_readers import write_dicom_slice
+    from zoo.data.input_volume import read_input
+    from zoo.data.io import load_dicom_series
+
+    folder = tmp_path / "series"
+    folder.mkdir()
+    for k in range(10):
+        hu = np.full((28, 24), 30.0)
+        hu[:2], hu[-2:] = -1000.0, -1000.0
+        if 3 <= k < 7:
+            hu[9:17, 6:14] = 80.0
+        write_dicom_slice(folder / f"s{k:02d}.dcm", hu, position=(-20.0, 15.0, 4.0 * k),
+                          pixel_spacing=(0.8, 0.9))
+    array, affine = load_dicom_series(folder)
+    volume = read_input(folder, SPEC, SIZE)
+    assert volume.format == "dicom" and volume.source_shape == array.shape
+    written = volume.save_mask((volume.image[0] > 0.75).astype(np.float32), tmp_path / "m.nii.gz")
+    mask = nib.load(written["path"])
+    assert np.allclose(mask.affine, affine) and mask.shape == array.shape
+    assert dice(np.asarray(mask.dataobj).astype(bool), array > 60) > 0.85
+
+
 def test_an_npy_input_is_read_as_it_is_and_its_size_checked(tmp_path):
     from zoo.data.input_volume import read_input
 

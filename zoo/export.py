@@ -189,8 +189,8 @@ def model_card(record: dict[str, Any], folder_name: str) -> str:
             lines.append("- `llm_adapter/`: the LoRA adapter (peft) with the resized, trained input "
                          "embedding and LM head; `llm_base/`: the LLM it applies to")
         else:
-            lines.append(f"- `llm/`: the LLM in Hugging Face form ({llm['form']}"
-                         + (", LoRA merged" if llm["form"] == "merged" else "") + ")")
+            lines.append("- `llm/`: the LLM in Hugging Face form"
+                         + (", LoRA merged" if llm["form"] == "merged" else ""))
     lines += ["", "## How to load", "", "```bash",
               f"zoo predict {folder_name} scan.nii.gz --question \"What is the finding?\"",
               f"zoo eval {folder_name}              # its test split (data.root=... elsewhere)",
