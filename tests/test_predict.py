@@ -113,7 +113,7 @@ def test_an_npy_input_is_read_as_it_is_and_its_size_checked(tmp_path):
     with pytest.raises(DataError, match=r"a\.npy: the volume is \[16, 32, 32\] .* model reads "
                                         r"\[32, 32, 32\]"):
         read_input(tmp_path / "a.npy", None, (32, 32, 32))
-    with pytest.raises(DataError, match="not a NIfTI file"):
+    with pytest.raises(DataError, match="image must be a NIfTI file, a DICOM series folder or an .npy"):
         (tmp_path / "b.txt").write_text("x")
         read_input(tmp_path / "b.txt", None, SIZE)
 

@@ -23,21 +23,6 @@ import numpy as np
 
 from zoo.errors import DataError, MissingFileError
 
-NIFTI_SUFFIXES = (".nii", ".nii.gz")
-
-
-def input_format(path: Path) -> str:
-    """``nifti``, ``dicom`` (a folder) or ``npy``; DataError for anything else."""
-    if not path.exists():
-        raise MissingFileError(f"{path}: input volume does not exist")
-    if path.is_dir():
-        return "dicom"
-    if path.name.endswith(NIFTI_SUFFIXES):
-        return "nifti"
-    if path.suffix == ".npy":
-        return "npy"
-    raise DataError(path, "not a NIfTI file (.nii, .nii.gz), a DICOM series folder or an M3D .npy")
-
 
 @dataclass
 class InputVolume:
@@ -124,8 +109,12 @@ def read_input(path: str | Path, spec: Any | None, image_size: Sequence[int] | N
     from zoo.data.io import load_npy
     from zoo.data.prepare import load_raw, preprocess
 
+    from zoo.data.medical import image_format
+
     path = Path(path)
-    fmt = input_format(path)
+    if not path.exists():
+        raise MissingFileError(f"{path}: input volume does not exist")
+    fmt = image_format(path)
     if fmt == "npy":
         image = np.asarray(load_npy(path), dtype=np.float32)
         volume = InputVolume(path, fmt, image)
