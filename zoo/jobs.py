@@ -118,7 +118,8 @@ def run_training(cfg: DictConfig, parent: Run | None = None,
                 from zoo.checkpoint import load_weights  # trained weights, from the final,
 
                 model = build_model(cfg)  # consolidated checkpoint (docs/scale.md)
-                load_weights(model, final_checkpoint(cfg, model, folder))
+                load_weights(model, runs.final_checkpoint(
+                    folder, list(cfg.trainer.get("stages") or model.stages)))
             log_cost(run, model, data, cfg, results)
             if eval_enabled(cfg):
                 from zoo.evaluation.runner import evaluate

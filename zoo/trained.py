@@ -188,8 +188,9 @@ def _run(folder: Path, name: str, run_id: str, cfg: DictConfig, tracker: Any) ->
 
     trained = tracker.get_run(run_id)
     tags = dict(trained.data.tags)
-    stages = list(cfg.trainer.get("stages") or [])
-    final = _final_checkpoint(folder, stages)
+    from zoo.runs import final_checkpoint
+
+    final = final_checkpoint(folder, list(cfg.trainer.get("stages") or []))
     tag = f"zoo.checkpoint.{final.parent.name}.sha256"
     if tag not in tags:
         raise RunError(f"run {run_id}: records no sha256 of {final} (tag {tag}); it was not "
@@ -197,27 +198,6 @@ def _run(folder: Path, name: str, run_id: str, cfg: DictConfig, tracker: Any) ->
     return Trained("run", name, folder, cfg, {final: tags[tag]}, run_id=run_id,
                    split_hash=tags.get("zoo.split_hash"), preparation=preparation.read(folder),
                    record=tags, tracker=tracker)
-
-
-def _final_checkpoint(folder: Path, stages: list[str]) -> Path:
-    """``checkpoints/<last stage>-final/model.safetensors``: the configured last stage, else the
-    final checkpoint written last (the stages run in order)."""
-    root = folder / "checkpoints"
-    if stages:
-        path = root / f"{stages[-1]}-final" / "model.safetensors"
-    else:
-        finals = sorted((p for p in root.glob("*-final/model.safetensors")),
-                        key=lambda p: _position(p.parent))
-        path = finals[-1] if finals else root / "<stage>-final" / "model.safetensors"
-    if not path.is_file():
-        raise MissingFileError(f"{path}: no final checkpoint (did the run finish its training?)")
-    return path
-
-
-def _position(folder: Path) -> tuple:
-    from zoo.checkpoint import read_state
-
-    return tuple(read_state(folder)["position"])
 
 
 def _run_folder(folder: Path, name: str, tracking_uri: str | None) -> Trained:
