@@ -29,7 +29,7 @@ from zoo.build import on_meta
 from zoo.checkpoint import reading_hf_folder
 from zoo.errors import ConfigError, MissingFileError
 from zoo.registry import LMS
-from zoo.types import LMOutput
+from zoo.types import LMOutput, parameter_names
 
 logger = logging.getLogger(__name__)
 
@@ -213,6 +213,15 @@ class CausalLM(nn.Module):
         self.model = wrap_with_lora(self.model, r=r, alpha=alpha, dropout=dropout, target=target,
                                     modules_to_save=modules_to_save)
         return self.lora_parameter_names()
+
+    def parameter_groups(self) -> dict[str, list[str]]:
+        """Groups for a recipe's stages (:class:`zoo.types.ParameterGroups`): ``lora`` (the
+        adapters, after :meth:`apply_lora`), ``input_embeddings`` (the token embedding matrix)
+        and ``output_embeddings`` (the LM head; the same name when the two are tied)."""
+        output = self.model.get_output_embeddings()
+        return {"lora": ["model." + n for n in self.lora_parameter_names()],
+                "input_embeddings": parameter_names(self, [self.model.get_input_embeddings()]),
+                "output_embeddings": parameter_names(self, [output])}
 
     def lora_parameter_names(self) -> list[str]:
         """Names (relative to ``model``) of the LoRA parameters; empty before :meth:`apply_lora`."""

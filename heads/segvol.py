@@ -31,7 +31,7 @@ from zoo.build import on_meta
 from zoo.checkpoint import read_state_dict
 from zoo.errors import CheckpointError, ConfigError
 from zoo.registry import ENCODERS, HEADS
-from zoo.types import MaskOutput, VisualTokens, check_volume
+from zoo.types import MaskOutput, VisualTokens, check_volume, parameter_names
 
 Size3 = tuple[int, int, int]
 PUBLISHED_PARAMS_M = 181.0  # SegVol paper
@@ -96,6 +96,23 @@ class SegVolHead(nn.Module):
     @property
     def share_encoder(self) -> bool:
         return self.image_encoder is None
+
+    def parameter_groups(self) -> dict[str, list[str]]:
+        """Groups for a recipe's stages (:class:`zoo.types.ParameterGroups`): ``text_prompted``
+        (what a text-only prompt with one mask output trains: the decoder parts that output uses,
+        the "no mask" dense embedding and the own image encoder; the IoU head and the multimask
+        hypernetworks get no gradient from it), ``prompt_encoder``, ``text_align`` (the text
+        tower's ``dim_align``) and ``frozen`` (the CLIP text model, frozen as in SegVol)."""
+        decoder = re.compile(SINGLE_MASK_DECODER)
+        text = self.text_encoder
+        return {
+            "text_prompted": [n for n in parameter_names(
+                self, [self.mask_decoder, self.prompt_encoder.no_mask_embed, self.image_encoder])
+                if not n.startswith("mask_decoder.") or decoder.match(n)],
+            "prompt_encoder": parameter_names(self, [self.prompt_encoder]),
+            "text_align": parameter_names(self, [text.dim_align if text is not None else None]),
+            "frozen": parameter_names(self, [text.clip_text_model if text is not None else None]),
+        }
 
     def encode_image(self, volume: Tensor) -> VisualTokens:
         if self.image_encoder is None:

@@ -79,7 +79,7 @@ def clip3d(encoder: Callable[..., Any], head: Callable[..., Any], tokenizer: Any
         tokenizer = benchmark_tokenizer()
     vision = encoder()
     contrastive_head = head(image_dim=vision.out_dim, tokenizer=tokenizer)
-    stages = {"pretrain": Stage("pretrain", trainable=(r"encoder\.", r"heads\."),
+    stages = {"pretrain": Stage("pretrain", trainable=("encoder", "heads"),
                                 tasks=("caption",), lr=lr, weight_decay=weight_decay,
                                 epochs=epochs, warmup_ratio=warmup_ratio, batch_size=batch_size)}
     model = CLIP3D(vision, contrastive_head, stages, max_length)

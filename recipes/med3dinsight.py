@@ -338,11 +338,11 @@ def med3dinsight(encoder: Callable[..., Any], bridge: Callable[..., Any],
     objective = Med3DInsightLoss(teacher_dim, kind=loss, epsilon=epsilon, mass=mass,
                                  temperature=temperature, num_iters=ot_iters,
                                  text_weight=text_weight, recon_weight=recon_weight)
-    trainable = [r"encoder\.", r"bridge\."]
+    trainable = ["encoder", "bridge"]
     if decoder is not None:
-        trainable.append(r"heads\.recon\.")
+        trainable.append("heads.recon")
     if loss == "ot":
-        trainable.append(r"heads\.objective\.")  # the learnable diagonal metrics
+        trainable.append("heads.objective")  # the learnable diagonal metrics
     stages = {"pretrain": Stage("pretrain", trainable=tuple(trainable), tasks=("slice",), lr=lr,
                                 weight_decay=weight_decay, epochs=epochs,
                                 warmup_ratio=warmup_ratio, batch_size=batch_size)}

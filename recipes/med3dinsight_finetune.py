@@ -294,7 +294,7 @@ def med3dinsight_finetune(encoder: Callable[..., Any], head: Callable[..., Any],
                               f"{type(part).__name__}")
     if init_from and not on_meta():
         load_encoder(vision, init_from)
-    stages = {"finetune": Stage("finetune", trainable=(r"encoder\.", r"heads\."), tasks=(task,),
+    stages = {"finetune": Stage("finetune", trainable=("encoder", "heads"), tasks=(task,),
                                 lr=lr, weight_decay=weight_decay, epochs=epochs,
                                 warmup_ratio=warmup_ratio, batch_size=batch_size)}
     if task == "seg":

@@ -47,6 +47,7 @@ COMPONENT_MODULES: tuple[str, ...] = (
     "heads.segvol_inference",
     "heads.segvol_official_rule",
     # recipes
+    "recipes.language_model",
     "recipes.lamed",
     "recipes.lamed_seg",
     "recipes.clip3d",
