@@ -190,11 +190,11 @@ class AnswerScorer(Protocol):
 
 @runtime_checkable
 class Segmenter(Protocol):
-    """``segment(samples, max_new_tokens) -> (texts, masks)``: ``masks[i]`` ``(K_i, D, H, W)``
-    probabilities, one per ``[SEG]`` the answer holds."""
+    """``segment(samples) -> (texts, masks)``: ``masks[i]`` ``(K_i, D, H, W)`` probabilities
+    (one per ``[SEG]`` the answer holds, for a LaMed); ``max_new_tokens`` is passed when its
+    signature names it."""
 
-    def segment(self, batch_or_samples: Any, max_new_tokens: int = 64,
-                **gen_kwargs: Any) -> tuple[list[str], list[Tensor]]: ...
+    def segment(self, samples: Any, **kwargs: Any) -> tuple[list[str], Any]: ...
 
 
 @runtime_checkable
