@@ -179,14 +179,15 @@ def value_cases() -> list[Case]:
            "train_tasks=caption", "eval.max_items=0", "eval.batch_size=0", "eval.split=val",
            "eval.tasks=vqa_closed", "eval.tasks=[vqa_clossed]", "+eval.max_new_tokens.caption=0",
            "eval.judge={url:ftp://x}", "eval.judge={url:http://x,timeuot:3}",
-           "eval.bertscore_layers=abc", "recipe.align_lr=abc", "recipe.align_lr=-1",
+           "eval.bertscore_layers=abc", "recipe.lr=abc", "recipe.lr={align:-1}",
+           "recipe.align_lr=0.001",
            "recipe.epochs=x", "recipe.batch_size=0", "recipe.warmup_ratio=2",
            "recipe.lora_dropout=1.5", "recipe.lora_r=0", "recipe.train_lm=some",
            "connector.kernal=2", "connector.kernel=0", "encoder=vit3d_tiny", "recipe=lamd",
            "data.cases=many", "data.cases=0", "data._target_=shutil.copyfile",
            "lm_warmup={steps:0}", "tracking.uri=foo://bar"]
     # a recipe's stage settings are named by stage and field (``stage 'align': lr=-1``)
-    field = {"recipe.align_lr=-1": "lr", "recipe.batch_size=0": "batch_size"}
+    field = {"recipe.lr={align:-1}": "lr", "recipe.batch_size=0": "batch_size"}
     return [Case("config values", f"zoo train {o}", "error", lambda lab, o=o: train(lab, o),
                  field.get(o, o.lstrip("+").split("=")[0].split(".")[-1]))
             for o in bad]
@@ -308,7 +309,7 @@ def run_cases() -> list[Case]:
         Case("runs", "trainer.resume=<unknown run>", "error",
              lambda lab: train(lab, "trainer.resume=no-such-run")),
         Case("runs", "trainer.resume=<killed run> with another learning rate", "error",
-             resume("recipe.align_lr=0.001")),
+             resume("recipe.lr=0.001")),
         Case("runs", "trainer.resume=<killed run> with a corrupt random-state file", "error",
              resume(damage=lambda f: newest(f) / "random_states_0.pkl")),
         Case("runs", "trainer.resume=<killed run> with a truncated trainer_state.json of every "
