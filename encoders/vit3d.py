@@ -10,7 +10,7 @@ numerics of MONAI's ``monai.networks.nets.ViT`` with ``proj_type="perceptron"``:
     blocks.{i}.norm1 / attn.qkv / attn.out_proj / norm2 / mlp.linear1 / mlp.linear2
     norm                                               final LayerNorm
 
-so M3D-CLIP's ``pretrained_ViT.bin`` and SegVol's image encoder load through ``checkpoint=PATH``.
+so M3D-CLIP's ``pretrained_ViT.bin`` and SegVol's image encoder load through ``pretrained=PATH``.
 
 Shapes: volume ``(B, C, D, H, W)`` -> patch grid ``(d, h, w) = (D/pd, H/ph, W/pw)`` -> tokens
 ``(B, d*h*w, hidden)`` in ``d``-major order (MONAI's order). The CLS token (no position embedding,
@@ -19,6 +19,7 @@ as in MONAI) is returned separately in ``extras["cls"]`` with shape ``(B, hidden
 
 from __future__ import annotations
 
+import inspect
 import math
 import warnings
 from pathlib import Path
@@ -33,7 +34,7 @@ from zoo.build import on_meta
 from zoo.checkpoint import read_state_dict
 from zoo.errors import CheckpointError, ConfigError
 from zoo.registry import ENCODERS, suggest
-from zoo.signature import forwards
+from zoo.signature import forwards, renamed
 from zoo.types import Conditioning, Grid, VisualTokens, check_volume
 
 POS_EMBED_TYPES = ("learnable", "sincos", "none")
@@ -352,7 +353,7 @@ def select_prefix(state: dict[str, Tensor], prefix: str | None, path: Any) -> di
         hits = [k[: -len(POS_KEY)] for k in state if k.endswith(POS_KEY)]
         if len(hits) != 1:
             raise CheckpointError(f"checkpoint {path}: cannot locate the ViT: {len(hits)} keys end with "
-                                  f"{POS_KEY!r} ({hits[:5]}); pass checkpoint_prefix=")
+                                  f"{POS_KEY!r} ({hits[:5]}); pass pretrained_prefix=")
         prefix = hits[0]
     picked = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
     if not picked:
@@ -361,21 +362,23 @@ def select_prefix(state: dict[str, Tensor], prefix: str | None, path: Any) -> di
 
 
 @ENCODERS.register
+@renamed(checkpoint="pretrained=VALUE", checkpoint_prefix="pretrained_prefix=VALUE")
 def vit3d(img_size: Sequence[int] = (32, 256, 256), patch_size: Sequence[int] = (4, 16, 16),
           in_channels: int = 1, hidden_size: int = 768, depth: int = 12, num_heads: int = 12,
           mlp_dim: int = 3072, qkv_bias: bool = False, cls_token: bool = True,
-          dropout: float = 0.0, pos_embed: str = "learnable", checkpoint: str | None = None,
-          checkpoint_prefix: str | None = None, grad_checkpointing: bool = False,
+          dropout: float = 0.0, pos_embed: str = "learnable", pretrained: str | None = None,
+          pretrained_prefix: str | None = None, grad_checkpointing: bool = False,
           attn_impl: str = "sdpa") -> ViT3D:
     """Native 3D ViT with every hyper-parameter exposed (defaults: M3D's ViT-B, see
-    :func:`vit3d_base_m3d`); ``checkpoint`` loads a MONAI-ViT-layout state dict (skipped when
-    building on the meta device); ``attn_impl``: ``"sdpa"`` (the only kernel)."""
+    :func:`vit3d_base_m3d`); ``pretrained`` loads a MONAI-ViT-layout state dict from a local file
+    (skipped when building on the meta device; ``pretrained_prefix`` picks its keys' prefix);
+    ``attn_impl``: ``"sdpa"`` (the only kernel)."""
     model = ViT3D(img_size=img_size, patch_size=patch_size, in_channels=in_channels,
                   hidden_size=hidden_size, depth=depth, num_heads=num_heads, mlp_dim=mlp_dim,
                   qkv_bias=qkv_bias, cls_token=cls_token, dropout=dropout, pos_embed=pos_embed,
                   grad_checkpointing=grad_checkpointing, attn_impl=attn_impl)
-    if checkpoint and not on_meta():
-        model.load_checkpoint(checkpoint, checkpoint_prefix)
+    if pretrained and not on_meta():
+        model.load_checkpoint(pretrained, pretrained_prefix)
     return model
 
 
@@ -386,7 +389,7 @@ TEST_VIT = dict(M3D_VIT, img_size=(32, 64, 64), hidden_size=64, depth=2, num_hea
 
 
 def _preset(defaults: dict[str, Any], overrides: dict[str, Any], name: str) -> ViT3D:
-    known = set(vit3d.__code__.co_varnames[: vit3d.__code__.co_argcount])
+    known = set(inspect.signature(vit3d).parameters)
     for key in overrides:
         if key not in known:
             raise ConfigError(f"{name}() got an unknown argument {key!r}.{suggest(key, sorted(known))}")
@@ -394,15 +397,17 @@ def _preset(defaults: dict[str, Any], overrides: dict[str, Any], name: str) -> V
 
 
 @ENCODERS.register
+@renamed(checkpoint="pretrained=VALUE", checkpoint_prefix="pretrained_prefix=VALUE")
 @forwards(vit3d, defaults=M3D_VIT)
 def vit3d_base_m3d(**overrides: Any) -> ViT3D:
     """M3D-LaMed's 3D ViT-B/(4, 16, 16) at 1 x 32 x 256 x 256: 2048 patch tokens + CLS, width 768,
     12 blocks, 12 heads, MLP 3072, no qkv bias (about 87.4 M parameters). Keyword arguments of
-    :func:`vit3d` override the preset (e.g. ``checkpoint=/models/M3D-CLIP/pretrained_ViT.bin``)."""
+    :func:`vit3d` override the preset (e.g. ``pretrained=/models/M3D-CLIP/pretrained_ViT.bin``)."""
     return _preset(M3D_VIT, overrides, "vit3d_base_m3d")
 
 
 @ENCODERS.register
+@renamed(checkpoint="pretrained=VALUE", checkpoint_prefix="pretrained_prefix=VALUE")
 @forwards(vit3d, defaults=TEST_VIT)
 def test_vit3d(**overrides: Any) -> ViT3D:
     """Tiny 3D ViT for tests: 1 x 32 x 64 x 64, patch (4, 16, 16) -> grid 8 x 4 x 4 = 128 tokens,

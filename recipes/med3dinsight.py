@@ -322,7 +322,7 @@ def med3dinsight(encoder: Callable[..., Any], bridge: Callable[..., Any],
     if head is None:
         if not on_meta() or teacher_dim is None:
             raise ConfigError("med3dinsight needs a teacher: head=biomedclip_teacher "
-                              "head.path=DIR or head=test_teacher (~head with "
+                              "head.pretrained=DIR or head=test_teacher (~head with "
                               "recipe.teacher_dim=N only counts parameters on the meta device)")
         teacher = None
     else:

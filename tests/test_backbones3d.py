@@ -51,7 +51,7 @@ def test_swin_loads_swinunetr_weights(tmp_path):
     ref = SwinUNETR(in_channels=1, out_channels=2, feature_size=12, depths=(1, 1, 1, 1),
                     num_heads=(1, 2, 2, 4), window_size=2)
     torch.save(ref.state_dict(), tmp_path / "swinunetr.pt")
-    enc = swin_mod.test_swin3d(checkpoint=str(tmp_path / "swinunetr.pt")).eval()
+    enc = swin_mod.test_swin3d(pretrained=str(tmp_path / "swinunetr.pt")).eval()
     volume = torch.randn(1, 1, 32, 32, 32)
     with torch.no_grad():
         ours = enc.forward_features(volume)
@@ -61,7 +61,7 @@ def test_swin_loads_swinunetr_weights(tmp_path):
     bad = {k: v for k, v in ref.state_dict().items() if "layers4" not in k}
     torch.save(bad, tmp_path / "bad.pt")
     with pytest.raises(CheckpointError, match="missing keys"):
-        swin_mod.test_swin3d(checkpoint=str(tmp_path / "bad.pt"))
+        swin_mod.test_swin3d(pretrained=str(tmp_path / "bad.pt"))
 
 
 def test_constructor_validation():

@@ -149,7 +149,7 @@ def test_lm_folder_with_a_pickled_bin_is_refused_in_one_line(tmp_path, capsys, m
             return (pathlib.Path.touch, (marker,))
 
     torch.save({"w": Payload()}, folder / "pytorch_model.bin")
-    assert main(["train", "lm=hf", f"lm.path={folder}", "data=test_synth"]) == 2
+    assert main(["train", "lm=hf", f"lm.pretrained={folder}", "data=test_synth"]) == 2
     lines = [x for x in capsys.readouterr().err.splitlines() if x.startswith("zoo train:")]
     assert len(lines) == 1 and f"{folder}: a weights file holds pickled objects" in lines[0]
     assert not marker.exists()

@@ -122,7 +122,7 @@ def test_encoder_initialises_from_a_clip3d_checkpoint(tmp_path):
         torch.nn.init.normal_(p)
     path = tmp_path / "model.safetensors"
     save_file({k: v.contiguous() for k, v in clip.state_dict().items()}, str(path))
-    lamed = RECIPES.build("lamed", encoder=partial(ENCODERS.get("test_vit3d"), checkpoint=str(path)),
+    lamed = RECIPES.build("lamed", encoder=partial(ENCODERS.get("test_vit3d"), pretrained=str(path)),
                           connector=partial(CONNECTORS.get("spatial_pool")),
                           lm=partial(LMS.get("test_llama"), corpus=CORPUS), image_size=(16, 32, 32))
     for key, value in clip.encoder.state_dict().items():

@@ -10,6 +10,7 @@ later. Keys that name no argument are refused with close matches. ``zoo show`` r
 
 from __future__ import annotations
 
+import functools
 import importlib
 import inspect
 import re
@@ -155,11 +156,20 @@ def config_value(value: Any) -> tuple[bool, Any]:
 def renamed(**moves: str) -> Callable[[F], F]:
     """Decorator naming arguments a builder no longer takes and what replaced each, as config
     text with ``VALUE`` standing for the given value (``checkpoint="pretrained=VALUE"``,
-    ``align_lr="lr={align: VALUE}"``): a config that still uses an old name is refused in one
-    line naming the new one (:func:`check_keys`); the old names are accepted nowhere."""
+    ``align_lr="lr={align: VALUE}"``). An old name is accepted nowhere: a config that uses it is
+    refused in one line naming the new form (:func:`check_keys`), and so is a call."""
     def decorate(fn: F) -> F:
-        fn.__renamed__ = {**getattr(fn, "__renamed__", {}), **moves}  # type: ignore[attr-defined]
-        return fn
+        @functools.wraps(fn)
+        def builder(*args: Any, **kwargs: Any) -> Any:
+            for key in kwargs:
+                if key in moves:
+                    instead = moves[key].replace("VALUE", _as_text(kwargs[key]))
+                    raise ConfigError(f"{fn.__name__}({key}=...): {key} is no longer an argument; "
+                                      f"use {instead}")
+            return fn(*args, **kwargs)
+
+        builder.__renamed__ = {**getattr(fn, "__renamed__", {}), **moves}  # type: ignore[attr-defined]
+        return builder  # type: ignore[return-value]
 
     return decorate
 
