@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from zoo.data import templates as T
+from zoo.data.phrasing import closed_question, pick
 from zoo.data.io import (check_box, data_root, json_list, read_csv, read_json, read_text,
                          resolve, sparse_mask_presence)
 from zoo.data.source import DataSource
@@ -128,7 +129,7 @@ def read_cap(root: Path, json_path: Path, source: str = "m3d_cap"
                 raise DataError(text_path, "empty report text")
             sid = f"{case_of(root, image)}/{image.stem}/caption"
             items.append(_base(root, image, source, sid, "caption",
-                               prompt=T.pick(T.CAPTION_PROMPTS, sid), answer=text))
+                               prompt=pick(T.CAPTION_PROMPTS, sid), answer=text))
             given[split].append(items[-1]["case"])
     return items, {k: sorted(set(v)) for k, v in given.items()}
 
@@ -153,7 +154,7 @@ def read_vqa(root: Path, csv_path: Path, source: str = "m3d_vqa") -> list[dict]:
         sid = f"{case_of(root, image)}/{image.stem}/vqa{row_no}"
         common = {"question_type": qtype, "text": row["Text"]}
         items.append(_base(root, image, source, sid + "/closed", "vqa_closed",
-                           prompt=T.closed_question(row["Question"], choices),
+                           prompt=closed_question(row["Question"], choices),
                            answer=f"{letter}. {answer}", choices=choices, **common))
         items.append(_base(root, image, source, sid + "/open", "vqa_open",
                            prompt=row["Question"], answer=answer, **common))
