@@ -30,6 +30,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint as _checkpoint
 
 from encoders.backbones2d import Backbone2D, attend, build_backbone2d, run_block
+from zoo.checks import positive_int
 from zoo.errors import ConfigError
 from zoo.registry import ENCODERS, suggest
 from zoo.signature import forwards
@@ -43,12 +44,6 @@ DEPTH_POS: tuple[str, ...] = ("rope", "learned", "sincos", "none")
 def _choice(value: str, options: tuple[str, ...], key: str) -> str:
     if value not in options:
         raise ConfigError(f"{key}={value!r} is not one of {options}.{suggest(str(value), options)}")
-    return value
-
-
-def _positive_int(value: Any, key: str, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ConfigError(f"{key} must be an int >= {minimum}, got {value!r}")
     return value
 
 
@@ -213,26 +208,26 @@ class SliceEncoder(nn.Module):
         self.patch_mode = _choice(patch_mode, PATCH_MODES, "patch_mode")
         self.channel_mode = _choice(channel_mode, CHANNEL_MODES, "channel_mode")
         self.depth_pos = _choice(depth_pos, DEPTH_POS, "depth_pos")
-        self.depth_patch = _positive_int(depth_patch, "depth_patch")
+        self.depth_patch = positive_int("depth_patch", depth_patch)
         if self.patch_mode == "slice" and self.depth_patch != 1:
             raise ConfigError(f"depth_patch={depth_patch} needs patch_mode 'inflate' or 'fresh3d'; "
                               "patch_mode='slice' embeds single slices")
-        self.in_channels = _positive_int(in_channels, "in_channels")
-        self.slice_stride = _positive_int(slice_stride, "slice_stride")
+        self.in_channels = positive_int("in_channels", in_channels)
+        self.slice_stride = positive_int("slice_stride", slice_stride)
         if num_slices is not None:
-            _positive_int(num_slices, "num_slices")
+            positive_int("num_slices", num_slices)
             if slice_stride != 1:
                 raise ConfigError("set either slice_stride or num_slices, not both "
                                   f"(slice_stride={slice_stride}, num_slices={num_slices})")
         self.num_slices = num_slices
-        self.slice_size = None if slice_size is None else _positive_int(slice_size, "slice_size")
+        self.slice_size = None if slice_size is None else positive_int("slice_size", slice_size)
         if self.slice_size is not None:
             backbone.grid(self.slice_size)
-        self.pool_hw = _positive_int(pool_hw, "pool_hw")
-        self.pool_depth = _positive_int(pool_depth, "pool_depth")
-        self.max_tokens = None if max_tokens is None else _positive_int(max_tokens, "max_tokens")
+        self.pool_hw = positive_int("pool_hw", pool_hw)
+        self.pool_depth = positive_int("pool_depth", pool_depth)
+        self.max_tokens = None if max_tokens is None else positive_int("max_tokens", max_tokens)
         self.final_norm, self.normalize = bool(final_norm), bool(normalize)
-        self.depth_window = None if depth_window is None else _positive_int(depth_window, "depth_window")
+        self.depth_window = None if depth_window is None else positive_int("depth_window", depth_window)
 
         depth = len(backbone.blocks)
         if isinstance(feature_layer, bool) or not isinstance(feature_layer, int) \
@@ -274,7 +269,7 @@ class SliceEncoder(nn.Module):
             backbone.set_patch_conv(nn.Identity())  # the 2D stem is replaced, not kept as dead weight
 
         self.rope = DepthRoPE(rope_theta) if self.depth_pos == "rope" else None
-        self.max_depth = _positive_int(max_depth, "max_depth")
+        self.max_depth = positive_int("max_depth", max_depth)
         self.depth_embed = (nn.Parameter(torch.zeros(self.max_depth, backbone.width))
                             if self.depth_pos == "learned" else None)
         self.grad_checkpointing = bool(grad_checkpointing)

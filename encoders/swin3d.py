@@ -27,9 +27,8 @@ from zoo.checkpoint import read_state_dict
 from zoo.errors import CheckpointError, ConfigError
 from zoo.registry import ENCODERS
 from zoo.signature import forwards, renamed
-from zoo.types import Conditioning, VisualTokens, check_volume
+from zoo.types import Conditioning, Grid, VisualTokens, check_volume
 
-Grid = tuple[int, int, int]
 
 
 class Swin3DEncoder(nn.Module):

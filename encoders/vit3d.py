@@ -32,6 +32,7 @@ from torch.utils.checkpoint import checkpoint as _checkpoint
 
 from zoo.build import on_meta
 from zoo.checkpoint import read_state_dict
+from zoo.checks import positive_int, triple
 from zoo.errors import CheckpointError, ConfigError
 from zoo.registry import ENCODERS, suggest
 from zoo.signature import forwards, renamed
@@ -48,16 +49,6 @@ POS_KEY = "patch_embedding.position_embeddings"
 # cross-attention norm in every block; ``classification=True`` adds a head). They are dropped when
 # a checkpoint is loaded; everything else must match exactly.
 IGNORED_CHECKPOINT_PARTS = ("classification_head.", ".norm_cross_attn.", ".cross_attn.")
-
-
-def _triple(value: int | Sequence[int], name: str) -> tuple[int, int, int]:
-    values = (value,) * 3 if isinstance(value, int) else tuple(value)
-    if len(values) != 3 or not all(isinstance(v, int) or float(v).is_integer() for v in values):
-        raise ConfigError(f"{name} must be an int or 3 ints (D, H, W), got {value!r}")
-    values = tuple(int(v) for v in values)
-    if min(values) < 1:
-        raise ConfigError(f"{name} must be positive, got {values}")
-    return values  # type: ignore[return-value]
 
 
 class PatchFlatten(nn.Module):
@@ -189,12 +180,11 @@ class ViT3D(nn.Module):
                  dropout: float = 0.0, pos_embed: str = "learnable",
                  grad_checkpointing: bool = False, attn_impl: str = "sdpa") -> None:
         super().__init__()
-        self.img_size = _triple(img_size, "img_size")
-        self.patch_size = _triple(patch_size, "patch_size")
+        self.img_size = triple(img_size, "img_size")
+        self.patch_size = triple(patch_size, "patch_size")
         for key, value in (("in_channels", in_channels), ("hidden_size", hidden_size),
                            ("depth", depth), ("num_heads", num_heads), ("mlp_dim", mlp_dim)):
-            if not isinstance(value, int) or value < 1:
-                raise ConfigError(f"{key} must be a positive int, got {value!r}")
+            positive_int(key, value)
         if hidden_size % num_heads:
             raise ConfigError(f"hidden_size={hidden_size} is not divisible by num_heads={num_heads}")
         if not 0.0 <= dropout < 1.0:
@@ -311,7 +301,12 @@ class ViT3D(nn.Module):
         encoder lacks (:data:`IGNORED_CHECKPOINT_PARTS`) are dropped; any other missing or
         unexpected key, or a shape mismatch, raises naming the keys.
         """
-        state = read_state_dict(path)
+        self.load_monai_state(read_state_dict(path), prefix, path)
+
+    def load_monai_state(self, state: dict[str, Tensor], prefix: str | None = None,
+                         path: Any = "state dict") -> None:
+        """:meth:`load_checkpoint` on a state dict in memory (e.g. a MONAI ``ViT``'s own);
+        ``path`` names its source in errors."""
         state = select_prefix(state, prefix, path)
         state = {k: v for k, v in state.items()
                  if not any(part in f".{k}" for part in IGNORED_CHECKPOINT_PARTS)}

@@ -224,6 +224,11 @@ class CausalLM(nn.Module):
                 "input_embeddings": parameter_names(self, [self.model.get_input_embeddings()]),
                 "output_embeddings": parameter_names(self, [output])}
 
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Non-reentrant gradient checkpointing of the LLM's layers on or off (as the encoders'
+        ``set_grad_checkpointing``)."""
+        set_gradient_checkpointing(self.model, enable)
+
     def lora_parameter_names(self) -> list[str]:
         """Names (relative to ``model``) of the LoRA parameters; empty before :meth:`apply_lora`."""
         return lora_parameter_names(self.model)

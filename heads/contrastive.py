@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from zoo.checkpoint import reading_hf_folder
+from zoo.checks import positive_int
 from zoo.errors import ConfigError, MissingFileError
 from zoo.registry import HEADS, suggest
 from zoo.signature import renamed
@@ -57,8 +58,7 @@ class ContrastiveHead(nn.Module):
         super().__init__()
         for key, value in (("image_dim", image_dim), ("embed_dim", embed_dim),
                            ("max_length", max_length)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigError(f"{key} must be a positive int, got {value!r}")
+            positive_int(key, value)
         if not 0.0 < init_temperature < 1.0 or max_logit_scale <= 1.0:
             raise ConfigError(f"init_temperature must be in (0, 1) and max_logit_scale > 1, got "
                               f"{init_temperature} and {max_logit_scale}")

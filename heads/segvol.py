@@ -29,12 +29,12 @@ from heads.segvol_prompt import SegVolPromptEncoder
 from heads.segvol_text import SegVolTextEncoder, clip_text_tower, tiny_clip_text_tower
 from zoo.build import on_meta
 from zoo.checkpoint import read_state_dict
+from zoo.checks import triple
 from zoo.errors import CheckpointError, ConfigError
 from zoo.registry import ENCODERS, HEADS
 from zoo.signature import renamed
 from zoo.types import MaskOutput, VisualTokens, check_volume, parameter_names
 
-Size3 = tuple[int, int, int]
 PUBLISHED_PARAMS_M = 181.0  # SegVol paper
 # SegVol checkpoint keys without a counterpart here (see docs/segvol.md): 2D mask-prompt convs that
 # SegVol never calls, HF's old persistent position_ids buffer, MONAI >= 1.4's unused per-block norm.
@@ -47,13 +47,6 @@ SEGVOL_PARTS = ("image_encoder.", "prompt_encoder.", "mask_decoder.", "text_enco
 # multimask hypernetworks get no gradient from it, so recipes keep them frozen (unused trainable
 # parameters also break DDP).
 SINGLE_MASK_DECODER = r"mask_decoder\.(?!iou_prediction_head\.|output_hypernetworks_mlps\.[1-9])"
-
-
-def _triple(value: Sequence[int], name: str) -> Size3:
-    values = tuple(int(v) for v in value)
-    if len(values) != 3 or min(values) < 1:
-        raise ConfigError(f"{name} must be 3 positive ints (D, H, W), got {value!r}")
-    return values  # type: ignore[return-value]
 
 
 def _per_prompt(x: Tensor | None, rank: int, batch: int, name: str) -> Tensor | None:
@@ -75,8 +68,8 @@ class SegVolHead(nn.Module):
                  mask_decoder: SegVolMaskDecoder, text_encoder: SegVolTextEncoder | None,
                  image_size: Sequence[int], patch_size: Sequence[int]) -> None:
         super().__init__()
-        self.image_size = _triple(image_size, "image_size")
-        self.patch_size = _triple(patch_size, "patch_size")
+        self.image_size = triple(image_size, "image_size")
+        self.patch_size = triple(patch_size, "patch_size")
         bad = [s for s, p in zip(self.image_size, self.patch_size) if s % p]
         if bad:
             raise ConfigError(f"image_size {self.image_size} is not divisible by patch_size "
@@ -155,7 +148,7 @@ class SegVolHead(nn.Module):
         if volume is not None:
             size = tuple(volume.shape[2:])
         elif input_size is not None:
-            size = _triple(input_size, "input_size")
+            size = triple(input_size, "input_size")
         else:
             size = tuple(g * p for g, p in zip(grid, self.patch_size))
         b = image_tokens.tokens.shape[0]
@@ -313,7 +306,7 @@ def build_segvol(image_size: Sequence[int], patch_size: Sequence[int], embed_dim
                  upscaling_norm: str, text_tower: SegVolTextEncoder | None,
                  segvol_point_order: bool, pretrained: str | None) -> SegVolHead:
     """Assemble a :class:`SegVolHead` (shared by the registered builders)."""
-    image_size, patch_size = _triple(image_size, "image_size"), _triple(patch_size, "patch_size")
+    image_size, patch_size = triple(image_size, "image_size"), triple(patch_size, "patch_size")
     grid = tuple(s // p for s, p in zip(image_size, patch_size))
     image_encoder = None
     if not share_encoder:

@@ -95,7 +95,8 @@ class Conditioning:
     slice_index: Tensor | None = None
 
 
-Grid = tuple[int, int, int]
+Grid = tuple[int, int, int]  # a token grid (d, h, w)
+Size3 = tuple[int, int, int]  # a size in voxels (D, H, W)
 
 
 @runtime_checkable
