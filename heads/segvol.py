@@ -407,13 +407,5 @@ def segvol_parameter_counts(**overrides: Any) -> dict[str, int]:
     return counts
 
 
-def format_parameter_counts(counts: dict[str, int]) -> str:
-    """A small table of :func:`segvol_parameter_counts` next to SegVol's published 181.0 M."""
-    lines = [f"{name:48s} {value / 1e6:9.3f} M" for name, value in counts.items()]
-    lines.append(f"{'published (SegVol paper)':48s} {PUBLISHED_PARAMS_M:9.3f} M")
-    return "\n".join(lines)
-
-
 __all__ = ["SegVolHead", "segvol", "test_segvol", "segvol_parameter_counts", "read_state_dict",
-           "segvol_to_zoo_keys", "zoo_to_segvol_keys", "mask_downscaling_tensors",
-           "format_parameter_counts"]
+           "segvol_to_zoo_keys", "zoo_to_segvol_keys", "mask_downscaling_tensors"]

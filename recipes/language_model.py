@@ -34,7 +34,7 @@ from zoo.gradient_mask import RowGradientMask
 from zoo.registry import suggest
 from zoo.seam import ImageTextCollator, decode_generated, splice_visual
 from zoo.types import (TASK_NAMES, Conditioning, RoutedEncoder, Stage, StepOutput, VisualTokens,
-                       ZooModel)
+                       ZooModel, eval_mode)
 
 ROWS = ("all", "new", "none")
 # Roles a stage plan names; ``encoder:GROUP`` / ``lm:GROUP`` select a group the component declares
@@ -232,12 +232,8 @@ class LaMed(ZooModel):
         its image and prompt, under teacher forcing; closed VQA ranks the choices by it. Eval
         mode; the previous mode is restored."""
         batch = self.collator(samples)
-        was_training = self.training
-        self.eval()
-        try:
+        with eval_mode(self):
             logits = self.lm(self.embed_inputs(batch)[0], batch["attention_mask"]).logits
-        finally:
-            self.train(was_training)
         targets = batch["labels"][:, 1:]
         logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
         picked = logp.gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
@@ -250,13 +246,9 @@ class LaMed(ZooModel):
         Runs in eval mode (no dropout, deterministic) and restores the previous mode."""
         batch = (self.generation_collator(batch_or_samples)
                  if isinstance(batch_or_samples, list) else batch_or_samples)
-        was_training = self.training
-        self.eval()
-        try:
+        with eval_mode(self):
             ids = self.lm.generate(self.embed_inputs(batch)[0], batch["attention_mask"],
                                    max_new_tokens=max_new_tokens, **gen_kwargs)
-        finally:
-            self.train(was_training)
         return decode_generated(self.lm.tokenizer, ids)
 
 
@@ -316,9 +308,7 @@ class LaMedSeg(LaMed):
         0.5 for a binary mask (M3D). Eval mode; the previous mode is restored."""
         batch = (self.generation_collator(batch_or_samples)
                  if isinstance(batch_or_samples, list) else batch_or_samples)
-        was_training = self.training
-        self.eval()
-        try:
+        with eval_mode(self):
             embeds, visual = self.embed_inputs(batch)
             ids, hidden = self.lm.generate(embeds, batch["attention_mask"],
                                            max_new_tokens=max_new_tokens, return_hidden=True,
@@ -334,8 +324,6 @@ class LaMedSeg(LaMed):
                                         self._head_tokens(image, visual, rows), prompts)
                 for i, value in zip(rows, logits):
                     masks[i] = torch.sigmoid(value.float())
-        finally:
-            self.train(was_training)
         return decode_generated(self.lm.tokenizer, ids), masks
 
 

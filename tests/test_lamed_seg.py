@@ -213,7 +213,7 @@ def test_segment_needs_a_head(tokenizer):
 def test_masks_are_saved_as_nifti_in_the_prepared_scans_world_frame(tmp_path):
     import nibabel as nib
 
-    from zoo.data.medical import _load_raw_item
+    from zoo.data.prepare import load_raw_item
     from zoo.data.prepare import PrepSpec
 
     # a source scan (X, Y, Z) with an oblique-free, shifted, anisotropic affine and a bright cube
@@ -227,7 +227,7 @@ def test_masks_are_saved_as_nifti_in_the_prepared_scans_world_frame(tmp_path):
     spec = PrepSpec(modality="ct", size=(16, 32, 32), window=(0.0, 400.0))
     from dataclasses import asdict
 
-    data, meta = _load_raw_item({"image": path, "spec": asdict(spec)})
+    data, meta = load_raw_item({"image": path, "spec": asdict(spec)})
     assert np.allclose(meta["source_affine"], affine)
     organ = torch.from_numpy(data[0] > 0.5)               # model-space mask (D, H, W)
     out = save_mask_nifti(organ.float(), meta, tmp_path / "mask.nii.gz")

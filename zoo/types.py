@@ -7,9 +7,10 @@ Tensor layouts:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Iterator, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor, nn
@@ -248,7 +249,8 @@ class EmbeddingOutput:
 
 @dataclass
 class StepOutput:
-    """One training/eval step: scalar ``loss`` to backpropagate and float ``logs``."""
+    """One training/eval step: scalar ``loss`` to backpropagate and ``logs``, floats or detached
+    0-dim tensors (kept on the device: the trainer reads them back only when it logs)."""
 
     loss: Tensor
     logs: dict[str, float] = field(default_factory=dict)
@@ -289,6 +291,18 @@ class Stage:
             raise ConfigError(f"{where} warmup_ratio={self.warmup_ratio!r}: expected a number "
                               "in [0, 1)")
         count(f"{where} batch_size", self.batch_size, 1, meaning=" (the recipe's batch size)")
+
+
+@contextlib.contextmanager
+def eval_mode(module: nn.Module) -> Iterator[nn.Module]:
+    """``module`` in eval mode (no dropout) inside the block; its previous mode is restored on
+    leaving, also when the block raises."""
+    was_training = module.training
+    module.eval()
+    try:
+        yield module
+    finally:
+        module.train(was_training)
 
 
 class ZooModel(nn.Module):

@@ -23,7 +23,7 @@ import torch
 from zoo.evaluation import grounding, segmentation, text, vqa
 from zoo.evaluation.base import TaskResult, batches, mean_scores, record, skipped
 from zoo.registry import TASKS
-from zoo.types import AnswerScorer, Classifier, PairEmbedder, Segmenter, ZooModel
+from zoo.types import AnswerScorer, Classifier, PairEmbedder, Segmenter, ZooModel, eval_mode
 
 # task -> the data task whose samples it evaluates
 DATA_TASK = {"retrieval": "caption", "caption": "caption", "vqa_closed": "vqa_closed",
@@ -267,15 +267,11 @@ def retrieval(model: Any, samples: list[dict], ctx: EvalContext) -> TaskResult:
         return skipped("retrieval", f"{type(model).__name__} has no embed_pairs(); retrieval "
                                     "not evaluated")
     images, texts = [], []
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         for chunk in batches(samples, ctx.batch_size):
             image, txt = model.embed_pairs(model.collate(chunk))
             images.append(image.detach().float().cpu())
             texts.append(txt.detach().float().cpu())
-    finally:
-        model.train(was_training)
     image, txt = torch.cat(images), torch.cat(texts)
     records = [record(s, None, None, scores)
                for s, scores in zip(samples, per_item_recall(image, txt))]
