@@ -282,6 +282,15 @@ def _paths(root: Path, names: str | Sequence[str]) -> list[Path]:
     return [Path(n) if Path(n).is_absolute() else root / n for n in names]
 
 
+def csv_source(name: str, reader: Any, root: str | None, csv: str | Sequence[str],
+               size: Sequence[int] | None, patients: str | None,
+               manifest: str | None) -> DataSource:
+    """The data set ``name`` made of the items ``reader(root, csv_path)`` gives for each csv."""
+    r = data_root(root, name)
+    items = [i for p in _paths(r, csv) for i in reader(r, p)]
+    return DataSource(name, sized(items, size), root=r, manifest=manifest,
+                      patients=_paths(r, patients)[0] if patients else None, image_size=size)
+
 
 @DATASETS.register
 def m3d_cap(root: str | None = None, json: str = "M3D_Cap.json", split_by: str = "file",
@@ -305,13 +314,9 @@ def m3d_vqa(root: str | None = None, csv: str | Sequence[str] = ("M3D_VQA_train.
             size: Sequence[int] | None = M3D_SIZE, patients: str | None = None,
             manifest: str | None = None) -> DataSource:
     """M3D-VQA (Bai et al. 2024): closed (4 choices) and open items from the same csv rows."""
-    r = data_root(root, "m3d_vqa")
-    items = [i for p in _paths(r, csv) for i in read_vqa(r, p)]
-    return DataSource("m3d_vqa", sized(items, size), root=r, manifest=manifest,
-                      patients=_paths(r, patients)[0] if patients else None, image_size=size)
+    return csv_source("m3d_vqa", read_vqa, root, csv, size, patients, manifest)
 
 
-@DATASETS.register
 def seg_datalists(root: Path, datasets: Sequence[str] | None = None) -> tuple[Path, list[Path]]:
     """``(base, jsons)``: the folder the json paths are relative to and the data sets' jsons.
 
@@ -375,7 +380,4 @@ def m3d_refseg(root: str | None = None, csv: str | Sequence[str] = ("M3D_RefSeg.
                size: Sequence[int] | None = M3D_SIZE, patients: str | None = None,
                manifest: str | None = None) -> DataSource:
     """M3D-RefSeg (Bai et al. 2024): referring segmentation, target = (mask == Mask_ID)."""
-    r = data_root(root, "m3d_refseg")
-    items = [i for p in _paths(r, csv) for i in read_refseg(r, p)]
-    return DataSource("m3d_refseg", sized(items, size), root=r, manifest=manifest,
-                      patients=_paths(r, patients)[0] if patients else None, image_size=size)
+    return csv_source("m3d_refseg", read_refseg, root, csv, size, patients, manifest)
