@@ -357,17 +357,17 @@ def build_parts(encoder: Callable[..., Any], connector: Callable[..., Any], lm: 
     gets ``prompt_dim`` = LLM hidden size. ``train_lm="lora"`` wraps the LLM with LoRA."""
     if train_lm not in TRAIN_LM:
         raise ConfigError(f"recipe.train_lm={train_lm!r}: expected 'lora', 'full' or 'frozen'")
-    language_model = lm()
-    text_guided = {"prompt_dim": language_model.hidden_size}
+    llm = lm()
+    text_guided = {"prompt_dim": llm.hidden_size}
     vision = encoder(**(text_guided if _accepts(encoder, "prompt_dim") else {}))
     if bridge is not None and _accepts(bridge, "prompt_dim"):
         bridge = functools.partial(bridge, **text_guided)
     middle = bridge(in_dim=vision.out_dim) if bridge is not None else None
     width = middle.out_dim if middle is not None else vision.out_dim
-    projector = connector(in_dim=width, out_dim=language_model.hidden_size)
+    projector = connector(in_dim=width, out_dim=llm.hidden_size)
     if train_lm == "lora":
-        language_model.apply_lora(**{k: v for k, v in lora.items() if v is not None})
-    return vision, middle, projector, language_model
+        llm.apply_lora(**{k: v for k, v in lora.items() if v is not None})
+    return vision, middle, projector, llm
 
 
 def per_stage(value: Mapping[str, Any] | None, key: str, stages: Sequence[str]) -> dict[str, Any]:
