@@ -72,7 +72,7 @@ def test_monai_state_dict_loads_with_identical_outputs(tmp_path, cls_token, qkv_
     path = tmp_path / "pretrained_ViT.bin"
     torch.save({f"vision_encoder.{k}": v for k, v in net.state_dict().items()}, path)
     model = ENCODERS.build("test_vit3d", cls_token=cls_token, qkv_bias=qkv_bias,
-                           checkpoint=str(path)).eval()
+                           pretrained=str(path)).eval()
     x = torch.randn(2, 1, 32, 64, 64)
     with torch.no_grad():
         ref_tokens, ref_cls = monai_patch_tokens(net, x)
@@ -93,7 +93,7 @@ def test_safetensors_and_image_encoder_prefix(tmp_path):
     state = {f"model.image_encoder.{k}": v.contiguous() for k, v in net.state_dict().items()}
     state["model.text_encoder.weight"] = torch.zeros(3)  # another tower in the same file
     save_file(state, tmp_path / "segvol.safetensors")
-    model = vit3d(**TINY, depth=2, checkpoint=str(tmp_path / "segvol.safetensors")).eval()
+    model = vit3d(**TINY, depth=2, pretrained=str(tmp_path / "segvol.safetensors")).eval()
     x = torch.rand(1, 1, 32, 64, 64)
     with torch.no_grad():
         torch.testing.assert_close(model(x).tokens, monai_patch_tokens(net, x)[0], atol=1e-5,
@@ -105,24 +105,24 @@ def test_checkpoint_key_errors_list_keys(tmp_path):
     path = tmp_path / "vit.pt"
     torch.save(net.state_dict(), path)
     with pytest.raises(CheckpointError, match="missing keys \\['cls_token'\\]"):
-        ENCODERS.build("test_vit3d", checkpoint=str(path))
+        ENCODERS.build("test_vit3d", pretrained=str(path))
     state = net.state_dict()
     state["blocks.0.attn.extra"] = torch.zeros(1)
     torch.save(state, path)
     with pytest.raises(CheckpointError, match="unexpected keys \\['blocks.0.attn.extra'\\]"):
-        ENCODERS.build("test_vit3d", cls_token=False, checkpoint=str(path))
+        ENCODERS.build("test_vit3d", cls_token=False, pretrained=str(path))
     with pytest.raises(ValueError, match="position_embeddings has 128 positions"):
         torch.save(net.state_dict(), path)
         ENCODERS.build("test_vit3d", cls_token=False, img_size=(32, 128, 128),
-                       checkpoint=str(path))
+                       pretrained=str(path))
     with pytest.raises(FileNotFoundError):
-        ENCODERS.build("test_vit3d", checkpoint=str(tmp_path / "none.bin"))
+        ENCODERS.build("test_vit3d", pretrained=str(tmp_path / "none.bin"))
 
 
 def test_checkpoint_skipped_on_meta(tmp_path):
     with torch.device("meta"):
         assert on_meta()
-        model = ENCODERS.build("test_vit3d", checkpoint=str(tmp_path / "absent.bin"))
+        model = ENCODERS.build("test_vit3d", pretrained=str(tmp_path / "absent.bin"))
     assert next(model.parameters()).is_meta
 
 

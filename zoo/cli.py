@@ -1,7 +1,7 @@
 """The ``zoo`` command line: ``zoo list | show | params | train | sweep | eval | predict | chat |
 export | compare | models | data | bench``.
 
-Config-taking commands accept Hydra overrides (``encoder=vit3d_base_m3d lm.path=/models/x``) and
+Config-taking commands accept Hydra overrides (``encoder=vit3d_base_m3d lm.pretrained=/models/x``) and
 options in any order, and Hydra's habits: ``--cfg job [--resolve] [-p KEY]`` prints the composed
 config, ``hydra.verbose=...`` turns on debug logging; ``-m`` belongs to ``zoo sweep``. ``-v``/``-q``
 set how much is printed (:mod:`zoo.verbosity`). Input and configuration problems

@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 from zoo.errors import ConfigError
+from zoo.types import TextModel
 
 FIELDS = ("steps", "batch_size", "lr", "tasks", "cache_dir")
 
@@ -74,7 +75,7 @@ def warm_up_lm(model: Any, data: Any, cfg: Any, seed: int, log: Any = print) -> 
     seconds, loss}`` (``loss``: mean text loss of the last 10 steps, None when cached)."""
     from safetensors.torch import load_model, save_model
 
-    if not hasattr(model, "text_loss"):
+    if not isinstance(model, TextModel):
         raise ConfigError(f"lm_warmup: recipe {type(model).__name__} has no text_loss (a language "
                           "model to warm up); set lm_warmup=null")
     settings = check_settings(cfg)

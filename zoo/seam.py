@@ -24,6 +24,7 @@ from typing import Any, Iterable, Mapping
 import torch
 from torch import Tensor
 
+from zoo.checks import positive_int
 from zoo.errors import ConfigError, DataError
 from zoo.types import TASK_NAMES, stack_batch
 
@@ -141,8 +142,7 @@ class ImageTextCollator:
                  answer_separator: str = " ", chat_template: bool | None = False,
                  for_generation: bool = False) -> None:
         self.templates = resolve_templates(template)
-        if not isinstance(num_image_tokens, int) or num_image_tokens < 1:
-            raise ConfigError(f"num_image_tokens must be a positive int, got {num_image_tokens!r}")
+        positive_int("num_image_tokens", num_image_tokens)
         if num_image_tokens >= max_length:
             raise ConfigError(f"num_image_tokens={num_image_tokens} leaves no room for text in "
                               f"max_length={max_length}; image tokens are never truncated")

@@ -6,7 +6,7 @@ Whatever the name, the stored configuration may instantiate registered builders 
 one recorded when they were written: a run's final checkpoint against the run's MLflow tag
 ``zoo.checkpoint.<stage>-final.sha256`` (docs/guarantees.md section 1), an export's files against
 its ``config.json``. An export is rebuilt from its own files: its tokenizer, and its LLM folder
-where the run's LLM came from a folder (``lm.path``); nothing outside the folder is read.
+where the run's LLM came from a folder (``lm.pretrained``); nothing outside the folder is read.
 """
 
 from __future__ import annotations
@@ -23,7 +23,8 @@ from zoo.errors import CheckpointError, MissingFileError, RunError
 EXPORT_FILE = "config.json"
 EXPORT_FORMAT = "medzoo3d-export"
 # builder arguments that only initialise weights the trained checkpoint replaces
-WEIGHT_INIT_KEYS = ("init_from", "checkpoint")
+# (the LM's ``pretrained`` is its folder, architecture included: it is pointed at the export's)
+WEIGHT_INIT_KEYS = ("init_from", "pretrained")
 
 
 @dataclass
@@ -55,7 +56,7 @@ class Trained:
 
         cfg = OmegaConf.create(OmegaConf.to_container(self.cfg, resolve=True))
         with open_dict(cfg):
-            for group in ("recipe", "encoder", "bridge", "connector", "lm", "head"):
+            for group in ("recipe", "encoder", "bridge", "connector", "head"):
                 node = cfg.get(group)
                 if isinstance(node, DictConfig):
                     for key in WEIGHT_INIT_KEYS:
@@ -63,10 +64,10 @@ class Trained:
                             node[key] = None
             llm, lm = self.record.get("llm") or {}, cfg.get("lm")
             if isinstance(lm, DictConfig) and llm:
-                # builders that read an LLM folder (lm.path; None may mean a cache) read the
-                # export's, which holds the tokenizer too; tiny in-process LMs take the tokenizer
-                if "path" in lm:
-                    lm.path = str(self.folder / llm["architecture"])
+                # builders that read an LLM folder (lm.pretrained; None may mean a cache) read
+                # the export's, which holds the tokenizer too; tiny in-process LMs take the tokenizer
+                if "pretrained" in lm:
+                    lm.pretrained = str(self.folder / llm["architecture"])
                 if "tokenizer" in lm:
                     lm.tokenizer = str(self.folder / llm["tokenizer"])
         return cfg

@@ -38,7 +38,7 @@ from zoo import checkpoint
 from zoo.errors import ConfigError, DataError
 from zoo.registry import suggest
 from zoo.settings import check_trainer
-from zoo.types import Stage, ZooModel
+from zoo.types import Stage, ZooModel, eval_mode
 from zoo.verbosity import get_logger, show_progress
 
 log = get_logger(__name__)
@@ -119,6 +119,16 @@ def compile_options(value: Any) -> dict[str, str] | None:
     if mode is not None and backend != "inductor":
         raise ConfigError(f"trainer.compile.mode={mode!r} needs backend inductor, got {backend!r}")
     return {"backend": backend} if mode is None else {"backend": backend, "mode": mode}
+
+
+def as_floats(item: tuple[str, list[Any]]) -> tuple[str, list[float]]:
+    """A logging window's values (floats, or 0-dim tensors kept on the device) as floats, read back
+    in one transfer per key; each is the value ``float()`` gives, so means are unchanged."""
+    key, values = item
+    tensors = [v for v in values if isinstance(v, torch.Tensor)]
+    if len(tensors) == len(values) and len({(t.dtype, t.device) for t in tensors}) == 1:
+        return key, torch.stack([t.reshape(()) for t in tensors]).tolist()
+    return key, [float(v) for v in values]
 
 
 @dataclass
@@ -276,7 +286,8 @@ class Trainer:
 
         bar = tqdm(total=total, initial=step, desc=f"stage {stage.name}",
                    disable=not (acc.is_local_main_process and show_progress()), dynamic_ncols=True)
-        window: dict[str, list[float]] = {}
+        # per-step values stay on the device (no host sync per step); read back at log time
+        window: dict[str, list[Any]] = {}
         losses: list[float] = []
         start = time.perf_counter()
         window_start, samples, tokens = start, 0, 0
@@ -297,17 +308,18 @@ class Trainer:
                     optimizer.zero_grad(set_to_none=True)
                 samples += int(batch["image"].shape[0]) * acc.num_processes
                 if "attention_mask" in batch:
-                    tokens += int(batch["attention_mask"].sum()) * acc.num_processes
-                window.setdefault("loss", []).append(float(out.loss.detach()))
+                    tokens = tokens + batch["attention_mask"].sum()
+                window.setdefault("loss", []).append(out.loss.detach())
                 for key, value in out.logs.items():
-                    window.setdefault(key, []).append(float(value))
+                    window.setdefault(key, []).append(value)
                 if not acc.sync_gradients:
                     continue
                 step += 1
                 bar.update(1)
                 if step % every == 0 or step == total:
                     now = time.perf_counter()
-                    logs = {k: sum(v) / len(v) for k, v in window.items()}
+                    logs = {k: sum(v) / len(v) for k, v in map(as_floats, window.items())}
+                    tokens = int(tokens) * acc.num_processes
                     logs.update(lr=scheduler.get_last_lr()[0],
                                 samples_per_s=samples / max(now - window_start, 1e-9),
                                 peak_memory_mb=peak_memory_mb(acc.device))
@@ -355,14 +367,13 @@ class Trainer:
             loader = acc.prepare(self._loader(stage, "validation", shuffle=False))
         except DataError:  # no validation samples of the stage's tasks
             return None
-        model.eval()
         total, count = 0.0, 0
-        for i, batch in enumerate(loader):
-            if i >= int(self.cfg.val_batches):
-                break
-            total += float(acc.gather_for_metrics(model(batch).loss.detach().reshape(1)).mean())
-            count += 1
-        model.train()
+        with eval_mode(model):
+            for i, batch in enumerate(loader):
+                if i >= int(self.cfg.val_batches):
+                    break
+                total += float(acc.gather_for_metrics(model(batch).loss.detach().reshape(1)).mean())
+                count += 1
         return total / count if count else None
 
     def _log(self, stage: str, step: int, logs: dict[str, float], is_main: bool) -> None:

@@ -162,7 +162,6 @@ def lamed_step(overrides: Sequence[str], device: torch.device, batch_size: int =
     (forward, backward, AdamW) on a batch filling ``recipe.max_length`` tokens, once with
     gradient checkpointing in both towers and once without. One dict per setting: seconds,
     peak MB (CUDA), tokens, trainable and total parameters."""
-    from heads.causal_lm import set_gradient_checkpointing
     from zoo.build import build_model
     from zoo.config import compose
 
@@ -192,7 +191,7 @@ def lamed_step(overrides: Sequence[str], device: torch.device, batch_size: int =
     results = []
     for ckpt in checkpointing:
         model.encoder.set_grad_checkpointing(ckpt)
-        set_gradient_checkpointing(model.lm.model, ckpt)
+        model.lm.set_grad_checkpointing(ckpt)
         _reset_peak(device)
         seconds = time_call(step, repeats=steps, warmup=1, device=device)
         results.append({"checkpointing": ckpt, "seconds": seconds, "peak_mb": _peak_mb(device),
@@ -207,8 +206,8 @@ def gpu_section(device: torch.device) -> tuple[str, dict[str, float]]:
     if device.type != "cuda":
         return GPU_SKIPPED + ": bf16 autocast, SDPA flash/efficient kernels, torch.compile, " \
                "model FLOPs utilisation and measured peak memory need a CUDA device.", {}
-    from encoders.vit3d import vit3d_base_m3d
     from zoo.bench.cases import encoder_cases
+    from zoo.registry import ENCODERS
 
     case = next(c for c in encoder_cases("full") if c.name == "vit3d_base_m3d")
     flops = meta_cost(case.factory).flops_fwd_bwd
@@ -227,7 +226,7 @@ def gpu_section(device: torch.device) -> tuple[str, dict[str, float]]:
         metrics[f"gpu/full_m3d/{tag}/peak_mb"] = r["peak_mb"]
         print(f"gpu bench: full M3D {tag}: {r}", flush=True)
     _reset_peak(device)
-    rows, m, kernels = encoder_rows(vit3d_base_m3d, case.size, flops,
+    rows, m, kernels = encoder_rows(lambda: ENCODERS.build("vit3d_base_m3d"), case.size, flops,
                                     device, batches=(1, 16, 32), peaks=(sheet, measured))
     metrics.update(m)
     body = (f"{name}, torch {torch.__version__}. `vit3d_base_m3d` (ViT-B/(4,16,16), "

@@ -279,3 +279,15 @@ def spec_from(modality: str, size: Sequence[int], window: str, spacing: Sequence
     return PrepSpec(modality=modality, size=tuple(size), window=parse_window(window),
                     spacing=tuple(spacing) if spacing else None, crop_foreground=crop,
                     preset=preset, orientation=orientation)
+
+
+def load_raw_item(item: dict[str, Any]) -> tuple[np.ndarray, dict[str, Any]]:
+    """(prepared array (C, D, H, W), meta) of a data-set item whose image is a raw NIfTI file or
+    DICOM series (``item["image"]``, ``item["series"]``), prepared on load with ``item["spec"]``
+    (a :class:`PrepSpec` as a dict). ``meta["affine"]``: voxel (X, Y, Z) of the prepared array
+    (its (D, H, W) transposed) -> world (RAS) of the source scan, for writing model-space masks
+    back as NIfTI (recipes.lamed_seg)."""
+    array, affine = load_raw(item["image"], item.get("series"))
+    data, meta = preprocess(array, affine, PrepSpec(**item["spec"]), name=str(item["image"]))
+    return data, {"spacing": tuple(meta["spacing"]), "orientation": meta["orientation"],
+                  "affine": meta["affine"], "source_affine": np.asarray(affine).tolist()}
