@@ -166,14 +166,14 @@ def force_answer(monkeypatch, text):
 def head_sees_bright_voxels(monkeypatch):
     """The segmentation head's logits replaced by the image's bright voxels (the lesion): a
     known model-space mask, so that where the written mask lands can be checked."""
-    import recipes.lamed
+    import recipes.language_model
 
     def run_head(head, image, tokens, prompts, targets=None):
         logits = [((image[i, 0] - 0.75) * 50).expand(len(p), *image.shape[2:])
                   for i, p in enumerate(prompts)]
         return logits, None, sum(len(p) for p in prompts)
 
-    monkeypatch.setattr(recipes.lamed, "run_head", run_head)
+    monkeypatch.setattr(recipes.language_model, "run_head", run_head)
 
 
 BOX = "<bx_start>[0.250, 0.300, 0.200, 0.600, 0.700, 0.500]<bx_end>"
