@@ -1,20 +1,12 @@
-"""Shared pieces of the connectors: argument checks and the MLP projector."""
+"""Shared pieces of the connectors: input checks and the MLP projector."""
 
 from __future__ import annotations
 
-from typing import Any, Sequence
-
 from torch import nn
 
+from zoo.checks import positive_int
 from zoo.errors import ConfigError
 from zoo.types import Grid, VisualTokens
-
-
-def positive_int(name: str, value: Any) -> int:
-    """``value`` as an int, or ``ValueError`` naming ``name`` unless it is a positive integer."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(f"{name} must be a positive int, got {value!r}")
-    return value
 
 
 # M3D's ``proj_layer_type`` values (docs/native3d.md "Connectors"): "mlp" puts GELU between the
@@ -45,13 +37,6 @@ def check_input(visual: VisualTokens, in_dim: int, name: str) -> None:
     if visual.dim != in_dim:
         raise ValueError(f"connector {name!r} expects {in_dim}-dim tokens (in_dim), got "
                          f"{visual.dim} (tokens {tuple(visual.tokens.shape)})")
-
-
-def kernel3(kernel: int | Sequence[int]) -> tuple[int, int, int]:
-    values = (kernel,) * 3 if isinstance(kernel, int) else tuple(kernel)
-    if len(values) != 3:
-        raise ConfigError(f"kernel must be an int or 3 ints (d, h, w), got {kernel!r}")
-    return tuple(positive_int("kernel", int(v)) for v in values)  # type: ignore[return-value]
 
 
 def require_grid(name: str, num_tokens: int, grid: Grid | None) -> Grid:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from torch import nn
 
-from connectors._common import check_input, positive_int
+from connectors._common import check_input
+from zoo.checks import positive_int
 from zoo.errors import ConfigError
 from zoo.registry import CONNECTORS
 from zoo.types import Grid, VisualTokens

@@ -13,7 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from connectors._common import check_input, positive_int
+from connectors._common import check_input
+from zoo.checks import positive_int
 from zoo.registry import CONNECTORS
 from zoo.types import Grid, VisualTokens
 

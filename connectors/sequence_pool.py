@@ -10,7 +10,8 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import nn
 
-from connectors._common import check_input, positive_int, projector
+from connectors._common import check_input, projector
+from zoo.checks import positive_int
 from zoo.errors import ConfigError
 from zoo.registry import CONNECTORS
 from zoo.types import Grid, VisualTokens

@@ -17,8 +17,8 @@ from typing import Sequence
 import torch.nn.functional as F
 from torch import Tensor
 
-from connectors._common import kernel3
 from connectors.grid_reducer import GridReducer
+from zoo.checks import triple
 from zoo.registry import CONNECTORS
 from zoo.types import Grid
 
@@ -32,7 +32,7 @@ class SpatialPool(GridReducer):
     def __init__(self, in_dim: int, out_dim: int, kernel: int | Sequence[int] = 2,
                  depth: int = 2, layer_type: str = "mlp") -> None:
         super().__init__(in_dim, out_dim, depth, layer_type)
-        self.kernel = kernel3(kernel)
+        self.kernel = triple(kernel, "kernel")
 
     def window(self, grid: Grid) -> tuple[int, int, int]:
         return tuple(min(k, g) for k, g in zip(self.kernel, grid))  # type: ignore[return-value]

@@ -23,11 +23,11 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from zoo.checks import positive_int
 from zoo.errors import ConfigError
 from zoo.registry import BRIDGES
-from zoo.types import PLANES, Conditioning, VisualTokens
+from zoo.types import PLANES, Conditioning, Grid, VisualTokens
 
-Grid = tuple[int, int, int]
 
 
 class PlaneSliceEmbedding(nn.Module):
@@ -74,8 +74,7 @@ class PSAT(nn.Module):
         for name, value in (("in_dim", in_dim), ("width", width), ("num_queries", num_queries),
                             ("depth", depth), ("num_heads", num_heads), ("ffn_dim", ffn_dim),
                             ("teacher_dim", teacher_dim)):
-            if not isinstance(value, int) or value < 1:
-                raise ConfigError(f"PSAT {name} must be a positive int, got {value!r}")
+            positive_int(f"PSAT {name}", value)
         if width % num_heads:
             raise ConfigError(f"PSAT num_heads={num_heads} does not divide width={width}")
         if not 0.0 <= dropout < 1.0:

@@ -19,9 +19,8 @@ from torch import Tensor, nn
 from zoo.errors import ConfigError
 from zoo.registry import ENCODERS
 from zoo.signature import forwards
-from zoo.types import Conditioning, VisualTokens, check_volume
+from zoo.types import Conditioning, Grid, VisualTokens, check_volume
 
-Grid = tuple[int, int, int]
 BLOCKS = {"basic": 1, "bottleneck": 4}
 
 

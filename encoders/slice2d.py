@@ -10,7 +10,7 @@ Three ways of feeding a volume ``(B, C, D, H, W)`` to a 2D tower (:mod:`encoders
   times along depth and divided by ``depth_patch``, giving a 3D patch embedding that equals the 2D
   one on depth-constant input; the 3D tokens then run through the 2D blocks;
 - ``medblip3d`` (MedBLIP, Chen et al. 2023): a freshly initialised 3D patch embedding in front of
-  the 2D blocks (the recipe keeps those frozen: see :attr:`SliceEncoder.new_parameter_patterns`).
+  the 2D blocks, which stay frozen (``freeze_tower``; :meth:`SliceEncoder.parameter_groups`).
 
 Token layout: ``d`` depth positions (selected slices, or slabs of ``depth_patch`` slices) times an
 ``h x w`` patch grid; every depth position carries the tower's prefix tokens (CLS) through the
@@ -30,10 +30,11 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint as _checkpoint
 
 from encoders.backbones2d import Backbone2D, attend, build_backbone2d, run_block
+from zoo.checks import positive_int
 from zoo.errors import ConfigError
 from zoo.registry import ENCODERS, suggest
 from zoo.signature import forwards
-from zoo.types import Conditioning, Grid, VisualTokens, check_volume
+from zoo.types import Conditioning, Grid, VisualTokens, check_volume, parameter_names
 
 PATCH_MODES: tuple[str, ...] = ("slice", "inflate", "fresh3d")
 CHANNEL_MODES: tuple[str, ...] = ("repeat", "sum")
@@ -43,12 +44,6 @@ DEPTH_POS: tuple[str, ...] = ("rope", "learned", "sincos", "none")
 def _choice(value: str, options: tuple[str, ...], key: str) -> str:
     if value not in options:
         raise ConfigError(f"{key}={value!r} is not one of {options}.{suggest(str(value), options)}")
-    return value
-
-
-def _positive_int(value: Any, key: str, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ConfigError(f"{key} must be an int >= {minimum}, got {value!r}")
     return value
 
 
@@ -195,6 +190,8 @@ class SliceEncoder(nn.Module):
         pool_hw / pool_depth: average pooling of the output token grid (the token budget knob:
             ``d/pool_depth * h/pool_hw * w/pool_hw`` tokens); ``max_tokens`` raises when exceeded.
         grad_checkpointing: checkpoint every block in training.
+        freeze_tower: keep the pretrained 2D tower frozen wherever a recipe trains the encoder;
+            only the new parameters (a fresh 3D stem, a learned depth table) learn (MedBLIP).
     """
 
     def __init__(self, backbone: Backbone2D, *, patch_mode: str = "slice", depth_patch: int = 1,
@@ -204,33 +201,33 @@ class SliceEncoder(nn.Module):
                  attn3d_blocks: int | None = None, depth_window: int | None = None,
                  feature_layer: int = -1, final_norm: bool = True, pool_hw: int = 1,
                  pool_depth: int = 1, max_tokens: int | None = None,
-                 grad_checkpointing: bool = False) -> None:
+                 grad_checkpointing: bool = False, freeze_tower: bool = False) -> None:
         super().__init__()
         if not isinstance(backbone, Backbone2D):
             raise TypeError(f"backbone must be a Backbone2D, got {type(backbone).__name__}")
         self.patch_mode = _choice(patch_mode, PATCH_MODES, "patch_mode")
         self.channel_mode = _choice(channel_mode, CHANNEL_MODES, "channel_mode")
         self.depth_pos = _choice(depth_pos, DEPTH_POS, "depth_pos")
-        self.depth_patch = _positive_int(depth_patch, "depth_patch")
+        self.depth_patch = positive_int("depth_patch", depth_patch)
         if self.patch_mode == "slice" and self.depth_patch != 1:
             raise ConfigError(f"depth_patch={depth_patch} needs patch_mode 'inflate' or 'fresh3d'; "
                               "patch_mode='slice' embeds single slices")
-        self.in_channels = _positive_int(in_channels, "in_channels")
-        self.slice_stride = _positive_int(slice_stride, "slice_stride")
+        self.in_channels = positive_int("in_channels", in_channels)
+        self.slice_stride = positive_int("slice_stride", slice_stride)
         if num_slices is not None:
-            _positive_int(num_slices, "num_slices")
+            positive_int("num_slices", num_slices)
             if slice_stride != 1:
                 raise ConfigError("set either slice_stride or num_slices, not both "
                                   f"(slice_stride={slice_stride}, num_slices={num_slices})")
         self.num_slices = num_slices
-        self.slice_size = None if slice_size is None else _positive_int(slice_size, "slice_size")
+        self.slice_size = None if slice_size is None else positive_int("slice_size", slice_size)
         if self.slice_size is not None:
             backbone.grid(self.slice_size)
-        self.pool_hw = _positive_int(pool_hw, "pool_hw")
-        self.pool_depth = _positive_int(pool_depth, "pool_depth")
-        self.max_tokens = None if max_tokens is None else _positive_int(max_tokens, "max_tokens")
+        self.pool_hw = positive_int("pool_hw", pool_hw)
+        self.pool_depth = positive_int("pool_depth", pool_depth)
+        self.max_tokens = None if max_tokens is None else positive_int("max_tokens", max_tokens)
         self.final_norm, self.normalize = bool(final_norm), bool(normalize)
-        self.depth_window = None if depth_window is None else _positive_int(depth_window, "depth_window")
+        self.depth_window = None if depth_window is None else positive_int("depth_window", depth_window)
 
         depth = len(backbone.blocks)
         if isinstance(feature_layer, bool) or not isinstance(feature_layer, int) \
@@ -272,23 +269,22 @@ class SliceEncoder(nn.Module):
             backbone.set_patch_conv(nn.Identity())  # the 2D stem is replaced, not kept as dead weight
 
         self.rope = DepthRoPE(rope_theta) if self.depth_pos == "rope" else None
-        self.max_depth = _positive_int(max_depth, "max_depth")
+        self.max_depth = positive_int("max_depth", max_depth)
         self.depth_embed = (nn.Parameter(torch.zeros(self.max_depth, backbone.width))
                             if self.depth_pos == "learned" else None)
         self.grad_checkpointing = bool(grad_checkpointing)
+        self.freeze_tower = bool(freeze_tower)
 
     # ----------------------------------------------------------------------------------- layout
-    @property
-    def new_parameter_patterns(self) -> tuple[str, ...]:
-        """Regexes (``re.match`` on names inside this module) of parameters that do not come
-        from the pretrained 2D tower, for a recipe's ``Stage.trainable`` (prefix them with the
-        encoder's attribute path)."""
-        patterns = []
-        if self.patch_mode == "fresh3d":
-            patterns.append(r"patch_embed3d\.")
-        if self.depth_embed is not None:
-            patterns.append(r"depth_embed$")
-        return tuple(patterns)
+    def parameter_groups(self) -> dict[str, list[str]]:
+        """``new``: parameters that do not come from the pretrained 2D tower (a fresh 3D stem, a
+        learned depth table), which learn whenever the encoder is used; ``frozen`` (with
+        ``freeze_tower``): every other parameter, which stays fixed even where the recipe trains
+        the encoder (:class:`zoo.types.ParameterGroups`)."""
+        new = parameter_names(self, [self.patch_embed3d if self.patch_mode == "fresh3d" else None,
+                                     self.depth_embed])
+        frozen = [n for n, _ in self.named_parameters() if n not in new] if self.freeze_tower else []
+        return {"new": new, "frozen": frozen}
 
     def selected_slices(self, depth: int) -> Tensor:
         """Indices of the slices used for a volume of ``depth`` slices."""
@@ -482,12 +478,13 @@ def inflate3d(backbone: str = "open_clip:ViT-B-16", pretrained: str | None = Non
 @forwards(SliceEncoder, exclude=("backbone", "patch_mode"))
 def medblip3d(backbone: str = "open_clip:ViT-B-16", pretrained: str | None = None,
               backbone_kwargs: dict | None = None, depth_patch: int = 4, slice_size: int | None = 224,
-              attn3d_blocks: int | None = -1, **options: Any) -> SliceEncoder:
-    """MedBLIP-style: a fresh 3D patch embedding in front of the 2D blocks (keep the blocks
-    frozen in the recipe; ``new_parameter_patterns`` names the fresh parts)."""
+              attn3d_blocks: int | None = -1, freeze_tower: bool = True,
+              **options: Any) -> SliceEncoder:
+    """MedBLIP-style: a fresh 3D patch embedding in front of the 2D blocks, which stay frozen
+    (``freeze_tower``): recipes train the new stem only (``parameter_groups``)."""
     return build_slice_encoder(backbone, pretrained, backbone_kwargs, patch_mode="fresh3d",
                                depth_patch=depth_patch, slice_size=slice_size,
-                               attn3d_blocks=attn3d_blocks, **options)
+                               attn3d_blocks=attn3d_blocks, freeze_tower=freeze_tower, **options)
 
 
 @ENCODERS.register
@@ -510,7 +507,9 @@ def test_inflate3d(depth_patch: int = 2, attn3d_blocks: int | None = -1,
 @ENCODERS.register
 @forwards(SliceEncoder, exclude=("backbone", "patch_mode"))
 def test_medblip3d(depth_patch: int = 2, attn3d_blocks: int | None = -1,
-                   **options: Any) -> SliceEncoder:
-    """Tiny ``medblip3d``: fresh 3D patch embedding (depth patch 2) over a random timm ViT."""
+                   freeze_tower: bool = True, **options: Any) -> SliceEncoder:
+    """Tiny ``medblip3d``: fresh 3D patch embedding (depth patch 2) over a random timm ViT,
+    whose blocks stay frozen."""
     return build_slice_encoder("timm:vit_tiny_patch16_224", None, TINY_TIMM, patch_mode="fresh3d",
-                               depth_patch=depth_patch, attn3d_blocks=attn3d_blocks, **options)
+                               depth_patch=depth_patch, attn3d_blocks=attn3d_blocks,
+                               freeze_tower=freeze_tower, **options)

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from zoo.checks import positive_int
 from zoo.errors import ConfigError
 from zoo.registry import BRIDGES
 from zoo.types import Conditioning, Grid, VisualTokens
@@ -26,8 +27,7 @@ class TextSliceWeighting(nn.Module):
     def __init__(self, in_dim: int, prompt_dim: int, scale: float = 5.0) -> None:
         super().__init__()
         for key, value in (("in_dim", in_dim), ("prompt_dim", prompt_dim)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigError(f"text_slice_weighting: {key} must be a positive int, got {value!r}")
+            positive_int(f"text_slice_weighting: {key}", value)
         if scale <= 0:
             raise ConfigError(f"text_slice_weighting: scale must be > 0, got {scale}")
         self.out_dim = in_dim

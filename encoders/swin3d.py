@@ -26,10 +26,9 @@ from zoo.build import on_meta
 from zoo.checkpoint import read_state_dict
 from zoo.errors import CheckpointError, ConfigError
 from zoo.registry import ENCODERS
-from zoo.signature import forwards
-from zoo.types import Conditioning, VisualTokens, check_volume
+from zoo.signature import forwards, renamed
+from zoo.types import Conditioning, Grid, VisualTokens, check_volume
 
-Grid = tuple[int, int, int]
 
 
 class Swin3DEncoder(nn.Module):
@@ -119,23 +118,25 @@ class Swin3DEncoder(nn.Module):
 
 
 @ENCODERS.register
+@renamed(checkpoint="pretrained=VALUE")
 def swin3d(in_channels: int = 1, feature_size: int = 48, depths: Sequence[int] = (2, 2, 2, 2),
            num_heads: Sequence[int] = (3, 6, 12, 24), window_size: int = 7, patch_size: int = 2,
            mlp_ratio: float = 4.0, drop_rate: float = 0.0, attn_drop_rate: float = 0.0,
            drop_path_rate: float = 0.0, use_v2: bool = False, use_checkpoint: bool = False,
-           use_flash_attention: bool = True, checkpoint: str | None = None) -> Swin3DEncoder:
+           use_flash_attention: bool = True, pretrained: str | None = None) -> Swin3DEncoder:
     """SwinUNETR's Swin encoder (defaults: feature size 48, 8,062,002 parameters, bottleneck width
-    768 at stride 32). ``checkpoint`` loads SwinUNETR weights (``swinViT.*``),
+    768 at stride 32). ``pretrained`` loads SwinUNETR weights (``swinViT.*``) from a local file,
     skipped on the meta device."""
     model = Swin3DEncoder(in_channels, feature_size, depths, num_heads, window_size, patch_size,
                           mlp_ratio, drop_rate, attn_drop_rate, drop_path_rate, use_v2,
                           use_checkpoint, use_flash_attention)
-    if checkpoint and not on_meta():
-        model.load_checkpoint(checkpoint)
+    if pretrained and not on_meta():
+        model.load_checkpoint(pretrained)
     return model
 
 
 @ENCODERS.register
+@renamed(checkpoint="pretrained=VALUE")
 @forwards(swin3d)
 def test_swin3d(in_channels: int = 1, feature_size: int = 12, depths: Sequence[int] = (1, 1, 1, 1),
                 num_heads: Sequence[int] = (1, 2, 2, 4), window_size: int = 2,

@@ -37,7 +37,7 @@ from encoders.slice2d import TINY_TIMM, SliceEncoder, _choice, top_blocks
 from zoo.errors import ConfigError
 from zoo.registry import ENCODERS, suggest
 from zoo.signature import forwards
-from zoo.types import TASK_NAMES, Conditioning
+from zoo.types import TASK_NAMES, Conditioning, parameter_names
 
 TASK_GROUP_NAMES: tuple[str, ...] = ("caption", "vqa", "positioning", "segmentation", "other")
 # The five task families of the recipe (a choice): retrieval uses caption samples.
@@ -133,10 +133,20 @@ class TGHMoEEncoder(SliceEncoder):
         for i in self.moe_indices:
             self.backbone.blocks[i].mlp.init_groups_from_shared()
 
-    @property
-    def new_parameter_patterns(self) -> tuple[str, ...]:
-        return super().new_parameter_patterns + (
-            r"backbone\.blocks\.\d+\.mlp\.(gates|prompt_norm|prompt_proj)\.", r"task_router\.")
+    def parameter_groups(self) -> dict[str, list[str]]:
+        """The slice encoder's groups, with the routers (token gates, prompt projections, task
+        router) among the ``new`` parameters, and ``experts``: the MoE layers (experts and their
+        routers) and the task router, what the ``specific`` stage trains when the shared parts
+        stay frozen."""
+        groups = super().parameter_groups()
+        moe = [self.backbone.blocks[i].mlp for i in self.moe_indices]
+        routers = [part for layer in moe for part in (layer.gates, layer.prompt_norm, layer.prompt_proj)]
+        new = set(groups["new"]) | set(parameter_names(self, [*routers, self.task_router]))
+        groups["new"] = [n for n, _ in self.named_parameters() if n in new]
+        if self.freeze_tower:
+            groups["frozen"] = [n for n, _ in self.named_parameters() if n not in new]
+        groups["experts"] = parameter_names(self, [*moe, self.task_router])
+        return groups
 
     # --------------------------------------------------------------------------------- routing
     def _route(self, volume: Tensor, cond: Conditioning | None) -> dict[str, Any]:

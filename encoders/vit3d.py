@@ -10,7 +10,7 @@ numerics of MONAI's ``monai.networks.nets.ViT`` with ``proj_type="perceptron"``:
     blocks.{i}.norm1 / attn.qkv / attn.out_proj / norm2 / mlp.linear1 / mlp.linear2
     norm                                               final LayerNorm
 
-so M3D-CLIP's ``pretrained_ViT.bin`` and SegVol's image encoder load through ``checkpoint=PATH``.
+so M3D-CLIP's ``pretrained_ViT.bin`` and SegVol's image encoder load through ``pretrained=PATH``.
 
 Shapes: volume ``(B, C, D, H, W)`` -> patch grid ``(d, h, w) = (D/pd, H/ph, W/pw)`` -> tokens
 ``(B, d*h*w, hidden)`` in ``d``-major order (MONAI's order). The CLS token (no position embedding,
@@ -19,6 +19,7 @@ as in MONAI) is returned separately in ``extras["cls"]`` with shape ``(B, hidden
 
 from __future__ import annotations
 
+import inspect
 import math
 import warnings
 from pathlib import Path
@@ -31,28 +32,23 @@ from torch.utils.checkpoint import checkpoint as _checkpoint
 
 from zoo.build import on_meta
 from zoo.checkpoint import read_state_dict
+from zoo.checks import positive_int, triple
 from zoo.errors import CheckpointError, ConfigError
 from zoo.registry import ENCODERS, suggest
-from zoo.signature import forwards
+from zoo.signature import forwards, renamed
 from zoo.types import Conditioning, Grid, VisualTokens, check_volume
 
 POS_EMBED_TYPES = ("learnable", "sincos", "none")
-ATTN_IMPLS = ("sdpa", "xformers")
+ATTN_IMPLS = ("sdpa",)
+XFORMERS_REMOVED = (
+    "attn_impl='xformers' was removed: its only torch-compatible release (xformers 0.0.35, built "
+    "for torch 2.10 + CUDA 12.8) did not load beside the measured GPU's torch, and SDPA already "
+    "runs cuDNN's flash-attention kernels there (docs/performance.md); use 'sdpa'")
 POS_KEY = "patch_embedding.position_embeddings"
 # Parameters of MONAI's ViT that this encoder does not have (MONAI >= 1.4 builds an unused
 # cross-attention norm in every block; ``classification=True`` adds a head). They are dropped when
 # a checkpoint is loaded; everything else must match exactly.
 IGNORED_CHECKPOINT_PARTS = ("classification_head.", ".norm_cross_attn.", ".cross_attn.")
-
-
-def _triple(value: int | Sequence[int], name: str) -> tuple[int, int, int]:
-    values = (value,) * 3 if isinstance(value, int) else tuple(value)
-    if len(values) != 3 or not all(isinstance(v, int) or float(v).is_integer() for v in values):
-        raise ConfigError(f"{name} must be an int or 3 ints (D, H, W), got {value!r}")
-    values = tuple(int(v) for v in values)
-    if min(values) < 1:
-        raise ConfigError(f"{name} must be positive, got {values}")
-    return values  # type: ignore[return-value]
 
 
 class PatchFlatten(nn.Module):
@@ -114,39 +110,15 @@ class PatchEmbedding(nn.Module):
         return self.dropout(self.patch_embeddings(x) + self.position(grid))
 
 
-def xformers_attention() -> Any:
-    """``xformers.ops.memory_efficient_attention``, or an ImportError saying how to install it.
-
-    An installed xformers whose compiled extension did not load (a wheel built for another torch
-    or CUDA: without it every CUDA kernel is missing) is refused here, with xformers' own account
-    of the mismatch, rather than failing at the first forward with "No operator found"."""
-    try:
-        import xformers
-        from xformers.ops import memory_efficient_attention
-    except ImportError as err:
-        raise ConfigError("attn_impl='xformers' needs xformers 0.0.35 (CUDA only): "
-                          "pip install medzoo3d[xformers], or use attn_impl='sdpa'") from err
-    if not getattr(xformers, "_has_cpp_library", True):
-        cause = getattr(getattr(xformers, "_cpp_lib", None), "_cpp_library_load_exception", None)
-        reason = " ".join(str(cause).split()) if cause else "unknown reason"
-        raise ConfigError(f"attn_impl='xformers': xformers is installed but its compiled "
-                          f"extension did not load ({reason[:300]}); install an xformers build "
-                          f"matching torch {torch.__version__}, or use attn_impl='sdpa'")
-    return memory_efficient_attention
-
-
 class SelfAttention(nn.Module):
-    """Multi-head self-attention with a fused qkv projection (MONAI ``SABlock`` key names).
+    """Multi-head self-attention with a fused qkv projection (MONAI ``SABlock`` key names),
+    computed by ``scaled_dot_product_attention`` (PyTorch picks the flash / memory-efficient
+    kernel)."""
 
-    ``attn_impl``: ``"sdpa"`` (``scaled_dot_product_attention``, any device) or ``"xformers"``
-    (``xformers.ops.memory_efficient_attention``, CUDA only)."""
-
-    def __init__(self, hidden_size: int, num_heads: int, qkv_bias: bool, dropout: float,
-                 attn_impl: str = "sdpa") -> None:
+    def __init__(self, hidden_size: int, num_heads: int, qkv_bias: bool, dropout: float) -> None:
         super().__init__()
         self.num_heads, self.head_dim = num_heads, hidden_size // num_heads
         self.dropout = dropout
-        self.xformers = xformers_attention() if attn_impl == "xformers" else None
         self.qkv = nn.Linear(hidden_size, 3 * hidden_size, bias=qkv_bias)
         self.out_proj = nn.Linear(hidden_size, hidden_size)
         self.drop_output = nn.Dropout(dropout)
@@ -155,14 +127,8 @@ class SelfAttention(nn.Module):
         b, n, c = x.shape
         p = self.dropout if self.training else 0.0
         qkv = self.qkv(x).view(b, n, 3, self.num_heads, self.head_dim)
-        if self.xformers is not None:
-            if not x.is_cuda:
-                raise ConfigError(f"attn_impl='xformers' runs on CUDA only, got input on "
-                                  f"{x.device} (use attn_impl='sdpa')")
-            x = self.xformers(*qkv.unbind(2), p=p)  # (B, N, H, D) in and out
-        else:
-            q, k, v = qkv.permute(2, 0, 3, 1, 4)  # (B, H, N, D)
-            x = F.scaled_dot_product_attention(q, k, v, dropout_p=p).transpose(1, 2)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4)  # (B, H, N, D)
+        x = F.scaled_dot_product_attention(q, k, v, dropout_p=p).transpose(1, 2)
         return self.drop_output(self.out_proj(x.reshape(b, n, c)))
 
 
@@ -184,10 +150,10 @@ class Block(nn.Module):
     """Pre-norm transformer block: ``x + attn(norm1(x))``, then ``x + mlp(norm2(x))``."""
 
     def __init__(self, hidden_size: int, num_heads: int, mlp_dim: int, qkv_bias: bool,
-                 dropout: float, attn_impl: str = "sdpa") -> None:
+                 dropout: float) -> None:
         super().__init__()
         self.norm1 = nn.LayerNorm(hidden_size)
-        self.attn = SelfAttention(hidden_size, num_heads, qkv_bias, dropout, attn_impl)
+        self.attn = SelfAttention(hidden_size, num_heads, qkv_bias, dropout)
         self.norm2 = nn.LayerNorm(hidden_size)
         self.mlp = MLP(hidden_size, mlp_dim, dropout)
 
@@ -201,9 +167,11 @@ class ViT3D(nn.Module):
 
     ``img_size`` is the volume size the position table was made for (the training size of a
     checkpoint); any other size whose sides are multiples of ``patch_size`` also runs, with the
-    table resampled trilinearly over the patch grid. ``attn_impl`` picks the attention kernel
-    (:data:`ATTN_IMPLS`; ``"xformers"`` needs the ``xformers`` extra and CUDA inputs).
+    table resampled trilinearly over the patch grid. ``attn_impl`` names the attention kernel
+    (:data:`ATTN_IMPLS`: SDPA only; ``"xformers"`` was removed and is refused saying so).
     """
+
+    _no_split_modules = ["Block"]  # the unit sharded training wraps (docs/scale.md)
 
     def __init__(self, img_size: Sequence[int] = (32, 256, 256),
                  patch_size: Sequence[int] = (4, 16, 16), in_channels: int = 1,
@@ -212,12 +180,11 @@ class ViT3D(nn.Module):
                  dropout: float = 0.0, pos_embed: str = "learnable",
                  grad_checkpointing: bool = False, attn_impl: str = "sdpa") -> None:
         super().__init__()
-        self.img_size = _triple(img_size, "img_size")
-        self.patch_size = _triple(patch_size, "patch_size")
+        self.img_size = triple(img_size, "img_size")
+        self.patch_size = triple(patch_size, "patch_size")
         for key, value in (("in_channels", in_channels), ("hidden_size", hidden_size),
                            ("depth", depth), ("num_heads", num_heads), ("mlp_dim", mlp_dim)):
-            if not isinstance(value, int) or value < 1:
-                raise ConfigError(f"{key} must be a positive int, got {value!r}")
+            positive_int(key, value)
         if hidden_size % num_heads:
             raise ConfigError(f"hidden_size={hidden_size} is not divisible by num_heads={num_heads}")
         if not 0.0 <= dropout < 1.0:
@@ -225,6 +192,8 @@ class ViT3D(nn.Module):
         if pos_embed not in POS_EMBED_TYPES:
             raise ConfigError(f"pos_embed={pos_embed!r} is not one of {POS_EMBED_TYPES}."
                               f"{suggest(str(pos_embed), POS_EMBED_TYPES)}")
+        if attn_impl == "xformers":
+            raise ConfigError(XFORMERS_REMOVED)
         if attn_impl not in ATTN_IMPLS:
             raise ConfigError(f"attn_impl={attn_impl!r} is not one of {ATTN_IMPLS}."
                               f"{suggest(str(attn_impl), ATTN_IMPLS)}")
@@ -235,8 +204,8 @@ class ViT3D(nn.Module):
         self.patch_embedding = PatchEmbedding(in_channels, self.patch_size, self.grid,
                                               hidden_size, pos_embed, dropout)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, hidden_size)) if cls_token else None
-        self.blocks = nn.ModuleList(Block(hidden_size, num_heads, mlp_dim, qkv_bias, dropout,
-                                          attn_impl) for _ in range(depth))
+        self.blocks = nn.ModuleList(Block(hidden_size, num_heads, mlp_dim, qkv_bias, dropout)
+                                    for _ in range(depth))
         self.norm = nn.LayerNorm(hidden_size)
         self.grad_checkpointing = bool(grad_checkpointing)
         self.apply(_init_weights)
@@ -332,7 +301,12 @@ class ViT3D(nn.Module):
         encoder lacks (:data:`IGNORED_CHECKPOINT_PARTS`) are dropped; any other missing or
         unexpected key, or a shape mismatch, raises naming the keys.
         """
-        state = read_state_dict(path)
+        self.load_monai_state(read_state_dict(path), prefix, path)
+
+    def load_monai_state(self, state: dict[str, Tensor], prefix: str | None = None,
+                         path: Any = "state dict") -> None:
+        """:meth:`load_checkpoint` on a state dict in memory (e.g. a MONAI ``ViT``'s own);
+        ``path`` names its source in errors."""
         state = select_prefix(state, prefix, path)
         state = {k: v for k, v in state.items()
                  if not any(part in f".{k}" for part in IGNORED_CHECKPOINT_PARTS)}
@@ -374,7 +348,7 @@ def select_prefix(state: dict[str, Tensor], prefix: str | None, path: Any) -> di
         hits = [k[: -len(POS_KEY)] for k in state if k.endswith(POS_KEY)]
         if len(hits) != 1:
             raise CheckpointError(f"checkpoint {path}: cannot locate the ViT: {len(hits)} keys end with "
-                                  f"{POS_KEY!r} ({hits[:5]}); pass checkpoint_prefix=")
+                                  f"{POS_KEY!r} ({hits[:5]}); pass pretrained_prefix=")
         prefix = hits[0]
     picked = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
     if not picked:
@@ -383,21 +357,23 @@ def select_prefix(state: dict[str, Tensor], prefix: str | None, path: Any) -> di
 
 
 @ENCODERS.register
+@renamed(checkpoint="pretrained=VALUE", checkpoint_prefix="pretrained_prefix=VALUE")
 def vit3d(img_size: Sequence[int] = (32, 256, 256), patch_size: Sequence[int] = (4, 16, 16),
           in_channels: int = 1, hidden_size: int = 768, depth: int = 12, num_heads: int = 12,
           mlp_dim: int = 3072, qkv_bias: bool = False, cls_token: bool = True,
-          dropout: float = 0.0, pos_embed: str = "learnable", checkpoint: str | None = None,
-          checkpoint_prefix: str | None = None, grad_checkpointing: bool = False,
+          dropout: float = 0.0, pos_embed: str = "learnable", pretrained: str | None = None,
+          pretrained_prefix: str | None = None, grad_checkpointing: bool = False,
           attn_impl: str = "sdpa") -> ViT3D:
     """Native 3D ViT with every hyper-parameter exposed (defaults: M3D's ViT-B, see
-    :func:`vit3d_base_m3d`); ``checkpoint`` loads a MONAI-ViT-layout state dict (skipped when
-    building on the meta device); ``attn_impl``: ``"sdpa"`` or ``"xformers"`` (CUDA only)."""
+    :func:`vit3d_base_m3d`); ``pretrained`` loads a MONAI-ViT-layout state dict from a local file
+    (skipped when building on the meta device; ``pretrained_prefix`` picks its keys' prefix);
+    ``attn_impl``: ``"sdpa"`` (the only kernel)."""
     model = ViT3D(img_size=img_size, patch_size=patch_size, in_channels=in_channels,
                   hidden_size=hidden_size, depth=depth, num_heads=num_heads, mlp_dim=mlp_dim,
                   qkv_bias=qkv_bias, cls_token=cls_token, dropout=dropout, pos_embed=pos_embed,
                   grad_checkpointing=grad_checkpointing, attn_impl=attn_impl)
-    if checkpoint and not on_meta():
-        model.load_checkpoint(checkpoint, checkpoint_prefix)
+    if pretrained and not on_meta():
+        model.load_checkpoint(pretrained, pretrained_prefix)
     return model
 
 
@@ -408,7 +384,7 @@ TEST_VIT = dict(M3D_VIT, img_size=(32, 64, 64), hidden_size=64, depth=2, num_hea
 
 
 def _preset(defaults: dict[str, Any], overrides: dict[str, Any], name: str) -> ViT3D:
-    known = set(vit3d.__code__.co_varnames[: vit3d.__code__.co_argcount])
+    known = set(inspect.signature(vit3d).parameters)
     for key in overrides:
         if key not in known:
             raise ConfigError(f"{name}() got an unknown argument {key!r}.{suggest(key, sorted(known))}")
@@ -416,15 +392,17 @@ def _preset(defaults: dict[str, Any], overrides: dict[str, Any], name: str) -> V
 
 
 @ENCODERS.register
+@renamed(checkpoint="pretrained=VALUE", checkpoint_prefix="pretrained_prefix=VALUE")
 @forwards(vit3d, defaults=M3D_VIT)
 def vit3d_base_m3d(**overrides: Any) -> ViT3D:
     """M3D-LaMed's 3D ViT-B/(4, 16, 16) at 1 x 32 x 256 x 256: 2048 patch tokens + CLS, width 768,
     12 blocks, 12 heads, MLP 3072, no qkv bias (about 87.4 M parameters). Keyword arguments of
-    :func:`vit3d` override the preset (e.g. ``checkpoint=/models/M3D-CLIP/pretrained_ViT.bin``)."""
+    :func:`vit3d` override the preset (e.g. ``pretrained=/models/M3D-CLIP/pretrained_ViT.bin``)."""
     return _preset(M3D_VIT, overrides, "vit3d_base_m3d")
 
 
 @ENCODERS.register
+@renamed(checkpoint="pretrained=VALUE", checkpoint_prefix="pretrained_prefix=VALUE")
 @forwards(vit3d, defaults=TEST_VIT)
 def test_vit3d(**overrides: Any) -> ViT3D:
     """Tiny 3D ViT for tests: 1 x 32 x 64 x 64, patch (4, 16, 16) -> grid 8 x 4 x 4 = 128 tokens,

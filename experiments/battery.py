@@ -179,14 +179,15 @@ def value_cases() -> list[Case]:
            "train_tasks=caption", "eval.max_items=0", "eval.batch_size=0", "eval.split=val",
            "eval.tasks=vqa_closed", "eval.tasks=[vqa_clossed]", "+eval.max_new_tokens.caption=0",
            "eval.judge={url:ftp://x}", "eval.judge={url:http://x,timeuot:3}",
-           "eval.bertscore_layers=abc", "recipe.align_lr=abc", "recipe.align_lr=-1",
+           "eval.bertscore_layers=abc", "recipe.lr=abc", "recipe.lr={align:-1}",
+           "recipe.align_lr=0.001", "encoder.checkpoint=vit.safetensors",
            "recipe.epochs=x", "recipe.batch_size=0", "recipe.warmup_ratio=2",
            "recipe.lora_dropout=1.5", "recipe.lora_r=0", "recipe.train_lm=some",
            "connector.kernal=2", "connector.kernel=0", "encoder=vit3d_tiny", "recipe=lamd",
            "data.cases=many", "data.cases=0", "data._target_=shutil.copyfile",
            "lm_warmup={steps:0}", "tracking.uri=foo://bar"]
     # a recipe's stage settings are named by stage and field (``stage 'align': lr=-1``)
-    field = {"recipe.align_lr=-1": "lr", "recipe.batch_size=0": "batch_size"}
+    field = {"recipe.lr={align:-1}": "lr", "recipe.batch_size=0": "batch_size"}
     return [Case("config values", f"zoo train {o}", "error", lambda lab, o=o: train(lab, o),
                  field.get(o, o.lstrip("+").split("=")[0].split(".")[-1]))
             for o in bad]
@@ -308,7 +309,7 @@ def run_cases() -> list[Case]:
         Case("runs", "trainer.resume=<unknown run>", "error",
              lambda lab: train(lab, "trainer.resume=no-such-run")),
         Case("runs", "trainer.resume=<killed run> with another learning rate", "error",
-             resume("recipe.align_lr=0.001")),
+             resume("recipe.lr=0.001")),
         Case("runs", "trainer.resume=<killed run> with a corrupt random-state file", "error",
              resume(damage=lambda f: newest(f) / "random_states_0.pkl")),
         Case("runs", "trainer.resume=<killed run> with a truncated trainer_state.json of every "
@@ -358,7 +359,7 @@ def file_cases() -> list[Case]:
 
     def encoder_checkpoint(kind: str) -> Callable[[Lab], Outcome]:
         def run(lab: Lab) -> Outcome:
-            result = train(lab, f"+encoder.checkpoint={weights_file(lab, kind)}")
+            result = train(lab, f"encoder.pretrained={weights_file(lab, kind)}")
             if (lab.home / "pickle-ran").exists():
                 return Outcome("accepted", "the pickle ran", extra_ok=False)
             return result
@@ -384,25 +385,26 @@ def file_cases() -> list[Case]:
             if kind == "bad-config":
                 (folder / "config.json").write_text("{ not json")
             lm = "llama2_7b" if kind == "other-architecture" else "hf"
-            result = train(lab, f"lm={lm}", f"lm.path={folder}")
+            result = train(lab, f"lm={lm}", f"lm.pretrained={folder}")
             if (lab.home / "lm-pickle-ran").exists():
                 return Outcome("accepted", "the pickle ran", extra_ok=False)
             return result
         return run
 
     return [
-        Case("files", "encoder.checkpoint missing", "error", encoder_checkpoint("missing"),
+        Case("files", "encoder.pretrained missing", "error", encoder_checkpoint("missing"),
              "none.safetensors"),
-        Case("files", "encoder.checkpoint truncated safetensors", "error",
+        Case("files", "encoder.pretrained truncated safetensors", "error",
              encoder_checkpoint("truncated"), "w-truncated"),
-        Case("files", "encoder.checkpoint with keys that do not fit", "error",
+        Case("files", "encoder.pretrained with keys that do not fit", "error",
              encoder_checkpoint("misfit"), "w-misfit"),
-        Case("files", "encoder.checkpoint a pickle with a payload (payload must not run)",
+        Case("files", "encoder.pretrained a pickle with a payload (payload must not run)",
              "error", encoder_checkpoint("pickle"), "w-pickle"),
-        Case("files", "lm.path missing folder", "error", lm_folder("missing"), "lm-missing"),
-        Case("files", "lm.path folder whose pytorch_model.bin is a pickle", "error",
+        Case("files", "lm.pretrained missing folder", "error", lm_folder("missing"), "lm-missing"),
+        Case("files", "lm.pretrained folder whose pytorch_model.bin is a pickle", "error",
              lm_folder("pickle"), "lm-pickle"),
-        Case("files", "lm.path folder with a broken config.json", "error", lm_folder("bad-config"),
+        Case("files", "lm.pretrained folder with a broken config.json", "error",
+             lm_folder("bad-config"),
              "lm-bad-config"),
         Case("files", "lm=llama2_7b with a folder of another architecture", "error",
              lm_folder("other-architecture"), "lm-other-architecture"),

@@ -39,10 +39,9 @@ def reg_class(answer: str) -> str:
 def teacher_forced_masks(model: Any, samples: list[dict[str, Any]]) -> list[torch.Tensor]:
     """Probability masks from the reference answers' ``[SEG]`` states (one per sample)."""
     from recipes.lamed_seg import run_head, teacher_seg_positions
+    from zoo.types import eval_mode
 
-    was = model.training
-    model.eval()
-    with torch.no_grad():
+    with eval_mode(model), torch.no_grad():
         batch = model.collate(samples)
         embeds, visual = model.embed_inputs(batch)
         hidden = model.lm(embeds, batch["attention_mask"]).hidden_states
@@ -52,7 +51,6 @@ def teacher_forced_masks(model: Any, samples: list[dict[str, Any]]) -> list[torc
         image = batch["image"]
         logits, _, _ = run_head(model.heads["seg"], image, model._head_tokens(image, visual, rows),
                                 prompts)
-    model.train(was)
     return [torch.sigmoid(x[0]) for x in logits]
 
 

@@ -147,4 +147,4 @@ class Med3DInsightLoss(nn.Module):
         if recon_loss is not None:
             parts["recon"] = self.recon_weight * recon_loss
         loss = torch.stack(list(parts.values())).sum()
-        return StepOutput(loss, {k: float(v.detach()) for k, v in parts.items()})
+        return StepOutput(loss, {k: v.detach() for k, v in parts.items()})

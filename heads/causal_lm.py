@@ -8,7 +8,7 @@ Shapes: ``input_ids (B, T)``, ``inputs_embeds (B, T, H)``, ``logits (B, T, V)``,
 ``(B, T, H)``; generation returns only the new tokens ``(B, T_new)``.
 
 Registered LMs (``LMS``): ``test_llama`` / ``test_phi3`` (tiny, random, seeded, offline tokenizer),
-``llama2_7b`` / ``phi3_mini`` (published configs; weights only from ``path``), ``smollm2_135m``
+``llama2_7b`` / ``phi3_mini`` (published configs; weights only from ``pretrained``), ``smollm2_135m``
 (a real pretrained instruct LLM, fetched once with ``zoo models fetch smollm2_135m``), ``hf`` (any
 local causal-LM directory).
 """
@@ -29,7 +29,8 @@ from zoo.build import on_meta
 from zoo.checkpoint import reading_hf_folder
 from zoo.errors import ConfigError, MissingFileError
 from zoo.registry import LMS
-from zoo.types import LMOutput
+from zoo.signature import renamed
+from zoo.types import LMOutput, parameter_names
 
 logger = logging.getLogger(__name__)
 
@@ -214,6 +215,20 @@ class CausalLM(nn.Module):
                                     modules_to_save=modules_to_save)
         return self.lora_parameter_names()
 
+    def parameter_groups(self) -> dict[str, list[str]]:
+        """Groups for a recipe's stages (:class:`zoo.types.ParameterGroups`): ``lora`` (the
+        adapters, after :meth:`apply_lora`), ``input_embeddings`` (the token embedding matrix)
+        and ``output_embeddings`` (the LM head; the same name when the two are tied)."""
+        output = self.model.get_output_embeddings()
+        return {"lora": ["model." + n for n in self.lora_parameter_names()],
+                "input_embeddings": parameter_names(self, [self.model.get_input_embeddings()]),
+                "output_embeddings": parameter_names(self, [output])}
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Non-reentrant gradient checkpointing of the LLM's layers on or off (as the encoders'
+        ``set_grad_checkpointing``)."""
+        set_gradient_checkpointing(self.model, enable)
+
     def lora_parameter_names(self) -> list[str]:
         """Names (relative to ``model``) of the LoRA parameters; empty before :meth:`apply_lora`."""
         return lora_parameter_names(self.model)
@@ -234,7 +249,7 @@ def _torch_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
     return allowed[dtype]
 
 
-def _check_dir(path: str | os.PathLike, what: str = "path") -> Path:
+def _check_dir(path: str | os.PathLike, what: str = "pretrained") -> Path:
     folder = Path(path).expanduser()
     if not folder.is_dir():
         raise MissingFileError(f"lm {what}={str(path)!r} is not a directory (a local Hugging "
@@ -325,18 +340,18 @@ def _finish(model: nn.Module, tokenizer: Any, gradient_checkpointing: bool) -> C
     return CausalLM(model, tokenizer)
 
 
-def _published(name: str, config_cls: Any, published: dict[str, Any], path: str | None,
+def _published(name: str, config_cls: Any, published: dict[str, Any], pretrained: str | None,
                tokenizer: Any, dtype: str | None, gradient_checkpointing: bool,
                corpus: Iterable[str] | None) -> CausalLM:
     """Shared body of the published-architecture builders."""
     torch_dtype = _torch_dtype(dtype)
-    if path is None:
+    if pretrained is None:
         if not on_meta():
-            logger.warning("lm %s: path=None, building the published architecture with RANDOM "
-                           "weights (set lm.path to a local checkpoint folder)", name)
+            logger.warning("lm %s: pretrained=None, building the published architecture with "
+                           "RANDOM weights (set lm.pretrained to a local model folder)", name)
         model = _from_config(config_cls(**published), torch_dtype)
         return _finish(model, resolve_tokenizer(tokenizer, corpus), gradient_checkpointing)
-    folder = _check_dir(path)
+    folder = _check_dir(pretrained)
     config = folder_config(folder)
     for key in _ARCH_KEYS:
         if key in published and getattr(config, key, None) != published[key]:
@@ -398,44 +413,47 @@ def test_phi3(tokenizer: Any = None, corpus: Iterable[str] | None = None,
 
 
 @LMS.register
-def llama2_7b(path: str | None = None, tokenizer: Any = None, dtype: str | None = None,
+@renamed(path="pretrained=VALUE")
+def llama2_7b(pretrained: str | None = None, tokenizer: Any = None, dtype: str | None = None,
               gradient_checkpointing: bool = False,
               corpus: Iterable[str] | None = None) -> CausalLM:
     """LLaMA-2-7B (M3D-LaMed's LLM; 6,738,415,616 parameters with its 32000-token vocabulary).
 
-    Weights only from ``path`` (a local folder such as ``Llama-2-7b-chat-hf``; its tokenizer too).
-    ``path=None`` builds the published config with random weights (a warning is logged) and the
+    Weights only from ``pretrained`` (a local folder such as ``Llama-2-7b-chat-hf``; its tokenizer
+    too). ``pretrained=None`` builds the published config with random weights (a warning is logged) and the
     offline tokenizer, whose ids fit inside the 32000-row table; on the meta device nothing is
     read except ``config.json``.
     """
     from transformers import LlamaConfig
 
-    return _published("llama2_7b", LlamaConfig, LLAMA2_7B, path, tokenizer, dtype,
+    return _published("llama2_7b", LlamaConfig, LLAMA2_7B, pretrained, tokenizer, dtype,
                       gradient_checkpointing, corpus)
 
 
 @LMS.register
-def phi3_mini(path: str | None = None, tokenizer: Any = None, dtype: str | None = None,
+@renamed(path="pretrained=VALUE")
+def phi3_mini(pretrained: str | None = None, tokenizer: Any = None, dtype: str | None = None,
               gradient_checkpointing: bool = False,
               corpus: Iterable[str] | None = None) -> CausalLM:
     """Phi-3-mini-4k (M3D-LaMed's small LLM; 3,821,079,552 parameters, 32064-row vocabulary).
 
-    Same loading rules as :func:`llama2_7b` (``path`` e.g. ``Phi-3-mini-4k-instruct``).
+    Same loading rules as :func:`llama2_7b` (``pretrained`` e.g. ``Phi-3-mini-4k-instruct``).
     """
     from transformers import Phi3Config
 
-    return _published("phi3_mini", Phi3Config, PHI3_MINI, path, tokenizer, dtype,
+    return _published("phi3_mini", Phi3Config, PHI3_MINI, pretrained, tokenizer, dtype,
                       gradient_checkpointing, corpus)
 
 
 @LMS.register
-def smollm2_135m(path: str | None = None, dtype: str | None = None,
+@renamed(path="pretrained=VALUE")
+def smollm2_135m(pretrained: str | None = None, dtype: str | None = None,
                  gradient_checkpointing: bool = False) -> CausalLM:
     """SmolLM2-135M-Instruct (Allal et al. 2025; Apache-2.0): a 30-layer LLaMA, hidden 576, 9 query
     and 3 key-value heads, tied embeddings, 49,152-token BPE tokenizer with a ChatML chat template;
     134,515,008 parameters before the zoo's 4 special tokens (docs/lm.md).
 
-    Weights from ``path`` (a Hugging Face folder), by default the folder that
+    Weights from ``pretrained`` (a Hugging Face folder), by default the folder that
     ``zoo models fetch smollm2_135m`` converts from the GGUF release into the zoo's cache; a
     model never fetched raises one line naming that command. Nothing is downloaded here.
     """
@@ -443,20 +461,21 @@ def smollm2_135m(path: str | None = None, dtype: str | None = None,
 
     from zoo.models import fetched_folder
 
-    folder = fetched_folder("smollm2_135m") if path is None else path
+    folder = fetched_folder("smollm2_135m") if pretrained is None else pretrained
     return _published("smollm2_135m", LlamaConfig, SMOLLM2_135M, folder, None, dtype,
                       gradient_checkpointing, None)
 
 
 @LMS.register
-def hf(path: str, tokenizer: Any = None, dtype: str | None = None,
+@renamed(path="pretrained=VALUE")
+def hf(pretrained: str, tokenizer: Any = None, dtype: str | None = None,
        gradient_checkpointing: bool = False) -> CausalLM:
     """Any local Hugging Face causal-LM folder (``AutoModelForCausalLM``; an M3D-LaMed release
     gives its LLM and tokenizer), its tokenizer from the same folder unless ``tokenizer`` names
     another; on the meta device only ``config.json`` is read."""
-    if path is None:
-        raise ConfigError("lm=hf needs lm.path=/a/local/model/folder")
-    folder = _check_dir(path)
+    if pretrained is None:
+        raise ConfigError("lm=hf needs lm.pretrained=/a/local/model/folder")
+    folder = _check_dir(pretrained)
     torch_dtype = _torch_dtype(dtype)
     if on_meta():
         model = _from_config(folder_config(folder), torch_dtype)

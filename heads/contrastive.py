@@ -14,9 +14,10 @@ With ``torch.distributed`` initialised, negatives come from the whole global bat
 gathered with ``torch.distributed.nn`` all-gather (gradients flow back to every rank) and each
 rank scores its local rows against all columns. Every rank must hold the same batch size.
 
-Tokenizer: ``text_path`` loads the encoder's own tokenizer from that directory. The in-process
-text tower has no vocabulary of its own: pass ``tokenizer=`` (a ``PreTrainedTokenizerBase`` object
-or a local tokenizer directory); the tower's ``vocab_size`` is then set to ``len(tokenizer)``.
+Tokenizer: ``text_pretrained`` loads the encoder's own tokenizer from that directory. The
+in-process text tower has no vocabulary of its own: pass ``tokenizer=`` (a
+``PreTrainedTokenizerBase`` object or a local tokenizer directory); the tower's ``vocab_size`` is
+then set to ``len(tokenizer)``.
 Without a tokenizer the head still works on token ids given to :meth:`ContrastiveHead.forward`.
 """
 
@@ -31,8 +32,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from zoo.checkpoint import reading_hf_folder
+from zoo.checks import positive_int
 from zoo.errors import ConfigError, MissingFileError
 from zoo.registry import HEADS, suggest
+from zoo.signature import renamed
 from zoo.types import EmbeddingOutput, VisualTokens
 
 IMAGE_POOLS = ("cls", "mean")
@@ -55,8 +58,7 @@ class ContrastiveHead(nn.Module):
         super().__init__()
         for key, value in (("image_dim", image_dim), ("embed_dim", embed_dim),
                            ("max_length", max_length)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigError(f"{key} must be a positive int, got {value!r}")
+            positive_int(key, value)
         if not 0.0 < init_temperature < 1.0 or max_logit_scale <= 1.0:
             raise ConfigError(f"init_temperature must be in (0, 1) and max_logit_scale > 1, got "
                               f"{init_temperature} and {max_logit_scale}")
@@ -105,7 +107,7 @@ class ContrastiveHead(nn.Module):
         """``{"input_ids", "attention_mask"}`` padded to the longest text, truncated."""
         if self.tokenizer is None:
             raise ConfigError("contrastive head has no tokenizer: pass tokenizer= (an object or a "
-                              "local directory) or text_path= to the builder")
+                              "local directory) or text_pretrained= to the builder")
         enc = self.tokenizer(list(texts), padding=True, truncation=True,
                              max_length=max_length or self.max_length, return_tensors="pt")
         return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
@@ -159,22 +161,22 @@ def _load_tokenizer(tokenizer: Any) -> Any:
     return tokenizer
 
 
-def text_tower(text_path: str | None, text_config: dict[str, Any] | None,
+def text_tower(text_pretrained: str | None, text_config: dict[str, Any] | None,
                tokenizer: Any) -> tuple[nn.Module, Any]:
     """(text encoder, tokenizer): a local HF encoder directory, or a BERT built in-process."""
     from transformers import AutoModel, BertConfig, BertModel
 
     tokenizer = _load_tokenizer(tokenizer)
-    if text_path is not None:
+    if text_pretrained is not None:
         if text_config:
-            raise ConfigError("contrastive head: give text_path or text_config, not both")
-        if not Path(text_path).is_dir():
-            raise MissingFileError(f"text_path {text_path} is not a directory (a local Hugging "
-                                   "Face encoder such as /models/bert-base-uncased)")
-        with reading_hf_folder(text_path, "text encoder folder"):
-            model = AutoModel.from_pretrained(text_path, local_files_only=True)
+            raise ConfigError("contrastive head: give text_pretrained or text_config, not both")
+        if not Path(text_pretrained).is_dir():
+            raise MissingFileError(f"text_pretrained {text_pretrained} is not a directory (a local "
+                                   "Hugging Face encoder such as /models/bert-base-uncased)")
+        with reading_hf_folder(text_pretrained, "text encoder folder"):
+            model = AutoModel.from_pretrained(text_pretrained, local_files_only=True)
         if tokenizer is None:
-            tokenizer = _load_tokenizer(text_path)
+            tokenizer = _load_tokenizer(text_pretrained)
     else:
         config = dict(text_config or {})
         if tokenizer is not None:
@@ -191,16 +193,17 @@ def text_tower(text_path: str | None, text_config: dict[str, Any] | None,
 
 
 @HEADS.register
-def contrastive(image_dim: int = 768, embed_dim: int = 768, text_path: str | None = None,
+@renamed(text_path="text_pretrained=VALUE")
+def contrastive(image_dim: int = 768, embed_dim: int = 768, text_pretrained: str | None = None,
                 text_config: dict[str, Any] | None = None, tokenizer: Any = None,
                 init_temperature: float = 0.07, max_logit_scale: float = 100.0,
                 m3d_as_coded_scale: bool = False, image_pool: str = "cls",
                 max_length: int = 512) -> ContrastiveHead:
     """M3D-CLIP head: Linear(768, 768) per tower, L2-normalised, symmetric InfoNCE with learnable
-    temperature (init 0.07), global negatives. Text tower: ``text_path`` (local HF encoder) or
+    temperature (init 0.07), global negatives. Text tower: ``text_pretrained`` (local HF encoder) or
     an in-process BERT (``BertConfig()`` = BERT-base sizes, random weights; ``text_config``
     overrides its fields)."""
-    model, tok = text_tower(text_path, text_config, tokenizer)
+    model, tok = text_tower(text_pretrained, text_config, tokenizer)
     return ContrastiveHead(image_dim, model, embed_dim=embed_dim, tokenizer=tok,
                            init_temperature=init_temperature, max_logit_scale=max_logit_scale,
                            m3d_as_coded_scale=m3d_as_coded_scale, image_pool=image_pool,

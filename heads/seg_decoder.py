@@ -33,28 +33,19 @@ from monai.networks.blocks import UnetOutBlock, UnetrBasicBlock, UnetrUpBlock
 from monai.networks.blocks.dynunet_block import get_conv_layer
 from torch import Tensor, nn
 
+from zoo.checks import triple
 from zoo.errors import ConfigError
 from zoo.registry import HEADS
 from zoo.signature import forwards
-from zoo.types import MaskOutput, check_volume
+from zoo.types import MaskOutput, Size3, check_volume
 
-Triple = tuple[int, int, int]
-
-
-def _triple(value: int | Sequence[int], name: str) -> Triple:
-    values = (int(value),) * 3 if isinstance(value, (int, float)) else tuple(int(v) for v in value)
-    if len(values) != 3 or min(values) < 1:
-        raise ConfigError(f"{name} must be a positive int or 3 positive ints, got {value!r}")
-    return values  # type: ignore[return-value]
-
-
-def _ratio(coarse: Triple, fine: Triple, name: str) -> Triple:
+def _ratio(coarse: Size3, fine: Size3, name: str) -> Size3:
     if any(c % f for c, f in zip(coarse, fine)):
         raise ConfigError(f"{name}: stride {coarse} is not a multiple of {fine}")
     return tuple(c // f for c, f in zip(coarse, fine))  # type: ignore[return-value]
 
 
-def target_strides(strides: Sequence[Triple]) -> list[Triple]:
+def target_strides(strides: Sequence[Size3]) -> list[Size3]:
     """The decoder's stride per level (see module docstring), finest first."""
     for i in range(len(strides) - 1):
         if any(a > b for a, b in zip(strides[i], strides[i + 1])):
@@ -78,7 +69,7 @@ def target_strides(strides: Sequence[Triple]) -> list[Triple]:
 class _UpChain(nn.Sequential):
     """Transposed conv (factor <= 2 per axis) + residual conv block per step (UNETR's pr-up)."""
 
-    def __init__(self, in_ch: int, out_ch: int, factor: Triple, norm_name: Any, res_block: bool):
+    def __init__(self, in_ch: int, out_ch: int, factor: Size3, norm_name: Any, res_block: bool):
         layers: list[nn.Module] = []
         remaining = list(factor)
         while any(r > 1 for r in remaining):
@@ -112,7 +103,7 @@ class UNETRDecoder(nn.Module):
             raise ConfigError("activation='softmax' needs out_channels >= 2 (background + classes)")
         self.in_channels, self.out_channels, self.activation = in_channels, out_channels, activation
         self.feature_dims = tuple(int(d) for d in feature_dims)
-        self.strides = [_triple(s, f"feature_strides[{i}]") for i, s in enumerate(feature_strides)]
+        self.strides = [triple(s, f"feature_strides[{i}]") for i, s in enumerate(feature_strides)]
         self.targets = target_strides(self.strides)
         widths = [feature_size * 2 ** i for i in range(len(self.strides))]
         self.adapters = nn.ModuleList()
@@ -181,7 +172,7 @@ def _vit_levels(encoder: nn.Module, levels: int | None) -> list[int]:
 
 
 def feature_spec(encoder: nn.Module, levels: int | None = None,
-                 ) -> tuple[tuple[int, ...], tuple[Triple, ...]]:
+                 ) -> tuple[tuple[int, ...], tuple[Size3, ...]]:
     """``(feature_dims, feature_strides)`` of an encoder for :class:`UNETRDecoder`.
 
     Encoders with ``forward_features`` describe themselves; a ViT with ``forward_intermediates``
@@ -191,7 +182,7 @@ def feature_spec(encoder: nn.Module, levels: int | None = None,
         return tuple(encoder.feature_dims), tuple(encoder.feature_strides)
     if hasattr(encoder, "forward_intermediates"):
         n = len(_vit_levels(encoder, levels))
-        return (int(encoder.out_dim),) * n, (_triple(encoder.patch_size, "patch_size"),) * n
+        return (int(encoder.out_dim),) * n, (triple(encoder.patch_size, "patch_size"),) * n
     raise TypeError(f"{type(encoder).__name__} exposes neither forward_features (with "
                     "feature_dims/feature_strides) nor forward_intermediates")
 

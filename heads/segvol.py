@@ -29,11 +29,12 @@ from heads.segvol_prompt import SegVolPromptEncoder
 from heads.segvol_text import SegVolTextEncoder, clip_text_tower, tiny_clip_text_tower
 from zoo.build import on_meta
 from zoo.checkpoint import read_state_dict
+from zoo.checks import triple
 from zoo.errors import CheckpointError, ConfigError
 from zoo.registry import ENCODERS, HEADS
-from zoo.types import MaskOutput, VisualTokens, check_volume
+from zoo.signature import renamed
+from zoo.types import MaskOutput, VisualTokens, check_volume, parameter_names
 
-Size3 = tuple[int, int, int]
 PUBLISHED_PARAMS_M = 181.0  # SegVol paper
 # SegVol checkpoint keys without a counterpart here (see docs/segvol.md): 2D mask-prompt convs that
 # SegVol never calls, HF's old persistent position_ids buffer, MONAI >= 1.4's unused per-block norm.
@@ -46,13 +47,6 @@ SEGVOL_PARTS = ("image_encoder.", "prompt_encoder.", "mask_decoder.", "text_enco
 # multimask hypernetworks get no gradient from it, so recipes keep them frozen (unused trainable
 # parameters also break DDP).
 SINGLE_MASK_DECODER = r"mask_decoder\.(?!iou_prediction_head\.|output_hypernetworks_mlps\.[1-9])"
-
-
-def _triple(value: Sequence[int], name: str) -> Size3:
-    values = tuple(int(v) for v in value)
-    if len(values) != 3 or min(values) < 1:
-        raise ConfigError(f"{name} must be 3 positive ints (D, H, W), got {value!r}")
-    return values  # type: ignore[return-value]
 
 
 def _per_prompt(x: Tensor | None, rank: int, batch: int, name: str) -> Tensor | None:
@@ -74,8 +68,8 @@ class SegVolHead(nn.Module):
                  mask_decoder: SegVolMaskDecoder, text_encoder: SegVolTextEncoder | None,
                  image_size: Sequence[int], patch_size: Sequence[int]) -> None:
         super().__init__()
-        self.image_size = _triple(image_size, "image_size")
-        self.patch_size = _triple(patch_size, "patch_size")
+        self.image_size = triple(image_size, "image_size")
+        self.patch_size = triple(patch_size, "patch_size")
         bad = [s for s, p in zip(self.image_size, self.patch_size) if s % p]
         if bad:
             raise ConfigError(f"image_size {self.image_size} is not divisible by patch_size "
@@ -97,6 +91,23 @@ class SegVolHead(nn.Module):
     def share_encoder(self) -> bool:
         return self.image_encoder is None
 
+    def parameter_groups(self) -> dict[str, list[str]]:
+        """Groups for a recipe's stages (:class:`zoo.types.ParameterGroups`): ``text_prompted``
+        (what a text-only prompt with one mask output trains: the decoder parts that output uses,
+        the "no mask" dense embedding and the own image encoder; the IoU head and the multimask
+        hypernetworks get no gradient from it), ``prompt_encoder``, ``text_align`` (the text
+        tower's ``dim_align``) and ``frozen`` (the CLIP text model, frozen as in SegVol)."""
+        decoder = re.compile(SINGLE_MASK_DECODER)
+        text = self.text_encoder
+        return {
+            "text_prompted": [n for n in parameter_names(
+                self, [self.mask_decoder, self.prompt_encoder.no_mask_embed, self.image_encoder])
+                if not n.startswith("mask_decoder.") or decoder.match(n)],
+            "prompt_encoder": parameter_names(self, [self.prompt_encoder]),
+            "text_align": parameter_names(self, [text.dim_align if text is not None else None]),
+            "frozen": parameter_names(self, [text.clip_text_model if text is not None else None]),
+        }
+
     def encode_image(self, volume: Tensor) -> VisualTokens:
         if self.image_encoder is None:
             raise ValueError("this SegVol head shares the recipe's encoder (share_encoder=True): "
@@ -107,7 +118,7 @@ class SegVolHead(nn.Module):
         """Organ names ``[B]`` or ``[B][K]`` -> ``(B, K, E)`` through the CLIP text tower."""
         if self.text_encoder is None:
             raise ValueError("text prompts need a text tower: build the head with text_tower=True "
-                             "and clip_path=..., or pass text_embedding=")
+                             "and text_pretrained=..., or pass text_embedding=")
         nested = [[t] if isinstance(t, str) else list(t) for t in text]
         k = len(nested[0])
         if any(len(n) != k for n in nested):
@@ -137,7 +148,7 @@ class SegVolHead(nn.Module):
         if volume is not None:
             size = tuple(volume.shape[2:])
         elif input_size is not None:
-            size = _triple(input_size, "input_size")
+            size = triple(input_size, "input_size")
         else:
             size = tuple(g * p for g, p in zip(grid, self.patch_size))
         b = image_tokens.tokens.shape[0]
@@ -293,9 +304,9 @@ def build_segvol(image_size: Sequence[int], patch_size: Sequence[int], embed_dim
                  encoder: str, encoder_kwargs: dict[str, Any] | None, share_encoder: bool,
                  decoder_depth: int, decoder_heads: int, decoder_mlp_dim: int,
                  upscaling_norm: str, text_tower: SegVolTextEncoder | None,
-                 segvol_point_order: bool, checkpoint: str | None) -> SegVolHead:
+                 segvol_point_order: bool, pretrained: str | None) -> SegVolHead:
     """Assemble a :class:`SegVolHead` (shared by the registered builders)."""
-    image_size, patch_size = _triple(image_size, "image_size"), _triple(patch_size, "patch_size")
+    image_size, patch_size = triple(image_size, "image_size"), triple(patch_size, "patch_size")
     grid = tuple(s // p for s, p in zip(image_size, patch_size))
     image_encoder = None
     if not share_encoder:
@@ -307,8 +318,8 @@ def build_segvol(image_size: Sequence[int], patch_size: Sequence[int], embed_dim
         SegVolMaskDecoder(embed_dim, decoder_depth, decoder_heads, decoder_mlp_dim,
                           text_dim=embed_dim, upscaling_norm=upscaling_norm, grid=grid),
         text_tower, image_size, patch_size)
-    if checkpoint and not on_meta():
-        head.load_segvol_checkpoint(checkpoint)
+    if pretrained and not on_meta():
+        head.load_segvol_checkpoint(pretrained)
     return head
 
 
@@ -318,46 +329,51 @@ SEGVOL_VIT = dict(in_channels=1, depth=12, num_heads=12, mlp_dim=3072, qkv_bias=
 
 
 @HEADS.register
+@renamed(checkpoint="pretrained=VALUE", clip_path="text_pretrained=VALUE")
 def segvol(image_size: Sequence[int] = (32, 256, 256), patch_size: Sequence[int] = (4, 16, 16),
            embed_dim: int = 768, encoder: str = "vit3d",
            encoder_kwargs: dict[str, Any] | None = None, share_encoder: bool = False,
            decoder_depth: int = 2, decoder_heads: int = 8, decoder_mlp_dim: int = 2048,
            upscaling_norm: str = "segvol", text_tower: bool = True,
-           clip_path: str | None = None, segvol_point_order: bool = True,
-           checkpoint: str | None = None) -> SegVolHead:
+           text_pretrained: str | None = None, segvol_point_order: bool = True,
+           pretrained: str | None = None) -> SegVolHead:
     """SegVol as published: ViT-B/(4, 16, 16) at 32 x 256 x 256 (built by name, ``encoder``,
     with ``encoder_kwargs`` overriding SegVol's ViT settings), prompt encoder, two-way decoder
     (depth 2, width 768, MLP 2048, 8 heads) and, with ``text_tower``, a frozen CLIP text tower
-    built from the local folder ``clip_path`` (SegVol's ``config/clip``: config and tokenizer, the
-    weights then come from ``checkpoint``; or any CLIP folder with weights). ``share_encoder=True`` builds no image encoder: forward
-    then takes the recipe's ``image_tokens``. ``checkpoint`` loads SegVol's released layout."""
+    built from the local folder ``text_pretrained`` (SegVol's ``config/clip``: config and
+    tokenizer, the weights then come from ``pretrained``; or any CLIP folder with weights).
+    ``share_encoder=True`` builds no image encoder: forward then takes the recipe's
+    ``image_tokens``. ``pretrained`` loads SegVol's released layout from a local file."""
     tower = None
     if text_tower:
-        if clip_path is None and not on_meta():
-            raise ConfigError("segvol: text_tower=True needs clip_path= (a local CLIP folder with "
+        if text_pretrained is None and not on_meta():
+            raise ConfigError("segvol: text_tower=True needs text_pretrained= (a local CLIP folder "
+                              "with "
                               "config and tokenizer, e.g. SegVol's config/clip), or set "
                               "text_tower=False")
-        tower = clip_text_tower(clip_path, out_dim=embed_dim)
-        if tower.weights_from_checkpoint and not checkpoint and not on_meta():
-            raise ConfigError(f"segvol: clip_path={clip_path} has a config and tokenizer but no "
-                              "weights; they are in SegVol's checkpoint: set checkpoint=")
+        tower = clip_text_tower(text_pretrained, out_dim=embed_dim)
+        if tower.weights_from_checkpoint and not pretrained and not on_meta():
+            raise ConfigError(f"segvol: text_pretrained={text_pretrained} has a config and "
+                              "tokenizer but no weights; they are in SegVol's checkpoint: set "
+                              "pretrained=")
     return build_segvol(image_size, patch_size, embed_dim, encoder,
                         {**SEGVOL_VIT, **(encoder_kwargs or {})}, share_encoder, decoder_depth,
                         decoder_heads, decoder_mlp_dim, upscaling_norm, tower,
-                        segvol_point_order, checkpoint)
+                        segvol_point_order, pretrained)
 
 
 @HEADS.register
+@renamed(checkpoint="pretrained=VALUE")
 def test_segvol(image_size: Sequence[int] = (16, 32, 32), patch_size: Sequence[int] = (4, 8, 8),
                 embed_dim: int = 32, share_encoder: bool = False, text_tower: bool = True,
-                upscaling_norm: str = "segvol", checkpoint: str | None = None) -> SegVolHead:
+                upscaling_norm: str = "segvol", pretrained: str | None = None) -> SegVolHead:
     """Tiny SegVol for tests: 16 x 32 x 32 input, patch (4, 8, 8) -> grid 4 x 4 x 4, width 32,
     ``test_vit3d`` encoder (1 block), decoder depth 1 with 2 heads and MLP 64, and a tiny random
     CLIP text tower with an in-memory character tokenizer."""
     tower = tiny_clip_text_tower(out_dim=embed_dim) if text_tower else None
     encoder_kwargs = dict(depth=1, num_heads=2, mlp_dim=64, cls_token=False)
     return build_segvol(image_size, patch_size, embed_dim, "test_vit3d", encoder_kwargs,
-                        share_encoder, 1, 2, 64, upscaling_norm, tower, True, checkpoint)
+                        share_encoder, 1, 2, 64, upscaling_norm, tower, True, pretrained)
 
 
 def segvol_parameter_counts(**overrides: Any) -> dict[str, int]:
@@ -391,13 +407,5 @@ def segvol_parameter_counts(**overrides: Any) -> dict[str, int]:
     return counts
 
 
-def format_parameter_counts(counts: dict[str, int]) -> str:
-    """A small table of :func:`segvol_parameter_counts` next to SegVol's published 181.0 M."""
-    lines = [f"{name:48s} {value / 1e6:9.3f} M" for name, value in counts.items()]
-    lines.append(f"{'published (SegVol paper)':48s} {PUBLISHED_PARAMS_M:9.3f} M")
-    return "\n".join(lines)
-
-
 __all__ = ["SegVolHead", "segvol", "test_segvol", "segvol_parameter_counts", "read_state_dict",
-           "segvol_to_zoo_keys", "zoo_to_segvol_keys", "mask_downscaling_tensors",
-           "format_parameter_counts"]
+           "segvol_to_zoo_keys", "zoo_to_segvol_keys", "mask_downscaling_tensors"]

@@ -15,8 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from zoo.errors import ConfigError
+from zoo.types import Size3
 
-Size3 = tuple[int, int, int]
 
 
 class Attention(nn.Module):

@@ -19,8 +19,8 @@ import math
 import torch
 from torch import Tensor, nn
 from zoo.errors import ConfigError
+from zoo.types import Size3
 
-Size3 = tuple[int, int, int]
 
 
 class RandomFourierPE3d(nn.Module):

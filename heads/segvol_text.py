@@ -2,9 +2,10 @@
 
 SegVol (Du et al., 2023) turns an organ name into "A computerized tomography of a {organ}.",
 encodes it with CLIP's text tower (ViT-B/32 text: width 512) and aligns the pooled output to 768
-with ``dim_align``. ``clip_path`` is a local folder with a CLIP config and tokenizer: with weights
-(any Hugging Face ``CLIPTextModel`` or ``CLIPModel`` folder) they are loaded; without (SegVol's own
-``config/clip``: config and tokenizer only) the tower's weights come from SegVol's checkpoint.
+with ``dim_align``. ``text_pretrained`` is a local folder with a CLIP config and tokenizer: with
+weights (any Hugging Face ``CLIPTextModel`` or ``CLIPModel`` folder) they are loaded; without
+(SegVol's own ``config/clip``: config and tokenizer only) the tower's weights come from SegVol's
+checkpoint.
 Nothing is downloaded.
 """
 
@@ -76,7 +77,7 @@ def clip_text_config(folder: str | Path) -> Any:
 
     config_file = Path(folder) / "config.json"
     if not config_file.is_file():
-        raise MissingFileError(f"clip_path={str(folder)!r} has no config.json")
+        raise MissingFileError(f"text_pretrained={str(folder)!r} has no config.json")
     import json
 
     model_type = json.loads(config_file.read_text()).get("model_type")
@@ -88,7 +89,7 @@ def clip_text_config(folder: str | Path) -> Any:
                           "'clip_text_model'")
 
 
-def clip_text_tower(clip_path: str | Path | None = None, out_dim: int = 768,
+def clip_text_tower(text_pretrained: str | Path | None = None, out_dim: int = 768,
                     template: str = TEMPLATE) -> SegVolTextEncoder:
     """From a local CLIP directory: its tokenizer, and its weights when it has them; a folder
     with only a config and a tokenizer (SegVol's ``config/clip``) gives a tower whose weights
@@ -97,12 +98,12 @@ def clip_text_tower(clip_path: str | Path | None = None, out_dim: int = 768,
     tokenizer, which is only useful for parameter counting on the meta device."""
     from transformers import AutoTokenizer, CLIPTextConfig, CLIPTextModel
 
-    if clip_path is None:
+    if text_pretrained is None:
         return SegVolTextEncoder(CLIPTextModel(CLIPTextConfig()), None, out_dim, template)
-    path = Path(clip_path)
+    path = Path(text_pretrained)
     if not path.is_dir():
-        raise MissingFileError(f"clip_path={str(clip_path)!r} is not a local directory with a "
-                               "CLIP config and tokenizer")
+        raise MissingFileError(f"text_pretrained={str(text_pretrained)!r} is not a local directory "
+                               "with a CLIP config and tokenizer")
     with reading_hf_folder(path, "CLIP text model folder"):
         config = clip_text_config(path)
         own_weights = has_weights(path) and not on_meta()

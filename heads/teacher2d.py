@@ -35,6 +35,7 @@ from torch import Tensor, nn
 from zoo.build import on_meta
 from zoo.errors import ConfigError, MissingFileError
 from zoo.registry import HEADS
+from zoo.signature import renamed
 from zoo.types import EmbeddingOutput
 
 WEIGHT_FILES = ("open_clip_pytorch_model.bin", "open_clip_model.safetensors",
@@ -174,19 +175,20 @@ class TeacherCache:
 
 
 @HEADS.register
-def biomedclip_teacher(path: str, context_length: int | None = None) -> SliceTeacher:
+@renamed(path="pretrained=VALUE")
+def biomedclip_teacher(pretrained: str, context_length: int | None = None) -> SliceTeacher:
     """Frozen open_clip teacher from a local directory (BiomedCLIP layout: open_clip_config.json
     + open_clip_pytorch_model.bin/.safetensors + tokenizer files); weights skipped on meta."""
     import open_clip
 
-    folder = Path(path)
+    folder = Path(pretrained)
     config_file = folder / "open_clip_config.json"
     if not config_file.is_file():
-        raise MissingFileError(f"biomedclip_teacher path={path}: no open_clip_config.json there "
+        raise MissingFileError(f"biomedclip_teacher pretrained={pretrained}: no open_clip_config.json there "
                                "(download BiomedCLIP's files into that directory)")
     weights = [folder / name for name in WEIGHT_FILES if (folder / name).is_file()]
     if not weights:
-        raise MissingFileError(f"biomedclip_teacher path={path}: no weights file, expected one "
+        raise MissingFileError(f"biomedclip_teacher pretrained={pretrained}: no weights file, expected one "
                                f"of {WEIGHT_FILES}")
     meta = on_meta()
     model = open_clip.create_model(f"local-dir:{folder}", load_weights=not meta,

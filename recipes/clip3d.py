@@ -3,7 +3,7 @@
 Tensor contract: ``batch["image"] (B, C, D, H, W)``, ``batch["input_ids"]/["attention_mask"]
 (B, T)`` from the samples' answers (the reports of ``caption`` samples). One stage, ``pretrain``,
 trains everything (docs/reference.md A: LR 1e-4, weight decay 0.1, cosine). The encoder can be handed
-to LaMed afterwards with ``encoder.checkpoint=`` (weights under ``encoder.``).
+to LaMed afterwards with ``encoder.pretrained=`` (weights under ``encoder.``).
 """
 
 from __future__ import annotations
@@ -63,7 +63,7 @@ def clip3d(encoder: Callable[..., Any], head: Callable[..., Any], tokenizer: Any
 
     ``tokenizer``: a local tokenizer directory for the head's text tower; None uses the
     ``init_from`` folder's tokenizer when it has one, else the offline benchmark tokenizer
-    (ignored when the head loads its own text model by ``text_path``).
+    (ignored when the head loads its own text model by ``text_pretrained``).
 
     ``init_from``: M3D-CLIP's release folder (or a state-dict file of ``M3DCLIP``), loaded by
     :func:`zoo.pretrained.m3d_clip.load_m3d_clip` into the components built here (``encoder=
@@ -79,7 +79,7 @@ def clip3d(encoder: Callable[..., Any], head: Callable[..., Any], tokenizer: Any
         tokenizer = benchmark_tokenizer()
     vision = encoder()
     contrastive_head = head(image_dim=vision.out_dim, tokenizer=tokenizer)
-    stages = {"pretrain": Stage("pretrain", trainable=(r"encoder\.", r"heads\."),
+    stages = {"pretrain": Stage("pretrain", trainable=("encoder", "heads"),
                                 tasks=("caption",), lr=lr, weight_decay=weight_decay,
                                 epochs=epochs, warmup_ratio=warmup_ratio, batch_size=batch_size)}
     model = CLIP3D(vision, contrastive_head, stages, max_length)

@@ -12,13 +12,12 @@ Shapes: hidden states ``(B, T, H)``, prompts ``(K_i, E)`` per sample, masks ``(K
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import Tensor, nn
 
-from heads.segvol import SINGLE_MASK_DECODER
-from zoo.errors import DataError
+from zoo.errors import ConfigError, DataError
 from zoo.types import VisualTokens
 
 
@@ -125,13 +124,22 @@ def save_mask_nifti(mask: Tensor, meta: dict[str, Any], path: str | Path) -> Pat
     return path
 
 
-def trainable_head_patterns(prefix: str, own_encoder: bool) -> tuple[str, ...]:
-    """Trainable parameter patterns of a text-prompted SegVol head under ``prefix``: the decoder
-    parts the single-mask output uses, the "no mask" dense embedding and (when not shared) its
-    image encoder; point/box embeddings, the IoU head and multimask hypernetworks get no
-    gradient from a text-only prompt and stay frozen."""
-    p = prefix.replace(".", r"\.")
-    patterns: Sequence[str] = (
-        p + SINGLE_MASK_DECODER,
-        p + r"prompt_encoder\.no_mask_embed\.")
-    return tuple(patterns) + ((p + r"image_encoder\.",) if own_encoder else ())
+def build_seg_head(head: Callable[..., Any], vision: Any, image_size: Sequence[int],
+                   share_encoder: bool | None) -> Any:
+    """The SegVol head for the ``[SEG]`` path, built at the recipe's ``image_size`` without a
+    CLIP text tower (the LM supplies the prompts). ``share_encoder`` (None: the head factory's
+    own setting) makes it read the recipe encoder's patch tokens: its width becomes the
+    encoder's width and its patch size ``image_size / grid``; the encoder must give a grid."""
+    if share_encoder is None:
+        share_encoder = bool(getattr(head, "keywords", {}).get("share_encoder", False))
+    kwargs: dict[str, Any] = dict(image_size=tuple(int(s) for s in image_size),
+                                  share_encoder=share_encoder, text_tower=False)
+    if share_encoder:
+        _, grid = vision.output_layout(kwargs["image_size"])
+        if grid is None or any(s % g for s, g in zip(kwargs["image_size"], grid)):
+            raise ConfigError(f"recipe.share_encoder=true: encoder tokens have grid {grid}, which "
+                              f"does not tile image_size {kwargs['image_size']}; SegVol needs a "
+                              "(d, h, w) patch grid (use share_encoder=false)")
+        kwargs.update(patch_size=tuple(s // g for s, g in zip(kwargs["image_size"], grid)),
+                      embed_dim=vision.out_dim)
+    return head(**kwargs)

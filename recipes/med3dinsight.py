@@ -41,7 +41,7 @@ from heads.teacher2d import TeacherCache
 from zoo.build import on_meta
 from zoo.errors import ConfigError, DataError
 from zoo.registry import HEADS, RECIPES
-from zoo.types import PLANES, Conditioning, Stage, StepOutput, VisualTokens, ZooModel
+from zoo.types import PLANES, Conditioning, Stage, StepOutput, VisualTokens, ZooModel, eval_mode
 
 NEGATIVES = ("batch", "condition")
 
@@ -170,7 +170,7 @@ class Med3DInsight(ZooModel):
                 raise ConfigError("med3dinsight: a batch of 1 has no alignment loss and the model "
                                   "has no reconstruction branch")
             weighted = self.heads["objective"].recon_weight * recon_loss
-            return StepOutput(weighted, {"recon": float(weighted.detach())})
+            return StepOutput(weighted, {"recon": weighted.detach()})
         image_t, text_t = self.teacher_targets(batch)
         return self.heads["objective"](emb, image_t.to(emb.dtype), text_t.to(emb.dtype),
                                        recon_loss=recon_loss)
@@ -211,40 +211,38 @@ def retrieval_eval(model: Med3DInsight, dataset: Any, batch_size: int = 8,
     slice index. Queries: the teacher's slice-image embedding (``image/R@k``) and slice-text
     embedding (``text/R@k``). Also returns the number of queries and volumes.
     """
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    samples = [dataset[i] for i in range(len(dataset))]
-    cases = sorted({case_key(s) for s in samples})
-    volumes = {}
-    for s in samples:
-        volumes.setdefault(case_key(s), s)
-    image_t, text_t, conds = [], [], []
-    for start in range(0, len(samples), batch_size):
-        batch = model.collate(samples[start:start + batch_size])
-        slices = batch["slices"].to(device)
-        i_t, t_t = model.cache.get_or_compute(batch["slice_key"], slices, batch["slice_text"])
-        image_t.append(i_t)
-        text_t.append(t_t)
-        conds += list(zip(batch["plane"].tolist(), batch["slice_index"].tolist()))
-    chunks = [model.encoder(model.collate([volumes[c] for c in cases[i:i + batch_size]])
-                            ["image"].to(device)) for i in range(0, len(cases), batch_size)]
-    visual = VisualTokens(torch.cat([v.tokens for v in chunks]), chunks[0].grid)
-    by_cond: dict[tuple[int, int], Tensor] = {}
-    for cond in sorted(set(conds)):
-        n = len(cases)
-        plane = torch.full((n,), cond[0], dtype=torch.long, device=device)
-        index = torch.full((n,), cond[1], dtype=torch.long, device=device)
-        by_cond[cond] = model.bridge(visual, Conditioning(plane=plane, slice_index=index)
-                                     ).extras["embedding"]
-    volume_emb = torch.stack([by_cond[c] for c in conds])  # (Q, V, E)
-    target = torch.tensor([cases.index(case_key(s)) for s in samples])
-    out = {"queries": float(len(samples)), "volumes": float(len(cases))}
-    for name, emb in (("image", torch.cat(image_t)), ("text", torch.cat(text_t))):
-        out.update({f"{name}/{k}": v for k, v in
-                    slice_to_volume_recall(volume_emb, emb.to(volume_emb.dtype), target,
-                                           ks).items()})
-    model.train(was_training)
+    with eval_mode(model):
+        device = next(model.parameters()).device
+        samples = [dataset[i] for i in range(len(dataset))]
+        cases = sorted({case_key(s) for s in samples})
+        volumes = {}
+        for s in samples:
+            volumes.setdefault(case_key(s), s)
+        image_t, text_t, conds = [], [], []
+        for start in range(0, len(samples), batch_size):
+            batch = model.collate(samples[start:start + batch_size])
+            slices = batch["slices"].to(device)
+            i_t, t_t = model.cache.get_or_compute(batch["slice_key"], slices, batch["slice_text"])
+            image_t.append(i_t)
+            text_t.append(t_t)
+            conds += list(zip(batch["plane"].tolist(), batch["slice_index"].tolist()))
+        chunks = [model.encoder(model.collate([volumes[c] for c in cases[i:i + batch_size]])
+                                ["image"].to(device)) for i in range(0, len(cases), batch_size)]
+        visual = VisualTokens(torch.cat([v.tokens for v in chunks]), chunks[0].grid)
+        by_cond: dict[tuple[int, int], Tensor] = {}
+        for cond in sorted(set(conds)):
+            n = len(cases)
+            plane = torch.full((n,), cond[0], dtype=torch.long, device=device)
+            index = torch.full((n,), cond[1], dtype=torch.long, device=device)
+            by_cond[cond] = model.bridge(visual, Conditioning(plane=plane, slice_index=index)
+                                         ).extras["embedding"]
+        volume_emb = torch.stack([by_cond[c] for c in conds])  # (Q, V, E)
+        target = torch.tensor([cases.index(case_key(s)) for s in samples])
+        out = {"queries": float(len(samples)), "volumes": float(len(cases))}
+        for name, emb in (("image", torch.cat(image_t)), ("text", torch.cat(text_t))):
+            out.update({f"{name}/{k}": v for k, v in
+                        slice_to_volume_recall(volume_emb, emb.to(volume_emb.dtype), target,
+                                               ks).items()})
     return out
 
 
@@ -252,19 +250,17 @@ def retrieval_eval(model: Med3DInsight, dataset: Any, batch_size: int = 8,
 def alignment_eval(model: Med3DInsight, dataset: Any, batch_size: int = 8) -> dict[str, float]:
     """Mean objective terms (``align_image``, ``align_text``, ``recon``) over full batches of a
     dataset, in eval mode (batches in dataset order)."""
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    sums: dict[str, float] = {}
-    count = 0
-    for start in range(0, len(dataset) - batch_size + 1, batch_size):
-        batch = model.collate([dataset[i] for i in range(start, start + batch_size)])
-        batch = {k: v.to(device) if isinstance(v, Tensor) else v for k, v in batch.items()}
-        out = model(batch)
-        for key, value in {"loss": float(out.loss), **out.logs}.items():
-            sums[key] = sums.get(key, 0.0) + value
-        count += 1
-    model.train(was_training)
+    with eval_mode(model):
+        device = next(model.parameters()).device
+        sums: dict[str, float] = {}
+        count = 0
+        for start in range(0, len(dataset) - batch_size + 1, batch_size):
+            batch = model.collate([dataset[i] for i in range(start, start + batch_size)])
+            batch = {k: v.to(device) if isinstance(v, Tensor) else v for k, v in batch.items()}
+            out = model(batch)
+            for key, value in {"loss": out.loss, **out.logs}.items():
+                sums[key] = sums.get(key, 0.0) + float(value)
+            count += 1
     if not count:
         raise DataError(f"alignment_eval: {len(dataset)} samples give no full batch of "
                         f"{batch_size}")
@@ -322,7 +318,7 @@ def med3dinsight(encoder: Callable[..., Any], bridge: Callable[..., Any],
     if head is None:
         if not on_meta() or teacher_dim is None:
             raise ConfigError("med3dinsight needs a teacher: head=biomedclip_teacher "
-                              "head.path=DIR or head=test_teacher (~head with "
+                              "head.pretrained=DIR or head=test_teacher (~head with "
                               "recipe.teacher_dim=N only counts parameters on the meta device)")
         teacher = None
     else:
@@ -338,11 +334,11 @@ def med3dinsight(encoder: Callable[..., Any], bridge: Callable[..., Any],
     objective = Med3DInsightLoss(teacher_dim, kind=loss, epsilon=epsilon, mass=mass,
                                  temperature=temperature, num_iters=ot_iters,
                                  text_weight=text_weight, recon_weight=recon_weight)
-    trainable = [r"encoder\.", r"bridge\."]
+    trainable = ["encoder", "bridge"]
     if decoder is not None:
-        trainable.append(r"heads\.recon\.")
+        trainable.append("heads.recon")
     if loss == "ot":
-        trainable.append(r"heads\.objective\.")  # the learnable diagonal metrics
+        trainable.append("heads.objective")  # the learnable diagonal metrics
     stages = {"pretrain": Stage("pretrain", trainable=tuple(trainable), tasks=("slice",), lr=lr,
                                 weight_decay=weight_decay, epochs=epochs,
                                 warmup_ratio=warmup_ratio, batch_size=batch_size)}

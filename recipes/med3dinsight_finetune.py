@@ -38,7 +38,7 @@ from recipes.med3dinsight import pad_to_multiple
 from zoo.build import on_meta
 from zoo.errors import CheckpointError, ConfigError, DataError, MissingFileError, RunError
 from zoo.registry import RECIPES
-from zoo.types import Stage, StepOutput, ZooModel
+from zoo.types import Stage, StepOutput, ZooModel, eval_mode
 
 TASKS = ("seg", "cls")
 
@@ -178,7 +178,7 @@ class ClsFinetune(Med3DInsightFinetune):
         logits = self.heads["cls"](self.encoder(batch["image"])).logits
         label = batch["label"].to(logits.device)
         loss = nn.functional.cross_entropy(logits, label)
-        return StepOutput(loss, {"acc": float((logits.argmax(-1) == label).float().mean())})
+        return StepOutput(loss, {"acc": (logits.argmax(-1) == label).float().mean()})
 
     @torch.no_grad()
     def classify(self, samples: list[dict[str, Any]]) -> Tensor:
@@ -194,10 +194,8 @@ def evaluate(model: Med3DInsightFinetune, dataset: Any, batch_size: int = 4) -> 
     from zoo.evaluation.classification import predicted_class
     from zoo.evaluation.segmentation import dice_scores
 
-    was_training = model.training
-    model.eval()
     rows: list[dict] = []
-    try:
+    with eval_mode(model):
         for start in range(0, len(dataset), batch_size):
             chunk = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
             ids = [s["meta"]["id"] for s in chunk]
@@ -212,8 +210,6 @@ def evaluate(model: Med3DInsightFinetune, dataset: Any, batch_size: int = 4) -> 
                 for sid, s, p, pred in zip(ids, chunk, probs, predicted_class(probs).tolist()):
                     rows.append({"id": sid, "label": int(s["label"]), "prob": p.tolist(),
                                  "correct": float(pred == int(s["label"]))})
-    finally:
-        model.train(was_training)
     return rows
 
 
@@ -294,7 +290,7 @@ def med3dinsight_finetune(encoder: Callable[..., Any], head: Callable[..., Any],
                               f"{type(part).__name__}")
     if init_from and not on_meta():
         load_encoder(vision, init_from)
-    stages = {"finetune": Stage("finetune", trainable=(r"encoder\.", r"heads\."), tasks=(task,),
+    stages = {"finetune": Stage("finetune", trainable=("encoder", "heads"), tasks=(task,),
                                 lr=lr, weight_decay=weight_decay, epochs=epochs,
                                 warmup_ratio=warmup_ratio, batch_size=batch_size)}
     if task == "seg":

@@ -20,7 +20,6 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import nn
 
-from heads.segvol import SINGLE_MASK_DECODER
 from zoo.errors import ConfigError, DataError
 from zoo.registry import RECIPES
 from zoo.types import MaskOutput, Stage, StepOutput, ZooModel, check_volume
@@ -73,10 +72,10 @@ class SegVolModel(ZooModel):
         logs, total = {}, 0.0
         for name, prompts in combos.items():
             loss = self._segment(image, text, target, tokens, **prompts).loss
-            logs[f"loss_{name}"] = float(loss.detach())
+            logs[f"loss_{name}"] = loss.detach()
             total = total + loss
         loss = total / len(combos)
-        logs["loss"] = float(loss.detach())
+        logs["loss"] = loss.detach()
         return StepOutput(loss=loss, logs=logs)
 
     @torch.no_grad()
@@ -118,10 +117,8 @@ def segvol(head: Callable[..., Any], encoder: Callable[..., Any] | None = None,
     (SegVol's optimiser settings are not restated in its paper: these defaults are a choice)."""
     shared = encoder() if encoder is not None else None
     built = head(image_size=tuple(int(s) for s in image_size), share_encoder=shared is not None)
-    decoder = r"heads\." + SINGLE_MASK_DECODER
-    prompt = r"heads\.prompt_encoder\." if prompt_mix else r"heads\.prompt_encoder\.no_mask_embed\."
-    trainable = (decoder, prompt, r"heads\.text_encoder\.dim_align\.",
-                 r"encoder\." if shared else r"heads\.image_encoder\.")
+    trainable = ("heads:text_prompted", "heads:text_align") + (
+        ("heads:prompt_encoder",) if prompt_mix else ()) + (("encoder",) if shared else ())
     stage = Stage(name="train", trainable=trainable,
                   tasks=tuple(tasks), lr=lr, weight_decay=weight_decay, epochs=epochs,
                   warmup_ratio=warmup_ratio, batch_size=batch_size)

@@ -65,7 +65,7 @@ def test_pretraining_objective_sums_its_parts(kind):
     objective = Med3DInsightLoss(16, kind=kind, recon_weight=0.5)
     out = objective(x, y, y, recon_loss=torch.tensor(2.0))
     assert set(out.logs) == {"align_image", "align_text", "recon"} and out.logs["recon"] == 1.0
-    assert out.loss.item() == pytest.approx(sum(out.logs.values()), rel=1e-5)
+    assert out.loss.item() == pytest.approx(float(sum(out.logs.values())), rel=1e-5)
 
 
 @pytest.mark.parametrize("loss", [InfoNCELoss(0.07), PartialOTLoss(16, num_iters=50)])

@@ -51,7 +51,7 @@ def test_swin_loads_swinunetr_weights(tmp_path):
     ref = SwinUNETR(in_channels=1, out_channels=2, feature_size=12, depths=(1, 1, 1, 1),
                     num_heads=(1, 2, 2, 4), window_size=2)
     torch.save(ref.state_dict(), tmp_path / "swinunetr.pt")
-    enc = swin_mod.test_swin3d(checkpoint=str(tmp_path / "swinunetr.pt")).eval()
+    enc = swin_mod.test_swin3d(pretrained=str(tmp_path / "swinunetr.pt")).eval()
     volume = torch.randn(1, 1, 32, 32, 32)
     with torch.no_grad():
         ours = enc.forward_features(volume)
@@ -61,7 +61,7 @@ def test_swin_loads_swinunetr_weights(tmp_path):
     bad = {k: v for k, v in ref.state_dict().items() if "layers4" not in k}
     torch.save(bad, tmp_path / "bad.pt")
     with pytest.raises(CheckpointError, match="missing keys"):
-        swin_mod.test_swin3d(checkpoint=str(tmp_path / "bad.pt"))
+        swin_mod.test_swin3d(pretrained=str(tmp_path / "bad.pt"))
 
 
 def test_constructor_validation():
@@ -69,3 +69,21 @@ def test_constructor_validation():
         swin_mod.swin3d(feature_size=20)
     with pytest.raises(ValueError, match="block"):
         resnet_mod.resnet3d(block="wide")
+
+
+def test_conv3d_stem_gives_the_vit_grid_and_any_size():
+    from zoo.registry import ENCODERS
+
+    enc = ENCODERS.build("test_conv3d_stem")
+    assert isinstance(enc, Encoder) and enc.output_layout((32, 64, 64)) == (128, (8, 4, 4))
+    out = enc(torch.rand(2, 1, 20, 40, 36))  # sides the strides do not divide: rounded up
+    assert out.grid == enc.output_layout((20, 40, 36))[1] == (5, 3, 3)
+    assert out.tokens.shape == (2, 45, 32)
+    with torch.device("meta"):
+        full = ENCODERS.build("conv3d_stem")
+    assert full.output_layout((32, 256, 256)) == ENCODERS.build("test_vit3d").output_layout(
+        (32, 256, 256))  # the ViT's patch grid, 8 x 16 x 16
+    with pytest.raises(ValueError, match="one entry per stage"):
+        ENCODERS.build("conv3d_stem", widths=(8, 16))
+    with pytest.raises(ValueError, match="groups=3 does not divide"):
+        ENCODERS.build("conv3d_stem", groups=3)

@@ -48,7 +48,9 @@ def no_work(monkeypatch):
     ("eval.split=val", "eval.split='val': expected one of train, validation, test"),
     ("eval.tasks=vqa_closed", "eval.tasks='vqa_closed': expected null or a list"),
     ("+eval.max_new_tokens.caption=0", "eval.max_new_tokens.caption=0: expected an integer >= 1"),
-    ("recipe.align_lr=abc", "recipe.align_lr='abc': expected a number"),
+    ("recipe.lr=abc", "recipe.lr='abc': expected a number or a mapping"),
+    ("recipe.align_lr=0.001", "recipe.align_lr is no longer an argument of lamed(): use "
+                              "recipe.lr={align: 0.001}"),
     ("recipe.epochs=x", "recipe.epochs='x': expected a number"),
     ("data.cases=many", "data.cases='many': expected an integer"),
     ("connector.kernal=2", "connector.kernal: spatial_pool() has no argument 'kernal'. Did you mean"),
@@ -76,7 +78,7 @@ def test_stage_settings_are_checked(field, value, message):
 
 
 def test_recipe_stage_values_name_the_stage(capsys):
-    assert main(["params", "recipe.align_lr=-1"]) == 2
+    assert main(["params", "recipe.lr={align: -1}"]) == 2
     assert "stage 'align': lr=-1: expected a number > 0" in capsys.readouterr().err
 
 
@@ -147,7 +149,7 @@ def test_lm_folder_with_a_pickled_bin_is_refused_in_one_line(tmp_path, capsys, m
             return (pathlib.Path.touch, (marker,))
 
     torch.save({"w": Payload()}, folder / "pytorch_model.bin")
-    assert main(["train", "lm=hf", f"lm.path={folder}", "data=test_synth"]) == 2
+    assert main(["train", "lm=hf", f"lm.pretrained={folder}", "data=test_synth"]) == 2
     lines = [x for x in capsys.readouterr().err.splitlines() if x.startswith("zoo train:")]
     assert len(lines) == 1 and f"{folder}: a weights file holds pickled objects" in lines[0]
     assert not marker.exists()

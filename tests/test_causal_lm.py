@@ -223,13 +223,13 @@ def test_published_parameter_counts_on_meta(builder, published, expected, lora_p
 def test_hf_builder_loads_a_local_folder(lm, tmp_path):
     lm.model.save_pretrained(tmp_path)
     lm.tokenizer.save_pretrained(tmp_path)
-    loaded = hf(path=str(tmp_path)).eval()
+    loaded = hf(pretrained=str(tmp_path)).eval()
     assert loaded.special_ids == lm.special_ids
     x = torch.randint(4, 300, (1, 6))
     torch.testing.assert_close(loaded(loaded.embed(x), torch.ones_like(x)).logits,
                                lm(lm.embed(x), torch.ones_like(x)).logits)
     with torch.device("meta"):
-        skeleton = hf(path=str(tmp_path))
+        skeleton = hf(pretrained=str(tmp_path))
     assert skeleton.model.device.type == "meta"
     assert count(skeleton.model) == count(loaded.model)
 
@@ -237,12 +237,12 @@ def test_hf_builder_loads_a_local_folder(lm, tmp_path):
 def test_published_builder_rejects_other_architectures(lm, tmp_path):
     lm.model.config.save_pretrained(tmp_path)
     with torch.device("meta"), pytest.raises(ValueError, match="hidden_size=64"):
-        llama2_7b(path=str(tmp_path), tokenizer=lm.tokenizer)
+        llama2_7b(pretrained=str(tmp_path), tokenizer=lm.tokenizer)
 
 
 def test_bad_paths_and_dtypes_raise(tmp_path, make_tokenizer):
     with pytest.raises(FileNotFoundError, match="nowhere"):
-        hf(path=str(tmp_path / "nowhere"))
+        hf(pretrained=str(tmp_path / "nowhere"))
     with pytest.raises(ValueError, match="Did you mean: bfloat16"):
         clm.test_llama(tokenizer=make_tokenizer(), dtype="bfloat61")
     with pytest.raises(TypeError, match="PreTrainedModel"):

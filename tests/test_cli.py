@@ -34,7 +34,8 @@ def test_list_takes_a_pattern_like_timm(capsys):
         "test_perceiver": json.loads(out)["connector"]["test_perceiver"]}}
     code, out, _ = run(capsys, "list", "connector", "*pool")
     assert code == 0 and out.splitlines()[0] == "connector:"
-    assert [line.split()[0] for line in out.splitlines()[1:]] == ["sequence_pool", "spatial_pool"]
+    names = [line.split()[0] for line in out.splitlines()[1:]]
+    assert names == ["max_pool", "sequence_pool", "spatial_pool"]
 
 
 def test_show_a_recipe_lists_arguments_stages_and_data_tasks(capsys):
@@ -131,8 +132,8 @@ def test_options_and_overrides_in_any_order():
     from zoo.cli import parse_args
 
     args = parse_args(["eval", "RUN", "--tracking-uri", "sqlite:///x.db", "eval.max_items=2"])
-    assert (args.run_id, args.tracking_uri, args.overrides) == ("RUN", "sqlite:///x.db",
-                                                                 ["eval.max_items=2"])
+    assert (args.model, args.tracking_uri, args.overrides) == ("RUN", "sqlite:///x.db",
+                                                                ["eval.max_items=2"])
     args = parse_args(["-q", "params", "encoder=test_vit3d", "--json", "lm=test_llama",
                        "--stage", "instruct"])
     assert args.overrides == ["encoder=test_vit3d", "lm=test_llama"] and args.json and args.quiet

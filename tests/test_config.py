@@ -28,8 +28,8 @@ def test_every_option_file_composes(group, option):
         from zoo.build import build_on_meta
 
         raw = (conf_dir() / group / f"{option}.yaml").read_text()
-        if "# Requires recipe.init_from=" in raw:  # a weights folder, interpolated into lm.path
-            with pytest.raises(ValueError, match="lm.path"):
+        if "# Requires recipe.init_from=" in raw:  # a weights folder, interpolated into lm.pretrained
+            with pytest.raises(ValueError, match="lm.pretrained"):
                 build_on_meta(compose([f"experiment={option}"]))
             return
         assert build_on_meta(compose([f"experiment={option}"])).stages
@@ -121,3 +121,41 @@ def test_a_users_experiments_folder_does_not_shadow_the_config_tree(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     where, steps = done.stdout.split()
     assert where == str(conf_dir()) and steps == "3"
+
+
+# Weights of a component are `pretrained` in every registry (docs/design.md section 3).
+OLD_WEIGHT_NAMES = {"checkpoint", "checkpoint_prefix", "path", "clip_path", "text_path"}
+
+
+def test_one_name_for_a_components_pretrained_weights():
+    from zoo.signature import arguments
+
+    for kind, registry in REGISTRIES.items():
+        if kind in ("dataset", "task"):
+            continue
+        for name in registry.list():
+            builder = registry.get(name)
+            names = {a.name for a in arguments(builder)}
+            assert not names & OLD_WEIGHT_NAMES, (kind, name, names & OLD_WEIGHT_NAMES)
+            assert not names & set(getattr(builder, "__renamed__", {})), (kind, name)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["encoder.checkpoint=/w/vit.bin"],
+     "encoder.checkpoint is no longer an argument of test_vit3d(): use encoder.pretrained=/w/vit.bin"),
+    (["lm=hf", "lm.path=/models/phi3"],
+     "lm.path is no longer an argument of hf(): use lm.pretrained=/models/phi3"),
+    (["head=test_segvol", "head.checkpoint=s.bin"], "use head.pretrained=s.bin"),
+    (["recipe=clip3d", "head=contrastive", "head.text_path=/bert"], "use head.text_pretrained=/bert"),
+])
+def test_old_names_are_refused_naming_the_new(overrides, message):
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        compose(overrides)
+
+
+def test_old_names_are_refused_in_a_call_too():
+    from zoo.registry import ENCODERS
+
+    with pytest.raises(ConfigError, match=r"test_vit3d\(checkpoint=...\): checkpoint is no longer "
+                                          "an argument; use pretrained=w.bin"):
+        ENCODERS.build("test_vit3d", checkpoint="w.bin")

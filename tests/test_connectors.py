@@ -164,3 +164,19 @@ def test_a_new_grid_reducer_needs_only_its_grid_rule_and_reduction():
     assert out.tokens.shape == (2, 16, 6) and out.grid == (4, 2, 2)
     with pytest.raises(ValueError, match="have none"):
         conn(VisualTokens(torch.randn(1, 8, 8)))
+
+
+def test_max_pool_keeps_each_windows_strongest_token():
+    conn = CONNECTORS.build("max_pool", in_dim=4, out_dim=6, kernel=(1, 2, 2), depth=1)
+    x = torch.randn(1, 2 * 5 * 4, 4)  # grid 2 x 5 x 4: the last h window holds one row
+    out = conn(VisualTokens(x, (2, 5, 4)))
+    assert out.grid == (2, 3, 2) and conn.num_out_tokens(40, (2, 5, 4)) == 12
+    vol = x.reshape(2, 5, 4, 4)  # (d, h, w, C)
+    torch.testing.assert_close(out.tokens[0, 0], conn.projector(vol[0, :2, :2].reshape(4, 4).amax(0)))
+    torch.testing.assert_close(out.tokens[0, 5], conn.projector(vol[0, 4:, 2:].reshape(2, 4).amax(0)))
+    # one strong token in a window survives max pooling, average pooling dilutes it by the window
+    spike = torch.zeros(1, 2 * 4 * 4, 4)
+    spike[0, 0] = 8.0
+    pooled = {name: CONNECTORS.build(name, in_dim=4, out_dim=4).reduce(
+        spike.transpose(1, 2).reshape(1, 4, 2, 4, 4)) for name in ("max_pool", "spatial_pool")}
+    assert float(pooled["max_pool"].max()) == 8.0 and float(pooled["spatial_pool"].max()) == 1.0

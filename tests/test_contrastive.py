@@ -98,7 +98,7 @@ def test_with_vit_encoder_cls():
     assert encoder.cls_token.grad is not None and encoder.cls_token.grad.abs().sum() > 0
 
 
-def test_tokenizer_object_and_local_text_path(tmp_path):
+def test_tokenizer_object_and_local_text_pretrained(tmp_path):
     from transformers import BertConfig, BertModel
 
     tok = make_tokenizer()
@@ -113,12 +113,12 @@ def test_tokenizer_object_and_local_text_path(tmp_path):
     BertModel(BertConfig(vocab_size=len(tok), hidden_size=24, num_hidden_layers=1,
                          num_attention_heads=2, intermediate_size=48)).save_pretrained(model_dir)
     tok.save_pretrained(model_dir)
-    local = HEADS.build("contrastive", image_dim=64, embed_dim=16, text_path=str(model_dir))
+    local = HEADS.build("contrastive", image_dim=64, embed_dim=16, text_pretrained=str(model_dir))
     assert local.text_dim == 24 and local.tokenizer is not None
     out = local(visual, **local.tokenize(["normal ct", "liver cyst"]))
     assert out.text.shape == (2, 16) and out.loss.isfinite()
-    with pytest.raises(FileNotFoundError, match="text_path"):
-        HEADS.build("contrastive", text_path=str(tmp_path / "missing"))
+    with pytest.raises(FileNotFoundError, match="text_pretrained"):
+        HEADS.build("contrastive", text_pretrained=str(tmp_path / "missing"))
 
 
 def test_global_negatives_match_the_full_batch(monkeypatch):

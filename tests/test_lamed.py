@@ -66,7 +66,7 @@ def test_m3d_stage_preset_trains_every_input_row_and_freezes_the_lm_head_in_alig
     model = build_lamed(stage_preset="m3d")
     assert model.stages["align"].tasks == ("caption", "vqa_closed", "vqa_open")
     assert build_lamed().stages["align"].tasks == ("caption",)
-    assert build_lamed(stage_preset="m3d", align_tasks=["caption"]).stages["align"].tasks == (
+    assert build_lamed(stage_preset="m3d", tasks={"align": ["caption"]}).stages["align"].tasks == (
         "caption",)
     model.apply_stage("align")
     before = {k: v.detach().clone() for k, v in model.state_dict().items()}
@@ -89,12 +89,16 @@ def test_m3d_stage_preset_trains_every_input_row_and_freezes_the_lm_head_in_alig
 
 
 def test_stage_preset_errors_are_named():
-    from recipes.lamed import StagePreset
+    from recipes.language_model import StagePlan
 
     with pytest.raises(ValueError, match="stage_preset='m3e'.*Did you mean: m3d"):
         build_lamed(stage_preset="m3e")
     with pytest.raises(ValueError, match="input_rows='some'"):
-        StagePreset(input_rows="some")
+        StagePlan(roles=("connector",), input_rows="some")
+    with pytest.raises(ValueError, match="role 'conector'.*Did you mean: connector"):
+        build_lamed(trainable={"align": ["conector"]})
+    with pytest.raises(ValueError, match="recipe.lr: unknown stage 'shared'.*align, instruct"):
+        build_lamed(lr={"shared": 1e-3})
     model = build_lamed(stage_preset="m3d", train_lm="full")
     hf = model.lm.model
     hf.get_output_embeddings().weight = hf.get_input_embeddings().weight  # a tied LLM
@@ -118,7 +122,7 @@ def test_encoder_initialises_from_a_clip3d_checkpoint(tmp_path):
         torch.nn.init.normal_(p)
     path = tmp_path / "model.safetensors"
     save_file({k: v.contiguous() for k, v in clip.state_dict().items()}, str(path))
-    lamed = RECIPES.build("lamed", encoder=partial(ENCODERS.get("test_vit3d"), checkpoint=str(path)),
+    lamed = RECIPES.build("lamed", encoder=partial(ENCODERS.get("test_vit3d"), pretrained=str(path)),
                           connector=partial(CONNECTORS.get("spatial_pool")),
                           lm=partial(LMS.get("test_llama"), corpus=CORPUS), image_size=(16, 32, 32))
     for key, value in clip.encoder.state_dict().items():

@@ -209,7 +209,7 @@ def test_export_is_m3ds_layout_key_for_key(release):
 @pytest.mark.parametrize("train_lm", ["full", "lora"])
 def test_release_folder_loads_with_identical_logits_and_masks(release, train_lm):
     family, model, folder = release
-    loaded = build(partial(hf, path=str(folder)), train_lm=train_lm, init_from=str(folder))
+    loaded = build(partial(hf, pretrained=str(folder)), train_lm=train_lm, init_from=str(folder))
     report = loaded.init_report
     assert loaded.lm.tokenizer.convert_ids_to_tokens(
         [loaded.lm.special_ids[t] for t in M3D_TOKENS]) == list(M3D_TOKENS)
@@ -222,7 +222,7 @@ def test_release_folder_loads_with_identical_logits_and_masks(release, train_lm)
     torch.testing.assert_close(got_logits, want_logits, rtol=0, atol=1e-5)
     torch.testing.assert_close(got_masks, want_masks, rtol=0, atol=1e-5)
     if train_lm == "full":  # the comparison can fail: the same build without init_from differs
-        plain_logits, plain_masks = outputs(build(partial(hf, path=str(folder))))
+        plain_logits, plain_masks = outputs(build(partial(hf, pretrained=str(folder))))
         assert not torch.allclose(plain_logits, want_logits, atol=1e-3)
         assert not torch.allclose(plain_masks, want_masks, atol=1e-3)
 
@@ -230,7 +230,7 @@ def test_release_folder_loads_with_identical_logits_and_masks(release, train_lm)
 def test_stage2_model_with_lora_loads_adapters(release, tmp_path):
     family, model, folder = release
     torch.manual_seed(1)
-    trained = build(partial(hf, path=str(folder)), train_lm="lora", init_from=str(folder))
+    trained = build(partial(hf, pretrained=str(folder)), train_lm="lora", init_from=str(folder))
     with torch.no_grad():
         for name, p in trained.named_parameters():
             if "lora_B" in name:
@@ -239,12 +239,12 @@ def test_stage2_model_with_lora_loads_adapters(release, tmp_path):
     assert set(state) == lora_official_keys(lamed_official_keys(family, 2, VIT["depth"], 1, 1))
     path = tmp_path / "model_with_lora.bin"
     torch.save(state, path)
-    loaded = build(partial(hf, path=str(folder)), train_lm="lora", init_from=str(path))
+    loaded = build(partial(hf, pretrained=str(folder)), train_lm="lora", init_from=str(path))
     assert not loaded.init_report.kept
     for got, want in zip(outputs(loaded), outputs(trained)):
         torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
     with pytest.raises(CheckpointError, match="LoRA adapters.*train_lm=lora"):
-        build(partial(hf, path=str(folder)), train_lm="full", init_from=str(path))
+        build(partial(hf, pretrained=str(folder)), train_lm="full", init_from=str(path))
 
 
 @pytest.mark.parametrize("rows", ["all", "new"])
@@ -259,7 +259,7 @@ def test_stage1_mm_projector_bin_places_projector_and_embeddings(release, tmp_pa
         state["model.embed_tokens.weight"] = state["model.embed_tokens.weight"][ids]
     path = tmp_path / "mm_projector.bin"
     torch.save(state, path)
-    loaded = build(partial(hf, path=str(folder)), train_lm="lora", init_from=str(path))
+    loaded = build(partial(hf, pretrained=str(folder)), train_lm="lora", init_from=str(path))
     for got, want in zip(loaded.connector.state_dict().values(),
                          model.connector.state_dict().values()):
         torch.testing.assert_close(got, want, rtol=0, atol=0)
@@ -271,9 +271,9 @@ def test_stage1_mm_projector_bin_places_projector_and_embeddings(release, tmp_pa
 def test_config_mismatch_names_field_and_override(release):
     family, model, folder = release
     with pytest.raises(CheckpointError, match="connector.layer_type=mlp"):
-        build(partial(hf, path=str(folder)), layer_type="linear", init_from=str(folder))
+        build(partial(hf, pretrained=str(folder)), layer_type="linear", init_from=str(folder))
     with pytest.raises(CheckpointError, match="decoder has 8 heads"):
-        build(partial(hf, path=str(folder)), seg_decoder_heads=4, init_from=str(folder))
+        build(partial(hf, pretrained=str(folder)), seg_decoder_heads=4, init_from=str(folder))
 
 
 def test_not_a_release_folder_is_refused(release, tmp_path):
@@ -283,7 +283,7 @@ def test_not_a_release_folder_is_refused(release, tmp_path):
     config = json.loads((folder / "config.json").read_text())
     (other / "config.json").write_text(json.dumps({**config, "model_type": "llama"}))
     with pytest.raises(CheckpointError, match="model_type='llama'.*M3D-LaMed release"):
-        build(partial(hf, path=str(folder)), init_from=str(other))
+        build(partial(hf, pretrained=str(folder)), init_from=str(other))
 
 
 def test_preset_wires_m3ds_components_to_the_folder(release):
@@ -294,7 +294,7 @@ def test_preset_wires_m3ds_components_to_the_folder(release):
 
     family, model, folder = release
     cfg = compose(["experiment=m3d_lamed", f"recipe.init_from={folder}"])
-    assert cfg.lm.path == str(folder)
+    assert cfg.lm.pretrained == str(folder)
     built = build_on_meta(cfg)
     assert built.num_image_tokens == 256 and built.heads["seg"].image_encoder is not None
     assert built.lm.special_ids["[SEG]"] == model.lm.special_ids["[SEG]"]
@@ -349,10 +349,10 @@ def test_incomplete_or_inconsistent_folders_are_refused(release, tmp_path):
     del state["model.seg_projector.2.bias"]
     write_weights(state, partial_dir, max_shard_size="200KB")
     with pytest.raises(CheckpointError, match="not in the file: seg_projector.2.bias"):
-        build(partial(hf, path=str(folder)), init_from=str(partial_dir))
+        build(partial(hf, pretrained=str(folder)), init_from=str(partial_dir))
     index = json.loads((partial_dir / "model.safetensors.index.json").read_text())
     first = sorted(index["weight_map"])[0]
     index["weight_map"][first] = "model-00002-of-" + index["weight_map"][first].split("-of-")[1]
     (partial_dir / "model.safetensors.index.json").write_text(json.dumps(index))
     with pytest.raises(CheckpointError, match="does not hold what model.safetensors.index.json"):
-        build(partial(hf, path=str(folder)), init_from=str(partial_dir))
+        build(partial(hf, pretrained=str(folder)), init_from=str(partial_dir))

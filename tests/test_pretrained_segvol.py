@@ -134,8 +134,8 @@ def test_text_tower_builds_from_segvols_config_clip_folder(reference, tmp_path):
     path = tmp_path / "segvol.pth"
     torch.save({"model": zoo_to_segvol_keys(reference.state_dict(), prefix="module."),
                 "epoch": 1}, path)
-    with pytest.raises(ConfigError, match="no weights.*checkpoint="):
-        HEADS.build("segvol", clip_path=str(clip_dir), image_size=(16, 32, 32),
+    with pytest.raises(ConfigError, match="no weights.*pretrained="):
+        HEADS.build("segvol", text_pretrained=str(clip_dir), image_size=(16, 32, 32),
                     patch_size=(4, 8, 8), embed_dim=32)
     from heads.segvol import build_segvol
     from heads.segvol_text import clip_text_tower

@@ -103,3 +103,25 @@ def test_manifest_modules_import_and_register():
 def test_builders_have_docstrings(kind):
     for name in REGISTRIES[kind].list():
         assert REGISTRIES[kind].get(name).__doc__, f"{kind} {name!r} has no docstring"
+
+
+COMPONENT_IMPORT = re.compile(r"^\s*(from|import) (encoders|connectors|heads|recipes)\b", re.M)
+
+
+def test_zoo_reaches_components_through_the_registries():
+    """Besides the manifest, only the format adapters of released weights (zoo/pretrained, which
+    know the components' key layouts) import a component package."""
+    offenders = [str(p.relative_to(ROOT)) for p in (ROOT / "zoo").rglob("*.py")
+                 if COMPONENT_IMPORT.search(p.read_text()) and p.name != "manifest.py"
+                 and "pretrained" not in p.parts]
+    assert not offenders
+
+
+def test_shared_helpers_are_defined_once():
+    definition = re.compile(r"^(Grid|Size3) = |^def _?(triple|positive_int)\(", re.M)
+    found = {str(p.relative_to(ROOT)): definition.findall(p.read_text())
+             for pkg in ("zoo", "encoders", "connectors", "heads", "recipes")
+             for p in (ROOT / pkg).rglob("*.py")}
+    assert {f: d for f, d in found.items() if d} == {
+        "zoo/types.py": [("Grid", ""), ("Size3", "")],
+        "zoo/checks.py": [("", "positive_int"), ("", "triple")]}

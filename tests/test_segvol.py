@@ -200,7 +200,7 @@ def test_weights_load_from_a_state_dict_in_segvol_layout(head, volume, tmp_path)
     path = tmp_path / "segvol.pth"
     torch.save({"model": state, "epoch": 3}, path)
     torch.manual_seed(123)
-    fresh = HEADS.build("test_segvol", checkpoint=str(path)).eval()
+    fresh = HEADS.build("test_segvol", pretrained=str(path)).eval()
     with torch.no_grad():
         ref = head(volume, text=["liver", "kidney"], boxes=torch.tensor([[0, 0, 0, 8, 8, 8]] * 2))
         got = fresh(volume, text=["liver", "kidney"], boxes=torch.tensor([[0, 0, 0, 8, 8, 8]] * 2))
@@ -238,7 +238,7 @@ def test_text_tower_from_a_local_clip_directory(tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(loaded(["liver", "left kidney"]), tower(["liver", "left kidney"]))
     assert not any(p.requires_grad for p in loaded.clip_text_model.parameters())
-    with pytest.raises(FileNotFoundError, match="clip_path"):
+    with pytest.raises(FileNotFoundError, match="text_pretrained"):
         clip_text_tower(tmp_path / "missing")
 
 
@@ -250,7 +250,7 @@ def test_errors_are_clear(head, volume):
         head(volume, text_embedding=torch.randn(2, 3, 32), boxes=torch.zeros(2, 2, 6))
     with pytest.raises(ValueError, match="point_labels"):
         head(volume, points=torch.zeros(2, 2, 3), point_labels=torch.zeros(2, 3))
-    with pytest.raises(ValueError, match="clip_path"):
+    with pytest.raises(ValueError, match="text_pretrained"):
         HEADS.build("segvol")
 
 

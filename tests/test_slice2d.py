@@ -162,7 +162,8 @@ def test_depth_embeddings():
         with torch.no_grad():
             outs[pos] = enc(vol).tokens
         if pos == "learned":
-            assert enc.depth_embed.shape == (64, 32) and enc.new_parameter_patterns == (r"depth_embed$",)
+            assert enc.depth_embed.shape == (64, 32)
+            assert enc.parameter_groups() == {"new": ["depth_embed"], "frozen": []}
     torch.testing.assert_close(outs["learned"], outs["none"])  # zero-initialised: step 0 = 2D
     assert not torch.allclose(outs["sincos"], outs["none"])
     assert not torch.allclose(outs["rope"], outs["none"])
@@ -198,10 +199,12 @@ def test_medblip3d_fresh_stem_and_inflate_drop_the_2d_conv():
     med = ENCODERS.build("test_medblip3d")
     names = [n for n, _ in med.named_parameters()]
     assert "patch_embed3d.weight" in names and not any("patch_embed.proj" in n for n in names)
-    assert med.new_parameter_patterns == (r"patch_embed3d\.",)
+    groups = med.parameter_groups()  # MedBLIP: the fresh stem learns, the 2D tower stays frozen
+    assert groups["new"] == ["patch_embed3d.weight", "patch_embed3d.bias"]
+    assert set(groups["frozen"]) == set(names) - set(groups["new"])
     inflated = ENCODERS.build("test_inflate3d")
     assert inflated.patch_embed3d.weight.shape == (32, 3, 2, 16, 16)
-    assert inflated.new_parameter_patterns == ()
+    assert inflated.parameter_groups() == {"new": [], "frozen": []}
 
 
 def test_gradient_checkpointing_gives_same_values_and_grads():

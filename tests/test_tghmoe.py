@@ -177,14 +177,16 @@ def test_errors_are_clear():
         ENCODERS.build("test_tghmoe", prompt_dim=None, task_source="router")
 
 
-def test_new_parameter_patterns_match_router_parameters():
-    import re
-
+def test_parameter_groups_name_routers_as_new_and_moe_layers_as_experts():
     moe = ENCODERS.build("test_tghmoe")
-    fresh = [n for n, _ in moe.named_parameters()
-             if any(re.match(p, n) for p in moe.new_parameter_patterns)]
-    assert fresh and all(("gates" in n or "prompt_" in n or "task_router" in n) for n in fresh)
-    assert not any("experts" in n for n in fresh)
+    groups = moe.parameter_groups()
+    assert groups["new"] and all(("gates" in n or "prompt_" in n or "task_router" in n)
+                                 for n in groups["new"])
+    assert not any("experts" in n for n in groups["new"]) and groups["frozen"] == []
+    # the MoE layer (top block only) and the task router; the dense FFN of block 0 is no expert
+    assert groups["experts"] and all(n.startswith(("backbone.blocks.1.mlp.", "task_router."))
+                                     for n in groups["experts"])
+    assert any(".experts." in n for n in groups["experts"])
 
 
 def test_full_size_parameter_arithmetic_on_meta():

@@ -134,3 +134,14 @@ def test_compile_matches_eager_and_keeps_checkpoint_keys(tmp_path):
 def test_bad_compile_option_is_named(tmp_path, value, match):
     with pytest.raises(ConfigError, match=match):
         Trainer(ToyModel(), ToyData(), trainer_cfg(tmp_path, compile=value), seed=0)
+
+
+def test_logged_means_equal_the_means_of_floats():
+    """Per-step logs stay on the device and are read back at log time (zoo.training.as_floats):
+    the values are exactly those float() gives, so the logged means do not change."""
+    from zoo.training import as_floats
+
+    values = [torch.tensor(v) for v in (0.1, 2.3, 7.77)]
+    assert as_floats(("loss", values)) == ("loss", [float(v) for v in values])
+    mixed = [torch.tensor(1.5), 2.0]
+    assert as_floats(("acc", mixed)) == ("acc", [1.5, 2.0])

@@ -37,8 +37,8 @@ class ToyModel(ZooModel):
                                      nn.Dropout(dropout))
         self.heads = nn.ModuleDict({"cls": nn.Linear(8, 2)})
         self.stages = {
-            "warmup": Stage("warmup", trainable=(r"heads\.",), lr=0.05, epochs=4, batch_size=4),
-            "full": Stage("full", trainable=(r"encoder\.", r"heads\."), lr=0.005, epochs=2,
+            "warmup": Stage("warmup", trainable=("heads",), lr=0.05, epochs=4, batch_size=4),
+            "full": Stage("full", trainable=("encoder", "heads"), lr=0.005, epochs=2,
                           batch_size=4),
         }
 

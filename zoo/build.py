@@ -29,30 +29,49 @@ def registered_targets() -> dict[str, Callable[..., Any]]:
             for b in (registry.get(name) for name in registry.list())}
 
 
+def _kind(option: Any) -> str | None:
+    """``int``/``float``/``bool``/``str``, ``mapping`` or ``list`` for the annotations a config
+    value can be checked against; None for any other (modules, callables, ``Any``)."""
+    import collections.abc
+    import typing
+
+    if option in (int, float, bool, str):
+        return option.__name__
+    origin = typing.get_origin(option) or option
+    if origin in (dict, collections.abc.Mapping):
+        return "mapping"
+    if origin in (list, tuple, collections.abc.Sequence):
+        return "list"
+    return None
+
+
 def _type_error(hint: Any, value: Any) -> str | None:
-    """What is wrong with ``value`` (not None) for the simple annotations int / float / bool /
-    str and their Optional forms; None when it fits or the annotation is another one."""
+    """What is wrong with ``value`` (not None) for annotations made of int / float / bool / str,
+    mappings and sequences (and their Optional forms); None when it fits or the annotation has
+    another part (the builder checks those)."""
     import types
     import typing
 
     options = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) \
         else (hint,)
-    plain = [o for o in options if o is not type(None)]
-    if not plain or not all(o in (int, float, bool, str) for o in plain):
-        return None  # containers, modules, callables: the builder checks them
-    fits = {int: isinstance(value, int) and not isinstance(value, bool),
-            float: isinstance(value, (int, float)) and not isinstance(value, bool),
-            bool: isinstance(value, bool), str: isinstance(value, str)}
-    if any(fits[o] for o in plain):
+    kinds = [_kind(o) for o in options if o is not type(None)]
+    if not kinds or None in kinds:
         return None
-    names = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
-    return f"expected {' or '.join(names[o] for o in plain)}"
+    fits = {"int": isinstance(value, int) and not isinstance(value, bool),
+            "float": isinstance(value, (int, float)) and not isinstance(value, bool),
+            "bool": isinstance(value, bool), "str": isinstance(value, str),
+            "mapping": isinstance(value, dict), "list": isinstance(value, (list, tuple))}
+    if any(fits[k] for k in kinds):
+        return None
+    names = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a string",
+             "mapping": "a mapping", "list": "a list"}
+    return f"expected {' or '.join(dict.fromkeys(names[k] for k in kinds))}"
 
 
 def check_types(node: Any, key: str) -> None:
-    """Values of a builder node's arguments annotated ``int``, ``float``, ``bool`` or ``str`` (or
-    their Optional forms) must have that type: a learning rate given as text is refused, never
-    converted (ConfigError naming the key). Argument names are checked when the config is
+    """Values of a builder node's arguments annotated ``int``, ``float``, ``bool``, ``str``, a
+    mapping or a sequence (or unions of these) must have that type: a learning rate given as text
+    is refused, never converted (ConfigError naming the key). Argument names are checked when the config is
     composed (:func:`zoo.signature.check_keys`)."""
     import typing
 
@@ -61,10 +80,14 @@ def check_types(node: Any, key: str) -> None:
     builder = registered_targets().get(node["_target_"])
     if builder is None:
         return  # check_targets reports it
-    try:
-        hints = typing.get_type_hints(builder)
-    except Exception:  # an annotation that does not evaluate here: nothing to check against
-        return
+    hints: dict[str, Any] = {}
+    # a builder that forwards **kwargs (zoo.signature.forwards) takes its targets' annotations
+    for source in (*reversed(getattr(builder, "__forwards__", ())), builder):
+        try:
+            hints.update(typing.get_type_hints(source.__init__ if isinstance(source, type)
+                                               else source))
+        except Exception:  # an annotation that does not evaluate here: nothing to check against
+            continue
     raw = OmegaConf.to_container(node, resolve=False)
     for name, value in raw.items():  # type: ignore[union-attr]
         if name not in hints or value is None or (

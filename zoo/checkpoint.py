@@ -62,7 +62,9 @@ def save(root: Path, name: str, write_state: Callable[[Path], None], trainer_sta
     write_state(tmp)
     barrier()
     if is_main:
-        hashes = {p.name: file_sha256(p) for p in sorted(tmp.iterdir()) if p.is_file()}
+        # every file, also those of sharded states in subfolders (FSDP, DeepSpeed)
+        hashes = {p.relative_to(tmp).as_posix(): file_sha256(p) for p in sorted(tmp.rglob("*"))
+                  if p.is_file()}
         (tmp / STATE_FILE).write_text(json.dumps({**trainer_state, "sha256": hashes}, indent=2))
         if final.exists():
             old = root / f".{name}.old"
@@ -137,10 +139,14 @@ def latest(root: Path) -> tuple[Path, dict[str, Any]] | None:
     return None
 
 
-def load_weights(model: torch.nn.Module, path: str | Path) -> None:
-    """Load a zoo checkpoint's ``model.safetensors`` into ``model`` (strict): a missing, truncated
-    or mismatching file raises one line naming it (missing / unexpected keys, wrong shapes)."""
-    state = read_state_dict(path)
+def load_weights(model: torch.nn.Module, weights: str | Path | dict[str, Tensor],
+                 source: str | None = None) -> None:
+    """Load a zoo checkpoint's ``model.safetensors`` (or a state dict read from ``source``) into
+    ``model`` (strict): a missing, truncated or mismatching file raises one line naming it
+    (missing / unexpected keys, wrong shapes); a tied weight stored once loads through its other
+    name (:func:`tied_aliases`)."""
+    state = weights if isinstance(weights, dict) else read_state_dict(weights)
+    source = source or str(weights if not isinstance(weights, dict) else "state dict")
     own = model.state_dict()
     missing = sorted(set(own) - set(state) - tied_aliases(own, state))
     unexpected = sorted(set(state) - set(own))
@@ -150,7 +156,7 @@ def load_weights(model: torch.nn.Module, path: str | Path) -> None:
         parts = [f"{len(missing)} missing keys (e.g. {missing[0]})" if missing else "",
                  f"{len(unexpected)} unexpected keys (e.g. {unexpected[0]})" if unexpected else "",
                  f"{len(wrong)} wrong shapes (e.g. {wrong[0]}, file vs model)" if wrong else ""]
-        raise CheckpointError(f"{path} does not fit the model: "
+        raise CheckpointError(f"{source} does not fit the model: "
                               + "; ".join(p for p in parts if p))
     model.load_state_dict(state, strict=False)  # every key checked above; tied names load once
 

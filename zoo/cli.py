@@ -1,7 +1,7 @@
-"""The ``zoo`` command line: ``zoo list | show | params | train | sweep | eval | compare | models |
-data | bench | results``.
+"""The ``zoo`` command line: ``zoo list | show | params | train | sweep | eval | predict | chat |
+export | compare | models | data | bench | results``.
 
-Config-taking commands accept Hydra overrides (``encoder=vit3d_base_m3d lm.path=/models/x``) and
+Config-taking commands accept Hydra overrides (``encoder=vit3d_base_m3d lm.pretrained=/models/x``) and
 options in any order, and Hydra's habits: ``--cfg job [--resolve] [-p KEY]`` prints the composed
 config, ``hydra.verbose=...`` turns on debug logging; ``-m`` belongs to ``zoo sweep``. ``-v``/``-q``
 set how much is printed (:mod:`zoo.verbosity`). Input and configuration problems
@@ -146,10 +146,70 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     from zoo.jobs import run_evaluation
 
-    result = run_evaluation(args.run_id, args.overrides, tracking_uri=args.tracking_uri)
-    print(f"logged test metrics and per-item records (eval/*.jsonl) to mlflow run "
-          f"{result['run_id']}, a child run of {result['evaluated_run']} (whose own records are "
-          "unchanged)")
+    result = run_evaluation(args.model, args.overrides, tracking_uri=args.tracking_uri)
+    if result["kind"] == "run":
+        print(f"logged test metrics and per-item records (eval/*.jsonl) to mlflow run "
+              f"{result['run_id']}, a child run of {result['evaluated_run']} (whose own records "
+              "are unchanged)")
+    else:
+        print(f"logged test metrics and per-item records (eval/*.jsonl) of {result['evaluated_run']} "
+              f"to mlflow run {result['run_id']}")
+    return 0
+
+
+def load_predictor(args: argparse.Namespace):
+    """The model MODEL names, loaded and verified, with the spec that prepares its inputs."""
+    from zoo.data.preparation import spec_for
+    from zoo.predict import Generation, Predictor
+    from zoo.trained import locate
+
+    generation = Generation(args.max_new_tokens, args.temperature, args.top_p, args.seg_rule)
+    trained = locate(args.model, args.tracking_uri)
+    predictor = Predictor(trained.load(), generation, args.out, name=args.model)
+    record = trained.preparation_record()
+    predictor.spec = spec_for(record, predictor.input_size(), window=args.window,
+                              modality=args.modality, spacing=args.spacing)
+    return predictor, trained, record
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from zoo.predict import Question, format_record, output_document, predict, read_questions
+    from zoo.verbosity import show_progress
+
+    questions = [Question(q, args.task) for q in args.question or ()]
+    if args.questions:
+        questions += read_questions(args.questions, args.task)
+    if not questions:
+        raise ConfigError("predict: give --question TEXT (repeatable) or --questions FILE.jsonl")
+    predictor, trained, record = load_predictor(args)
+    records = predict(predictor, args.volumes, questions, progress=show_progress())
+    if args.json:
+        print(json.dumps(output_document(args.model, trained.kind, record, records), indent=1))
+    else:
+        for item in records:
+            print(format_record(item))
+    return 0
+
+
+def cmd_chat(args: argparse.Namespace) -> int:
+    from zoo.predict import chat
+
+    predictor, _, _ = load_predictor(args)
+    chat(predictor, args.volume, task=args.task)
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from zoo.export import export
+
+    record = export(args.run, args.out_dir, merge_lora=args.merge_lora,
+                    tracking_uri=args.tracking_uri)
+    llm = record.get("llm") or {}
+    form = {"merged": "LLM with LoRA merged in llm/", "plain": "LLM in llm/",
+            "adapter": "LoRA adapter in llm_adapter/ on llm_base/"}.get(llm.get("form"), "no LLM")
+    files = ", ".join(record["weights"])
+    print(f"exported run {record['run']['id']} to {args.out_dir}: {files}, tokenizer, README.md, "
+          f"{form}")
     return 0
 
 
@@ -227,6 +287,30 @@ def _add_overrides(p: argparse.ArgumentParser, multirun_help: str | None = None)
                    help=multirun_help or "Hydra's multirun: use `zoo sweep` instead")
 
 
+def _add_model_options(p: argparse.ArgumentParser) -> None:
+    """MODEL, generation and preparation options of ``zoo predict`` and ``zoo chat``."""
+    from zoo.predict import DEFAULT_MAX_NEW_TOKENS, DEFAULT_TASK
+
+    p.add_argument("model", help="MLflow run id, run folder, or folder written by zoo export")
+    p.add_argument("--task", default=DEFAULT_TASK,
+                   help=f"task whose template the questions use (default {DEFAULT_TASK}; "
+                        "e.g. vqa_closed, caption, seg, rec)")
+    p.add_argument("--out", default="predictions", help="folder for masks (default predictions)")
+    p.add_argument("--max-new-tokens", type=int, default=DEFAULT_MAX_NEW_TOKENS,
+                   help=f"longest answer in tokens (default {DEFAULT_MAX_NEW_TOKENS})")
+    p.add_argument("--temperature", type=float,
+                   help="sample at this temperature (default: greedy)")
+    p.add_argument("--top-p", type=float, help="nucleus sampling mass (with --temperature)")
+    p.add_argument("--seg-rule", choices=("zoo", "segvol"),
+                   help="SegVol models: zoom-out-zoom-in rule (docs/segvol.md)")
+    p.add_argument("--window", help="models that record no preparation: CT window preset or "
+                                    "low,high HU")
+    p.add_argument("--modality", choices=("ct", "mri"), help="with --window: ct or mri")
+    p.add_argument("--spacing", type=float, nargs=3, metavar=("D", "H", "W"),
+                   help="with --window: resample to this spacing (mm) before resizing")
+    p.add_argument("--tracking-uri", help="MLflow store (default: as `zoo train`)")
+
+
 def _verbosity_options() -> argparse.ArgumentParser:
     """-v/-q, accepted before or after the command."""
     common = argparse.ArgumentParser(add_help=False)
@@ -274,13 +358,42 @@ def build_parser() -> argparse.ArgumentParser:
     _add_overrides(p, multirun_help="accepted: zoo sweep is always a multirun")
     p.set_defaults(func=cmd_sweep)
 
-    p = sub.add_parser("eval", help="evaluate a trained run on the test split (M3D-Bench tasks)",
-                       parents=[common])
-    p.add_argument("run_id", help="MLflow run id of a `zoo train` / sweep job")
+    p = sub.add_parser("eval", help="evaluate a trained run or exported model on the test split "
+                                    "(M3D-Bench tasks)", parents=[common])
+    p.add_argument("model", help="MLflow run id, run folder, or folder written by zoo export")
     p.add_argument("overrides", nargs="*", help="config changes, e.g. eval.max_items=32 "
-                                                "eval.tasks=[vqa_closed]")
+                                                "eval.tasks=[vqa_closed] (data.root=... for an "
+                                                "export trained elsewhere)")
     p.add_argument("--tracking-uri", help="MLflow store (default: as `zoo train`)")
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("predict", help="answer questions about your volumes (NIfTI, DICOM "
+                                       "folders, M3D .npy); masks and boxes in the source's frame",
+                       parents=[common])
+    _add_model_options(p)
+    p.add_argument("volumes", nargs="+", metavar="VOLUME",
+                   help="NIfTI file, DICOM series folder or M3D .npy (1, D, H, W)")
+    p.add_argument("--question", action="append", help="a question (repeatable)")
+    p.add_argument("--questions", help="JSONL file: {\"question\": TEXT, \"task\": NAME} per line")
+    p.add_argument("--json", action="store_true", help="one JSON document on stdout")
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("chat", help="talk about one volume in the terminal (multi-turn)",
+                       parents=[common])
+    _add_model_options(p)
+    p.add_argument("volume", help="NIfTI file, DICOM series folder or M3D .npy")
+    p.set_defaults(func=cmd_chat)
+
+    p = sub.add_parser("export", help="write a trained run as a self-contained folder "
+                                      "(weights, tokenizer, model card, LLM in Hugging Face form)",
+                       parents=[common])
+    p.add_argument("run", help="MLflow run id or run folder")
+    p.add_argument("out_dir", help="new folder to write")
+    p.add_argument("--merge-lora", action="store_true",
+                   help="write the LLM with LoRA merged (llm/, for AutoModelForCausalLM) instead "
+                        "of a peft adapter (llm_adapter/) and its base (llm_base/)")
+    p.add_argument("--tracking-uri", help="MLflow store (default: as `zoo train`)")
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("compare", help="compare a sweep's variants over seeds and test items",
                        parents=[common])

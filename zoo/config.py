@@ -218,11 +218,12 @@ def chosen_options(cfg: DictConfig) -> dict[str, str]:
     return choices
 
 
-# Config keys holding file-system paths (besides any key ending in "_dir" or "_path"). Values of
-# "path", "tokenizer" and "*_path" keys may also name a Hugging Face model id: they are made
-# absolute only when they exist relative to the working directory.
-PATH_KEYS = ("root", "manifest", "checkpoint", "init_from", "bertscore_model")
-MAYBE_PATH_KEYS = ("path", "tokenizer")
+# Config keys holding file-system paths (besides any key ending in "_dir" or "_pretrained"; the
+# zoo's name for a component's local weights is "pretrained", docs/design.md section 3). Values of
+# "tokenizer" and "*_path" keys may also name a Hugging Face model id: they are made absolute only
+# when they exist relative to the working directory.
+PATH_KEYS = ("root", "manifest", "pretrained", "init_from", "bertscore_model")
+MAYBE_PATH_KEYS = ("tokenizer",)
 
 
 def _absolute(key: str, value: Any) -> Any:
@@ -233,7 +234,7 @@ def _absolute(key: str, value: Any) -> Any:
         return value
     if key in MAYBE_PATH_KEYS or key.endswith("_path"):
         return str(path.resolve()) if path.exists() else value
-    if key in PATH_KEYS or key.endswith("_dir"):
+    if key in PATH_KEYS or key.endswith(("_dir", "_pretrained")):
         return str(path.resolve())
     return value
 

@@ -10,8 +10,9 @@ from omegaconf import DictConfig
 from zoo import runs
 from zoo.build import build_model, check_config, check_targets, check_types
 from zoo.config import GROUP_KINDS, absolute_paths, chosen_options
+from zoo.data import preparation
 from zoo.data.source import check_data_fit
-from zoo.errors import CheckpointError, ConfigError, MissingFileError, RunError
+from zoo.errors import ConfigError, RunError
 from zoo.params import parameter_report
 from zoo.settings import check_eval, check_job
 from zoo.tracking import Run, Tracker, job_name
@@ -92,6 +93,7 @@ def run_training(cfg: DictConfig, parent: Run | None = None,
     folder = resume or runs.run_folder(cfg, run_id)
     if run is not None and resume is None:
         runs.create(folder, cfg, run_id)
+        run.log_artifact(preparation.write(folder, preparation.preparation_of(data)))
         run.set_tags({"zoo.run_dir": str(folder)})
         run.log_config(cfg)
         run.log_parameter_counts(parameter_report(model))
@@ -110,13 +112,19 @@ def run_training(cfg: DictConfig, parent: Run | None = None,
         mix = TaskMix(data, list(cfg.train_tasks)) if cfg.get("train_tasks") else data
         trainer = Trainer(model, mix, cfg.trainer, seed=int(cfg.seed), run=run, folder=folder)
         results = trainer.fit()
-        evaluation = None
+        model, evaluation = trainer.model, None
         if state.is_main_process:
-            log_cost(run, trainer.model, data, cfg, results)
+            if trainer.sharded:  # the main process alone evaluates: an unsharded copy of the
+                from zoo.checkpoint import load_weights  # trained weights, from the final,
+
+                model = build_model(cfg)  # consolidated checkpoint (docs/scale.md)
+                load_weights(model, runs.final_checkpoint(
+                    folder, list(cfg.trainer.get("stages") or model.stages)))
+            log_cost(run, model, data, cfg, results)
             if eval_enabled(cfg):
                 from zoo.evaluation.runner import evaluate
 
-                evaluation = evaluate(trainer.model, data, cfg.eval, run=run)
+                evaluation = evaluate(model, data, cfg.eval, run=run)
     except BaseException:
         if run is not None:
             run.end("FAILED")
@@ -126,7 +134,7 @@ def run_training(cfg: DictConfig, parent: Run | None = None,
         run.end("FINISHED")
         runs.set_status(folder, run_id, "FINISHED")
     return {"run_id": run_id, "run_dir": folder, "split_hash": data.split_hash,
-            "model": trainer.model, "data": data, "stages": results, "eval": evaluation}
+            "model": model, "data": data, "stages": results, "eval": evaluation}
 
 
 def eval_enabled(cfg: DictConfig) -> bool:
@@ -159,16 +167,6 @@ def log_cost(run: Run | None, model: Any, data: Any, cfg: DictConfig, results: l
     return cost
 
 
-def final_checkpoint(cfg: DictConfig, model: Any, folder: Path) -> Path:
-    """``<run folder>/checkpoints/<last stage>-final/model.safetensors`` of a run."""
-    stages = list(cfg.trainer.get("stages") or model.stages)
-    path = folder / "checkpoints" / f"{stages[-1]}-final" / "model.safetensors"
-    if not path.is_file():
-        raise MissingFileError(f"{path}: no final checkpoint of stage {stages[-1]!r} (did the run "
-                               "finish its training?)")
-    return path
-
-
 def stored_config(tracker: Tracker, run_id: str) -> DictConfig:
     """A run's ``config.yaml`` artifact, with every ``_target_`` checked (zoo.build.check_targets)."""
     import tempfile
@@ -192,19 +190,20 @@ def stored_config(tracker: Tracker, run_id: str) -> DictConfig:
     return cfg
 
 
-def run_evaluation(run_id: str, overrides: list[str] = (), tracking_uri: str | None = None) -> dict:
-    """``zoo eval RUN_ID [eval.*=...]``: rebuild a run from its ``config.yaml`` artifact, load the
-    final checkpoint from the run's own folder after checking its sha256 against the one the run
-    recorded, evaluate, and log to a new child run of RUN_ID (the train-time records stay as they
-    are; docs/guarantees.md)."""
+def run_evaluation(name: str, overrides: list[str] = (), tracking_uri: str | None = None) -> dict:
+    """``zoo eval MODEL [eval.*=...]``: MODEL is a run id, a run folder or a folder written by
+    ``zoo export`` (:func:`zoo.trained.locate`). Rebuild it from its stored configuration, load
+    its weights after checking their sha256 against the recorded one, evaluate, and log to a new
+    child run of the trained run (the train-time records stay as they are; docs/guarantees.md);
+    an export's evaluation is a run of its own in the tracking store (``tracking_uri``, default
+    as ``zoo train``), tagged with the export's folder and the run it was exported from."""
     from omegaconf import OmegaConf
 
-    from zoo.checkpoint import file_sha256, load_weights
     from zoo.evaluation.runner import evaluate
+    from zoo.trained import locate
 
-    tracker = Tracker(tracking_uri)
-    trained = tracker.get_run(run_id)
-    cfg = stored_config(tracker, run_id)
+    trained = locate(name, tracking_uri)
+    cfg = trained.build_config()
     if overrides:
         try:
             cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(list(overrides)))
@@ -212,32 +211,30 @@ def run_evaluation(run_id: str, overrides: list[str] = (), tracking_uri: str | N
             raise ConfigError(f"overrides {list(overrides)}: {str(err).splitlines()[0]}") from err
         check_targets(cfg)
     if cfg.get("eval") is None:
-        raise ConfigError(f"run {run_id}: its config has no eval group")
+        raise ConfigError(f"{name}: its config has no eval group")
     check_eval(cfg.eval)
-    folder = Path(trained.data.tags.get("zoo.run_dir") or runs.run_folder(cfg, run_id))
     data = build_data(cfg)
-    run_split = trained.data.tags.get("zoo.split_hash")
-    if run_split and run_split != data.split_hash:
-        raise RunError(f"run {run_id}: trained on split {run_split[:12]}, the data now has split "
-                       f"{data.split_hash[:12]}; refusing to evaluate on a different split")
+    if trained.split_hash and trained.split_hash != data.split_hash:
+        raise RunError(f"{name}: trained on split {trained.split_hash[:12]}, the data now has "
+                       f"split {data.split_hash[:12]}; refusing to evaluate on a different split")
     model = build_model(cfg)
     check_data_fit(data, model, str(cfg.eval.get("split") or "test"), "nothing to evaluate")
-    weights = final_checkpoint(cfg, model, folder)
-    tag = f"zoo.checkpoint.{weights.parent.name}.sha256"
-    recorded = trained.data.tags.get(tag)
-    if recorded is None:
-        raise RunError(f"run {run_id}: records no sha256 of {weights} (tag {tag}); it was not "
-                       "trained by this version of the zoo")
-    if file_sha256(weights) != recorded:
-        raise CheckpointError(f"{weights}: sha256 differs from the one run {run_id} recorded when "
-                              "it wrote the file; refusing to evaluate other weights")
-    load_weights(model, weights)
-    # what the comparison reads to name and pair runs: split, variant, component choices
-    names = {k: v for k, v in trained.data.tags.items()
-             if k in ("zoo.split_hash", "zoo.variant") or k[len("zoo."):] in GROUP_KINDS}
-    child = tracker.start_run(f"eval:{trained.info.run_name or run_id}",
-                              parent=Run(tracker.client, run_id),
-                              tags={**names, "zoo.eval_of": run_id})
+    trained.load(model)
+    choices = {f"zoo.{k}": v for k, v in chosen_options(cfg).items()}
+    if trained.kind == "run":
+        tracker, run_id = trained.tracker, trained.run_id
+        # what the comparison reads to name and pair runs: split, variant, component choices
+        names = {k: v for k, v in trained.record.items()
+                 if k in ("zoo.split_hash", "zoo.variant") or k[len("zoo."):] in GROUP_KINDS}
+        child = tracker.start_run(f"eval:{tracker.get_run(run_id).info.run_name or run_id}",
+                                  parent=Run(tracker.client, run_id),
+                                  tags={**names, "zoo.eval_of": run_id})
+    else:
+        tracker = Tracker(tracking_uri)
+        tags = {**choices, "zoo.split_hash": data.split_hash, "zoo.eval_of": str(trained.folder)}
+        if trained.run_id:
+            tags["zoo.exported_from"] = trained.run_id
+        child = tracker.start_run(f"eval:{trained.folder.name}", tags=tags)
     try:
         child.log_text(OmegaConf.to_yaml(cfg.eval), "eval_config.yaml")
         results = evaluate(model, data, cfg.eval, run=child)
@@ -245,4 +242,5 @@ def run_evaluation(run_id: str, overrides: list[str] = (), tracking_uri: str | N
         child.end("FAILED")
         raise
     child.end("FINISHED")
-    return {"run_id": child.run_id, "evaluated_run": run_id, "eval": results}
+    return {"run_id": child.run_id, "evaluated_run": trained.run_id if trained.kind == "run"
+            else str(trained.folder), "kind": trained.kind, "eval": results}

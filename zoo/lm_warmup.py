@@ -26,6 +26,7 @@ from typing import Any, Iterator
 
 import torch
 from zoo.errors import ConfigError
+from zoo.types import TextModel
 
 FIELDS = ("steps", "batch_size", "lr", "tasks", "cache_dir")
 
@@ -92,7 +93,7 @@ def exclusive(path: Path) -> Iterator[None]:
 def warm_up_lm(model: Any, data: Any, cfg: Any, seed: int, log: Any = print) -> dict[str, Any]:
     """Warm up ``model.lm`` in place (or load the cached result); returns ``{key, cached,
     seconds, loss}`` (``loss``: mean text loss of the last 10 steps, None when cached)."""
-    if not hasattr(model, "text_loss"):
+    if not isinstance(model, TextModel):
         raise ConfigError(f"lm_warmup: recipe {type(model).__name__} has no text_loss (a language "
                           "model to warm up); set lm_warmup=null")
     settings = check_settings(cfg)

@@ -23,6 +23,7 @@ COMPONENT_MODULES: tuple[str, ...] = (
     "encoders.resnet3d",
     "encoders.psat",
     "encoders.slice_weighting",
+    "encoders.conv3d_stem",
     # connectors (grid_reducer: the base of the grid-reducing ones)
     "connectors.grid_reducer",
     "connectors.spatial_pool",
@@ -31,6 +32,7 @@ COMPONENT_MODULES: tuple[str, ...] = (
     "connectors.linear",
     "connectors.identity",
     "connectors.perceiver",
+    "connectors.max_pool",
     # heads and language models
     "heads.lora",
     "heads.causal_lm",
@@ -47,6 +49,7 @@ COMPONENT_MODULES: tuple[str, ...] = (
     "heads.segvol_inference",
     "heads.segvol_official_rule",
     # recipes
+    "recipes.language_model",
     "recipes.lamed",
     "recipes.lamed_seg",
     "recipes.clip3d",

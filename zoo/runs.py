@@ -101,3 +101,21 @@ def check_same_config(folder: Path, cfg: DictConfig) -> None:
         raise ConfigError(f"trainer.resume: run {folder.name} was trained with another config: "
                           f"{shown}. Only {', '.join(RESUMABLE_KEYS)}* and *.cache_dir may change "
                           "on resume")
+
+
+def final_checkpoint(folder: Path, stages: list[str]) -> Path:
+    """``<run folder>/checkpoints/<last stage>-final/model.safetensors``: of the last of
+    ``stages``, or (empty) the final checkpoint written last (stages run in order)."""
+    from zoo.checkpoint import WEIGHTS_FILE, read_state
+    from zoo.errors import MissingFileError
+
+    root = folder / "checkpoints"
+    if stages:
+        path = root / f"{stages[-1]}-final" / WEIGHTS_FILE
+    else:
+        finals = sorted(root.glob(f"*-final/{WEIGHTS_FILE}"),
+                        key=lambda p: tuple(read_state(p.parent)["position"]))
+        path = finals[-1] if finals else root / "<stage>-final" / WEIGHTS_FILE
+    if not path.is_file():
+        raise MissingFileError(f"{path}: no final checkpoint (did the run finish its training?)")
+    return path

@@ -24,8 +24,9 @@ from typing import Any, Iterable, Mapping
 import torch
 from torch import Tensor
 
+from zoo.checks import positive_int
 from zoo.errors import ConfigError, DataError
-from zoo.types import TASK_NAMES
+from zoo.types import TASK_NAMES, stack_batch
 
 IMAGE_PLACEHOLDER = "<image>"
 PROMPT_FIELD = "{prompt}"
@@ -141,8 +142,7 @@ class ImageTextCollator:
                  answer_separator: str = " ", chat_template: bool | None = False,
                  for_generation: bool = False) -> None:
         self.templates = resolve_templates(template)
-        if not isinstance(num_image_tokens, int) or num_image_tokens < 1:
-            raise ConfigError(f"num_image_tokens must be a positive int, got {num_image_tokens!r}")
+        positive_int("num_image_tokens", num_image_tokens)
         if num_image_tokens >= max_length:
             raise ConfigError(f"num_image_tokens={num_image_tokens} leaves no room for text in "
                               f"max_length={max_length}; image tokens are never truncated")
@@ -283,11 +283,11 @@ class ImageTextCollator:
                 labels[row, n_prompt:len(ids)] = input_ids[row, n_prompt:len(ids)]
         keys = dict.fromkeys(k for s in samples for k in s)  # union: mixed seg / text batches
         batch: dict[str, Any] = {k: [s.get(k) for s in samples] for k in keys}
-        batch["image"] = torch.stack([s["image"] for s in samples])
+        batch["image"] = stack_batch([s["image"] for s in samples])
         masks = batch.get("mask")
         if masks is not None and all(m is not None for m in masks) \
                 and len({tuple(m.shape) for m in masks}) == 1:
-            batch["mask"] = torch.stack(masks)
+            batch["mask"] = stack_batch(masks)
         batch["input_ids"] = input_ids
         batch["attention_mask"] = attention
         if not self.for_generation:

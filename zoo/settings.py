@@ -91,7 +91,8 @@ def check_trainer(cfg: Any) -> None:
     count("trainer.batch_size", cfg.get("batch_size"), 1, nullable=True,
           meaning=" (null = the stage's default)")
     count("trainer.grad_accum", cfg.get("grad_accum"), 1)
-    choice("trainer.mixed_precision", cfg.get("mixed_precision"), MIXED_PRECISION)
+    if cfg.get("mixed_precision") is not None:  # null: the launcher's setting (docs/scale.md)
+        choice("trainer.mixed_precision", cfg.get("mixed_precision"), MIXED_PRECISION)
     count("trainer.num_workers", cfg.get("num_workers"), 0)
     count("trainer.log_every", cfg.get("log_every"), 1)
     count("trainer.save_every", cfg.get("save_every"), 0,

@@ -10,6 +10,7 @@ later. Keys that name no argument are refused with close matches. ``zoo show`` r
 
 from __future__ import annotations
 
+import functools
 import importlib
 import inspect
 import re
@@ -152,12 +153,46 @@ def config_value(value: Any) -> tuple[bool, Any]:
     return False, None
 
 
-def check_keys(fn: Callable[..., Any], keys: list[str], where: str) -> None:
-    """Refuse keys that are not keyword arguments of ``fn`` (unless it takes ``**kwargs``)."""
+def renamed(**moves: str) -> Callable[[F], F]:
+    """Decorator naming arguments a builder no longer takes and what replaced each, as config
+    text with ``VALUE`` standing for the given value (``checkpoint="pretrained=VALUE"``,
+    ``align_lr="lr={align: VALUE}"``). An old name is accepted nowhere: a config that uses it is
+    refused in one line naming the new form (:func:`check_keys`), and so is a call."""
+    def decorate(fn: F) -> F:
+        @functools.wraps(fn)
+        def builder(*args: Any, **kwargs: Any) -> Any:
+            for key in kwargs:
+                if key in moves:
+                    instead = moves[key].replace("VALUE", _as_text(kwargs[key]))
+                    raise ConfigError(f"{fn.__name__}({key}=...): {key} is no longer an argument; "
+                                      f"use {instead}")
+            return fn(*args, **kwargs)
+
+        builder.__renamed__ = {**getattr(fn, "__renamed__", {}), **moves}  # type: ignore[attr-defined]
+        return builder  # type: ignore[return-value]
+
+    return decorate
+
+
+def _as_text(value: Any) -> str:
+    import json
+
+    return value if isinstance(value, str) else json.dumps(value).replace('"', "")
+
+
+def check_keys(fn: Callable[..., Any], node: Mapping[str, Any], where: str) -> None:
+    """Refuse keys of ``node`` that are not keyword arguments of ``fn`` (unless it takes
+    ``**kwargs``); an old name (:func:`renamed`) is refused naming its replacement."""
+    moves = getattr(fn, "__renamed__", {})
+    for key, value in node.items():
+        if key in moves:
+            instead = moves[key].replace("VALUE", _as_text(value))
+            raise ConfigError(f"{where}.{key} is no longer an argument of {fn.__name__}(): use "
+                              f"{where}.{instead}")
     if takes_any_keyword(fn):
         return
     known = [a.name for a in arguments(fn)]
-    for key in keys:
+    for key in node:
         if key not in known and key not in HYDRA_KEYS:
             raise ConfigError(f"{where}.{key}: {fn.__name__}() has no argument {key!r}."
                               f"{suggest(key, known)} Arguments: {', '.join(known) or '(none)'}")
@@ -171,7 +206,7 @@ def complete_node(node: dict[str, Any], where: str, skip: Iterable[str] = ()) ->
     fn = resolve_target(node["_target_"])
     if fn is None:
         return node
-    check_keys(fn, list(node), where)
+    check_keys(fn, node, where)
     given = dict(node)
     ordered: dict[str, Any] = {"_target_": given.pop("_target_")}
     for arg in arguments(fn):

@@ -172,8 +172,10 @@ def plan(overrides: Sequence[str]) -> Plan:
     threads = int(spec.get("threads_per_job") or 1)
     if threads < 1:
         raise ConfigError(f"sweep.threads_per_job={threads}: must be >= 1")
-    return Plan(experiment, jobs, launcher_settings(launcher, hydra_launcher, threads), threads,
-                spec.get("results"))
+    settings = launcher_settings(launcher, hydra_launcher, threads)
+    if spec.get("accelerate_config"):  # multi-process Slurm jobs (zoo/launch/slurm.py)
+        settings["accelerate_config"] = spec["accelerate_config"]
+    return Plan(experiment, jobs, settings, threads, spec.get("results"))
 
 
 def usable_cores() -> int:
@@ -217,7 +219,7 @@ def submitit_parameters(settings: dict[str, Any]) -> dict[str, Any]:
     """Hydra's ``submitit_slurm`` launcher keys as ``submitit.AutoExecutor`` parameters."""
     generic = {"timeout_min", "cpus_per_task", "gpus_per_node", "tasks_per_node", "mem_gb",
                "nodes", "name"}
-    skip = {"launcher", "_target_", "submitit_folder", "max_num_timeout"}
+    skip = {"launcher", "_target_", "submitit_folder", "max_num_timeout", "accelerate_config"}
     params = {}
     for key, value in settings.items():
         if key in skip or value is None or value == {} or value == []:
@@ -416,12 +418,14 @@ def run_sweep(overrides: Sequence[str] = ()) -> dict[str, Any]:
         else:
             import submitit
 
+            from zoo.launch.slurm import sweep_job_function
+
             executor = submitit.AutoExecutor(folder=launcher.get("submitit_folder") or
                                              "runs/submitit/%j")
             executor.update_parameters(**submitit_parameters(launcher))
-            submitted = executor.map_array(run_job, [list(j.overrides) for j in jobs],
-                                           [parent.run_id] * len(jobs), [j.variant for j in jobs],
-                                           [j.seed for j in jobs])
+            submitted = executor.map_array(
+                sweep_job_function(launcher), [list(j.overrides) for j in jobs],
+                [parent.run_id] * len(jobs), [j.variant for j in jobs], [j.seed for j in jobs])
             log.info(f"submitted {len(submitted)} Slurm jobs: {submitted[0].job_id} ...")
             for job in submitted:
                 job.result()

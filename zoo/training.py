@@ -38,7 +38,7 @@ from zoo import checkpoint
 from zoo.errors import ConfigError, DataError
 from zoo.registry import suggest
 from zoo.settings import check_trainer
-from zoo.types import Stage, ZooModel
+from zoo.types import Stage, ZooModel, eval_mode
 from zoo.verbosity import get_logger, show_progress
 
 log = get_logger(__name__)
@@ -68,6 +68,24 @@ def peak_memory_mb(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: kilobytes
+
+
+def check_strategy(acc: Any) -> None:
+    """Refuse DeepSpeed ZeRO-3: its hooks re-gather a module's own parameters for backward by
+    finding tensors in the module's output, and the zoo's components return ``VisualTokens`` /
+    ``StepOutput`` dataclasses, which it cannot see into; on the tiny LaMed the backward then
+    fails on a partitioned parameter (docs/scale.md). ZeRO-2 and FSDP (full sharding) work."""
+    plugin = getattr(acc.state, "deepspeed_plugin", None)
+    if acc.distributed_type == "DEEPSPEED" and plugin is not None and plugin.zero_stage == 3:
+        raise ConfigError("DeepSpeed ZeRO-3 is not supported: its backward hooks need module "
+                          "outputs made of tensors, and the zoo's components return dataclasses "
+                          "(VisualTokens, StepOutput); use the fsdp config (full sharding, the "
+                          "same memory per GPU) or deepspeed_zero2 (docs/scale.md)")
+
+
+def sharded(acc: Any) -> bool:
+    """Whether ``acc`` shards model and optimiser states over its processes (FSDP, DeepSpeed)."""
+    return acc.distributed_type in ("FSDP", "DEEPSPEED")
 
 
 def compile_options(value: Any) -> dict[str, str] | None:
@@ -103,6 +121,16 @@ def compile_options(value: Any) -> dict[str, str] | None:
     return {"backend": backend} if mode is None else {"backend": backend, "mode": mode}
 
 
+def as_floats(item: tuple[str, list[Any]]) -> tuple[str, list[float]]:
+    """A logging window's values (floats, or 0-dim tensors kept on the device) as floats, read back
+    in one transfer per key; each is the value ``float()`` gives, so means are unchanged."""
+    key, values = item
+    tensors = [v for v in values if isinstance(v, torch.Tensor)]
+    if len(tensors) == len(values) and len({(t.dtype, t.device) for t in tensors}) == 1:
+        return key, torch.stack([t.reshape(()) for t in tensors]).tolist()
+    return key, [float(v) for v in values]
+
+
 @dataclass
 class StageResult:
     stage: str
@@ -131,15 +159,18 @@ class Trainer:
         self.on_log = on_log
         self.root = Path(folder if folder is not None else cfg.output_dir) / "checkpoints"
         self.compile = compile_options(cfg.get("compile"))
+        self.sharded = False  # set per stage: FSDP / DeepSpeed shard the model (see sharded())
 
     # ---------------------------------------------------------------- stage plumbing
     def _accelerator(self) -> Any:
         from accelerate import Accelerator
         from accelerate.utils import DataLoaderConfiguration, DistributedDataParallelKwargs
 
+        mixed = self.cfg.get("mixed_precision")
         return Accelerator(
             gradient_accumulation_steps=int(self.cfg.grad_accum),
-            mixed_precision=str(self.cfg.mixed_precision),
+            # null: the launcher's setting (accelerate config / --mixed_precision), else "no"
+            mixed_precision=None if mixed is None else str(mixed),
             dataloader_config=DataLoaderConfiguration(split_batches=True),
             kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
         )
@@ -224,7 +255,14 @@ class Trainer:
         optimizer = torch.optim.AdamW(params, lr=stage.lr, weight_decay=stage.weight_decay)
         scheduler = get_cosine_schedule_with_warmup(optimizer, int(stage.warmup_ratio * total), total)
         acc = self._accelerator()
+        check_strategy(acc)
+        if acc.distributed_type == "DEEPSPEED":  # DeepSpeed clips in its engine
+            acc.state.deepspeed_plugin.deepspeed_config["gradient_clipping"] = \
+                float(self.cfg.max_grad_norm or 0.0)
         model, optimizer, loader, scheduler = acc.prepare(self.model, optimizer, loader, scheduler)
+        self.sharded = sharded(acc)
+        # the prepared model's parameters: FSDP2 has replaced the originals by sharded DTensors
+        params = [p for p in model.parameters() if p.requires_grad]
         step = 0
         if resume is not None:
             if int(resume[1]["total"]) != total:
@@ -239,7 +277,8 @@ class Trainer:
             state = {"stage": stage.name, "step": step, "total": total,
                      "position": [index, step, int(finished)], "stages": self.stages,
                      "done_stages": done + ([stage.name] if finished else [])}
-            folder = checkpoint.save(self.root, name, lambda d: acc.save_state(str(d)), state,
+            folder = checkpoint.save(self.root, name, lambda d: self._write_state(acc, model, d),
+                                     state,
                                      is_main=acc.is_main_process, barrier=acc.wait_for_everyone)
             if acc.is_main_process and self.run is not None:
                 digest = checkpoint.read_state(folder)["sha256"][checkpoint.WEIGHTS_FILE]
@@ -247,7 +286,8 @@ class Trainer:
 
         bar = tqdm(total=total, initial=step, desc=f"stage {stage.name}",
                    disable=not (acc.is_local_main_process and show_progress()), dynamic_ncols=True)
-        window: dict[str, list[float]] = {}
+        # per-step values stay on the device (no host sync per step); read back at log time
+        window: dict[str, list[Any]] = {}
         losses: list[float] = []
         start = time.perf_counter()
         window_start, samples, tokens = start, 0, 0
@@ -268,17 +308,18 @@ class Trainer:
                     optimizer.zero_grad(set_to_none=True)
                 samples += int(batch["image"].shape[0]) * acc.num_processes
                 if "attention_mask" in batch:
-                    tokens += int(batch["attention_mask"].sum()) * acc.num_processes
-                window.setdefault("loss", []).append(float(out.loss.detach()))
+                    tokens = tokens + batch["attention_mask"].sum()
+                window.setdefault("loss", []).append(out.loss.detach())
                 for key, value in out.logs.items():
-                    window.setdefault(key, []).append(float(value))
+                    window.setdefault(key, []).append(value)
                 if not acc.sync_gradients:
                     continue
                 step += 1
                 bar.update(1)
                 if step % every == 0 or step == total:
                     now = time.perf_counter()
-                    logs = {k: sum(v) / len(v) for k, v in window.items()}
+                    logs = {k: sum(v) / len(v) for k, v in map(as_floats, window.items())}
+                    tokens = int(tokens) * acc.num_processes
                     logs.update(lr=scheduler.get_last_lr()[0],
                                 samples_per_s=samples / max(now - window_start, 1e-9),
                                 peak_memory_mb=peak_memory_mb(acc.device))
@@ -306,6 +347,19 @@ class Trainer:
         acc.free_memory()
         return result
 
+    @staticmethod
+    def _write_state(acc: Any, model: Any, folder: Path) -> None:
+        """Accelerate's ``save_state`` (sharded model and optimiser states under FSDP and
+        DeepSpeed, which ``trainer.resume`` reloads); for those, also the full weights gathered
+        into one ``model.safetensors`` with the unwrapped model's keys, as a single process
+        writes it, for ``zoo eval`` and for resuming at a stage boundary (docs/scale.md)."""
+        acc.save_state(str(folder))
+        if sharded(acc):
+            from accelerate.utils import save
+
+            state = acc.get_state_dict(model)  # collective; the full state on the main process
+            save(state, folder / checkpoint.WEIGHTS_FILE, safe_serialization=True)  # main only
+
     @torch.no_grad()
     def validate(self, acc: Any, model: Any, stage: Stage) -> float | None:
         """Mean loss over (at most ``trainer.val_batches``) validation batches of the stage's mix."""
@@ -313,14 +367,13 @@ class Trainer:
             loader = acc.prepare(self._loader(stage, "validation", shuffle=False))
         except DataError:  # no validation samples of the stage's tasks
             return None
-        model.eval()
         total, count = 0.0, 0
-        for i, batch in enumerate(loader):
-            if i >= int(self.cfg.val_batches):
-                break
-            total += float(acc.gather_for_metrics(model(batch).loss.detach().reshape(1)).mean())
-            count += 1
-        model.train()
+        with eval_mode(model):
+            for i, batch in enumerate(loader):
+                if i >= int(self.cfg.val_batches):
+                    break
+                total += float(acc.gather_for_metrics(model(batch).loss.detach().reshape(1)).mean())
+                count += 1
         return total / count if count else None
 
     def _log(self, stage: str, step: int, logs: dict[str, float], is_main: bool) -> None:

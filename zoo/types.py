@@ -7,14 +7,15 @@ Tensor layouts:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-import re
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Iterator, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor, nn
-from zoo.errors import DataError
+from zoo.errors import ConfigError, DataError
+from zoo.registry import suggest
 
 PLANES: tuple[str, ...] = ("axial", "coronal", "sagittal")
 COMPONENT_KEYS: tuple[str, ...] = ("encoder", "bridge", "connector", "lm", "heads")
@@ -23,6 +24,16 @@ COMPONENT_KEYS: tuple[str, ...] = ("encoder", "bridge", "connector", "lm", "head
 # slice text) triplets of Med3DInsight pretraining.
 TASK_NAMES: tuple[str, ...] = ("caption", "vqa_closed", "vqa_open", "rec", "reg", "seg", "refseg",
                                "cls", "slice")
+
+
+def stack_batch(tensors: list[Tensor]) -> Tensor:
+    """``torch.stack(tensors)`` through ``torch.utils.data.default_collate``: inside a DataLoader
+    worker the stacked batch is written straight into shared memory, saving the copy the worker
+    would otherwise make to hand it to the training process (docs/performance.md, "Data
+    pipeline")."""
+    from torch.utils.data import default_collate
+
+    return default_collate(tensors)
 
 
 def check_volume(volume: Tensor, name: str = "volume", channels: int | None = None) -> None:
@@ -85,7 +96,8 @@ class Conditioning:
     slice_index: Tensor | None = None
 
 
-Grid = tuple[int, int, int]
+Grid = tuple[int, int, int]  # a token grid (d, h, w)
+Size3 = tuple[int, int, int]  # a size in voxels (D, H, W)
 
 
 @runtime_checkable
@@ -129,6 +141,85 @@ class Connector(Protocol):
     def forward(self, visual: VisualTokens) -> VisualTokens: ...
 
 
+# Parameter groups every component has, empty unless it declares them: ``new`` (parameters that do
+# not come from its pretrained weights: they must learn whenever the component is used) and
+# ``frozen`` (pretrained parts that stay fixed whenever the component trains).
+DEFAULT_GROUPS: tuple[str, ...] = ("new", "frozen")
+
+
+@runtime_checkable
+class ParameterGroups(Protocol):
+    """A component that names groups of its own parameters for the stages of a recipe:
+    ``{group: [parameter names relative to the component]}`` (e.g. a causal LM's ``lora`` and
+    ``input_embeddings``, an encoder's ``new`` and ``frozen``), so that recipes select parameters
+    by role instead of by name patterns (docs/design.md section 7)."""
+
+    def parameter_groups(self) -> dict[str, list[str]]: ...
+
+
+def parameter_names(root: nn.Module, parts: Any) -> list[str]:
+    """Names (relative to ``root``, in its order) of the parameters of ``parts``: modules or
+    parameters inside ``root`` (None entries are skipped). Matching is by identity, so a tied
+    parameter is named once, under the name ``root.named_parameters()`` gives it."""
+    ids: set[int] = set()
+    for part in parts:
+        if isinstance(part, nn.Parameter):
+            ids.add(id(part))
+        elif part is not None:
+            ids.update(id(p) for p in part.parameters())
+    return [name for name, p in root.named_parameters() if id(p) in ids]
+
+
+@runtime_checkable
+class RoutedEncoder(Protocol):
+    """An encoder with task-level routing switched per stage (TGH-MoE): ``set_routing("shared"
+    | "specific")`` and, once at the boundary, ``init_groups_from_shared()``."""
+
+    def set_routing(self, mode: str) -> None: ...
+
+    def init_groups_from_shared(self) -> None: ...
+
+
+# What evaluation and LM warm-up ask a model for (docs/design.md section 8): a model has the
+# capability when it has the method, checked with ``isinstance(model, Protocol)``.
+@runtime_checkable
+class AnswerScorer(Protocol):
+    """``answer_logprob(samples) -> (B,)`` summed log-likelihood of each sample's answer given its
+    image and prompt (closed VQA ranks the choices by it)."""
+
+    def answer_logprob(self, samples: list[dict[str, Any]]) -> Tensor: ...
+
+
+@runtime_checkable
+class Segmenter(Protocol):
+    """``segment(samples) -> (texts, masks)``: ``masks[i]`` ``(K_i, D, H, W)`` probabilities
+    (one per ``[SEG]`` the answer holds, for a LaMed); ``max_new_tokens`` is passed when its
+    signature names it."""
+
+    def segment(self, samples: Any, **kwargs: Any) -> tuple[list[str], Any]: ...
+
+
+@runtime_checkable
+class PairEmbedder(Protocol):
+    """``embed_pairs(batch) -> (image (B, E), text (B, E))`` unit embeddings (retrieval)."""
+
+    def embed_pairs(self, batch: dict[str, Any]) -> tuple[Tensor, Tensor]: ...
+
+
+@runtime_checkable
+class Classifier(Protocol):
+    """``classify(samples) -> (B,) or (B, K)`` class probabilities."""
+
+    def classify(self, samples: list[dict[str, Any]]) -> Tensor: ...
+
+
+@runtime_checkable
+class TextModel(Protocol):
+    """``text_loss(samples) -> ()`` language-model loss on the samples' text alone (LM warm-up)."""
+
+    def text_loss(self, samples: list[dict[str, Any]]) -> Tensor: ...
+
+
 @dataclass
 class LMOutput:
     """Causal-LM result: ``logits (B, T, V)``, last hidden state ``(B, T, H)``, loss if labels."""
@@ -158,7 +249,8 @@ class EmbeddingOutput:
 
 @dataclass
 class StepOutput:
-    """One training/eval step: scalar ``loss`` to backpropagate and float ``logs``."""
+    """One training/eval step: scalar ``loss`` to backpropagate and ``logs``, floats or detached
+    0-dim tensors (kept on the device: the trainer reads them back only when it logs)."""
 
     loss: Tensor
     logs: dict[str, float] = field(default_factory=dict)
@@ -168,9 +260,11 @@ class StepOutput:
 class Stage:
     """A training stage: what is trainable, which data mix, default optimiser settings.
 
-    ``trainable`` holds regular expressions matched (``re.match``) against full parameter names of
-    the model, e.g. ``r"connector\\."`` or ``r"lm\\..*lora_"``; ``tasks`` names the data mix
-    (empty = every task the data offers).
+    ``trainable`` holds roles (docs/design.md section 7): ``"connector"`` (every parameter of the
+    model's ``connector`` except its ``frozen`` group) or ``"lm:lora"`` (the ``lora`` group the
+    ``lm`` declares in :meth:`ParameterGroups.parameter_groups`); the part before ``:`` is an
+    attribute path of the model (``heads.seg``). ``tasks`` names the data mix (empty = every task
+    the data offers).
     """
 
     name: str
@@ -199,6 +293,18 @@ class Stage:
         count(f"{where} batch_size", self.batch_size, 1, meaning=" (the recipe's batch size)")
 
 
+@contextlib.contextmanager
+def eval_mode(module: nn.Module) -> Iterator[nn.Module]:
+    """``module`` in eval mode (no dropout) inside the block; its previous mode is restored on
+    leaving, also when the block raises."""
+    was_training = module.training
+    module.eval()
+    try:
+        yield module
+    finally:
+        module.train(was_training)
+
+
 class ZooModel(nn.Module):
     """Base of every recipe's model: components as attributes, stages, one forward per batch.
 
@@ -218,38 +324,68 @@ class ZooModel(nn.Module):
         keep every other key as a list. Recipes with text override this (tokenisation lives
         with the model because the image-token count does)."""
         batch: dict[str, Any] = {k: [s.get(k) for s in samples] for k in samples[0]}
-        batch["image"] = torch.stack([s["image"] for s in samples])
+        batch["image"] = stack_batch([s["image"] for s in samples])
         if all(s.get("mask") is not None for s in samples):
-            batch["mask"] = torch.stack([s["mask"] for s in samples])
+            batch["mask"] = stack_batch([s["mask"] for s in samples])
         return batch
 
     def generate(self, batch: dict[str, Any], **gen_kwargs: Any) -> Any:
         raise NotImplementedError(f"{type(self).__name__} does not generate outputs")
 
-    def apply_stage(self, stage: Stage | str) -> list[str]:
-        """Freeze everything, then unfreeze parameters matching the stage's patterns.
+    def role_parameters(self, role: str) -> list[nn.Parameter]:
+        """The parameters a role selects (:class:`Stage`): ``"path"`` = every parameter of the
+        component at ``path`` except its ``frozen`` group, ``"path:group"`` = that group."""
+        path, _, group = role.partition(":")
+        try:
+            module = self.get_submodule(path)
+        except AttributeError:
+            parts = [n for n, m in self.named_children() if any(True for _ in m.parameters())]
+            raise ConfigError(f"role {role!r}: {type(self).__name__} has no component {path!r} "
+                              f"(components: {', '.join(parts)})") from None
+        declared = module.parameter_groups() if isinstance(module, ParameterGroups) else {}
+        if not group:
+            frozen = {id(module.get_parameter(n)) for n in declared.get("frozen", ())}
+            return [p for p in module.parameters() if id(p) not in frozen]
+        if group not in declared and group not in DEFAULT_GROUPS:
+            raise ConfigError(f"role {role!r}: {path} ({type(module).__name__}) has no parameter "
+                              f"group {group!r}.{suggest(group, list(declared))} Groups: "
+                              f"{', '.join(sorted({*declared, *DEFAULT_GROUPS}))}")
+        return [module.get_parameter(n) for n in declared.get(group, ())]
 
-        Returns the names of trainable parameters; a pattern that matches nothing raises, since it
+    def apply_stage(self, stage: Stage | str) -> list[str]:
+        """Freeze everything, then unfreeze the parameters of the stage's roles.
+
+        Returns the names of trainable parameters; a role that selects nothing raises, since it
         is almost always a typo or a component that the recipe lacks.
         """
         stage = self.stages[stage] if isinstance(stage, str) else stage
-        patterns = [re.compile(p) for p in stage.trainable]
-        hits = {p.pattern: 0 for p in patterns}
+        chosen: set[int] = set()
+        for role in stage.trainable:
+            params = self.role_parameters(role)
+            if not params:
+                raise ConfigError(f"stage {stage.name!r}: role {role!r} selects no parameter of "
+                                  f"{type(self).__name__}")
+            chosen.update(id(p) for p in params)
         trainable = []
         for name, param in self.named_parameters():
-            matched = [p for p in patterns if p.match(name)]
-            param.requires_grad_(bool(matched))
-            for p in matched:
-                hits[p.pattern] += 1
-            if matched:
+            param.requires_grad_(id(param) in chosen)
+            if id(param) in chosen:
                 trainable.append(name)
-        unused = [p for p, n in hits.items() if n == 0]
-        if unused:
-            raise ValueError(f"stage {stage.name!r}: trainable pattern(s) {unused} match no "
-                             f"parameter of {type(self).__name__}")
         return trainable
 
     def trainable_numel(self, param: nn.Parameter) -> int:
         """How many entries of ``param`` the current stage can change (parameter counts): all of
         them when it requires grad; recipes that mask gradients override this."""
         return param.numel() if param.requires_grad else 0
+
+    @property
+    def _no_split_modules(self) -> list[str]:
+        """Class names of the blocks that sharded training wraps as units: those the components
+        declare in their own ``_no_split_modules`` (a Hugging Face LM's decoder layer, vit3d's
+        ``Block``), kept only where a module of that class is present. Accelerate's FSDP
+        ``TRANSFORMER_BASED_WRAP`` reads this attribute when its config names no class, so one
+        config file fits every encoder/LM pair (docs/scale.md)."""
+        present = {type(m).__name__ for m in self.modules()}
+        declared = {name for m in self.modules() if m is not self
+                    for name in (getattr(m, "_no_split_modules", None) or ())}
+        return sorted(declared & present)

@@ -58,6 +58,9 @@ def set_verbosity(level: int = NORMAL, hydra_verbose: Any = None) -> None:
     zoo.setLevel({QUIET: logging.WARNING, VERBOSE: logging.DEBUG}.get(level, logging.INFO))
     if level == QUIET:
         os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+        # Hugging Face's and MLflow's own bars (reading and writing weights, artifacts)
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
         for name in ("mlflow", "alembic", "hydra"):
             logging.getLogger(name).setLevel(logging.WARNING)
     elif level == VERBOSE:

@@ -88,17 +88,19 @@ def vit3d_vs_monai(size: tuple[int, int, int] = (32, 256, 256), depth: int = 12,
     max |difference| of vit3d's patch tokens from MONAI's, the step's FLOPs, each variant's
     achieved GFLOP/s, the kernel rates of :func:`kernel_rates` and ``ceiling_vs_monai``: MONAI
     default's time over the time of vit3d's FLOPs at the Linear rate."""
-    from encoders.vit3d import IGNORED_CHECKPOINT_PARTS, vit3d
+    from zoo.registry import ENCODERS
+
+    def vit3d() -> torch.nn.Module:
+        return ENCODERS.build("vit3d", img_size=size, hidden_size=width, depth=depth,
+                              num_heads=heads, mlp_dim=mlp_dim)
 
     torch.manual_seed(0)
     ref = monai_vit(size, depth, width, heads, mlp_dim)
     with torch.no_grad():  # MONAI zero-initialises the CLS token and position table
         for p in ref.parameters():
             p.add_(0.02 * torch.randn_like(p))
-    state = {k: v for k, v in ref.state_dict().items()
-             if not any(part in f".{k}" for part in IGNORED_CHECKPOINT_PARTS)}
-    zoo = vit3d(img_size=size, hidden_size=width, depth=depth, num_heads=heads, mlp_dim=mlp_dim)
-    zoo.load_state_dict(state, strict=True)
+    zoo = vit3d()
+    zoo.load_monai_state(ref.state_dict(), "", "MONAI ViT")
     sdpa = monai_vit(size, depth, width, heads, mlp_dim, sdpa=True)
     sdpa.load_state_dict(ref.state_dict())
     models = {"monai": ref, "monai_sdpa": sdpa, "vit3d": zoo}
@@ -123,9 +125,7 @@ def vit3d_vs_monai(size: tuple[int, int, int] = (32, 256, 256), depth: int = 12,
             times[name].append(time.perf_counter() - start)
     med = {name: statistics.median(t) for name, t in times.items()}
     diff = float((outs["vit3d"] - outs["monai"]).abs().max())
-    flops = meta_cost(lambda: (vit3d(img_size=size, hidden_size=width, depth=depth,
-                                     num_heads=heads, mlp_dim=mlp_dim),
-                               (torch.empty(1, 1, *size),))).flops_fwd_bwd
+    flops = meta_cost(lambda: (vit3d(), (torch.empty(1, 1, *size),))).flops_fwd_bwd
     tokens = zoo.output_layout(size)[0] + 1  # + CLS
     rates = kernel_rates(tokens, width, heads, mlp_dim)
     return {"size": list(size), "depth": depth, "rounds": rounds,

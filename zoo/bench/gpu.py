@@ -1,7 +1,7 @@
 """GPU figures of ``zoo bench``: the ``vit3d_base_m3d`` training step per variant (fp32; bf16
-autocast eager, compiled, compiled with CUDA graphs, xformers), its model FLOPs utilisation
-(MFU), the attention kernels that actually ran, and the measured peak memory of the full M3D
-configuration (ViT-B + LLaMA-2-7B with LoRA, batch 1).
+autocast eager, compiled, compiled with CUDA graphs, compiled with bf16 weights), its model FLOPs
+utilisation (MFU), the attention kernels that actually ran, and the measured peak memory of the
+full M3D configuration (ViT-B + LLaMA-2-7B with LoRA, batch 1).
 
 MFU = meta-counted matmul FLOPs of forward+backward x batch / step time / peak. Two peaks are
 reported: the datasheet's dense bf16 rate and the rate of a large bf16 matrix product measured
@@ -59,22 +59,14 @@ def matmul_tflops(device: torch.device, n: int = 8192, repeats: int = 10) -> flo
 
 
 VARIANTS = ("fp32", "eager", "compiled", "compiled-cudagraphs", "bf16-weights",
-            "compiled-bf16-weights", "xformers")
-
-
-def gpu_variants() -> list[str]:
-    """The variants the GPU section times: ``fp32`` (no autocast), ``eager`` (bf16 autocast,
-    SDPA), ``compiled`` (eager + ``nn.Module.compile()``, inductor's default mode),
-    ``compiled-cudagraphs`` (mode ``reduce-overhead``: the step replayed as CUDA graphs),
-    ``compiled-bf16-weights`` (compiled, weights and input in bf16 without autocast: no per-step
-    casts, i.e. pure-bf16 training, which the zoo's trainer does not do: it keeps fp32 master
-    weights under autocast) and ``xformers`` attention when it is importable. ``bf16-weights``
-    (the same, eager) is also accepted by :func:`encoder_rows`."""
-    import importlib.util
-
-    found = importlib.util.find_spec("xformers") is not None
-    return ["fp32", "eager", "compiled", "compiled-cudagraphs", "compiled-bf16-weights"] + \
-        (["xformers"] if found else [])
+            "compiled-bf16-weights")
+# The variants the GPU section times: ``fp32`` (no autocast), ``eager`` (bf16 autocast, SDPA),
+# ``compiled`` (eager + ``nn.Module.compile()``, inductor's default mode), ``compiled-cudagraphs``
+# (mode ``reduce-overhead``: the step replayed as CUDA graphs), ``compiled-bf16-weights``
+# (compiled, weights and input in bf16 without autocast: no per-step casts, i.e. pure-bf16
+# training, which the zoo's trainer does not do: it keeps fp32 master weights under autocast).
+# ``bf16-weights`` (the same, eager) is also accepted by :func:`encoder_rows`.
+DEFAULT_VARIANTS = ("fp32", "eager", "compiled", "compiled-cudagraphs", "compiled-bf16-weights")
 
 
 def training_step(model: nn.Module, x: torch.Tensor, bf16: bool) -> Callable[[], None]:
@@ -101,7 +93,7 @@ def attention_kernels(step: Callable[[], None], device: torch.device) -> list[st
     return sorted(n[:90] for n in names)
 
 
-def encoder_rows(build: Callable[[str], nn.Module], size: Sequence[int], flops_per_sample: int,
+def encoder_rows(build: Callable[[], nn.Module], size: Sequence[int], flops_per_sample: int,
                  device: torch.device, batches: Sequence[int] = (1, 8, 16),
                  variants: Sequence[str] | None = None, peaks: Sequence[float | None] = (),
                  repeats: int = 5, name: str = "vit3d_base_m3d"
@@ -109,12 +101,12 @@ def encoder_rows(build: Callable[[str], nn.Module], size: Sequence[int], flops_p
     """Time the encoder's training step per variant and batch on ``device`` (metrics named
     ``gpu/{name}/{variant}/b{batch}/fwd_bwd_s``).
 
-    ``build(attn_impl)`` returns the encoder on the current default device. Returns table rows
+    ``build()`` returns the encoder on the current default device. Returns table rows
     ``[variant, batch, s, vol/s, TFLOP/s, MFU per peak..., peak MB]``, metrics, and the attention
     kernels of each variant's first batch."""
     from zoo.registry import suggest
 
-    variants = list(variants or gpu_variants())
+    variants = list(variants or DEFAULT_VARIANTS)
     for variant in variants:
         if variant not in VARIANTS:
             raise ConfigError(f"unknown GPU bench variant {variant!r}.{suggest(variant, VARIANTS)}"
@@ -125,7 +117,7 @@ def encoder_rows(build: Callable[[str], nn.Module], size: Sequence[int], flops_p
         try:
             with device:
                 torch.manual_seed(0)
-                model = build("xformers" if variant == "xformers" else "sdpa").train()
+                model = build().train()
             if bf16_weights:
                 model.to(torch.bfloat16)
             if variant.startswith("compiled"):  # one static graph per batch size
@@ -170,7 +162,6 @@ def lamed_step(overrides: Sequence[str], device: torch.device, batch_size: int =
     (forward, backward, AdamW) on a batch filling ``recipe.max_length`` tokens, once with
     gradient checkpointing in both towers and once without. One dict per setting: seconds,
     peak MB (CUDA), tokens, trainable and total parameters."""
-    from heads.causal_lm import set_gradient_checkpointing
     from zoo.build import build_model
     from zoo.config import compose
 
@@ -200,7 +191,7 @@ def lamed_step(overrides: Sequence[str], device: torch.device, batch_size: int =
     results = []
     for ckpt in checkpointing:
         model.encoder.set_grad_checkpointing(ckpt)
-        set_gradient_checkpointing(model.lm.model, ckpt)
+        model.lm.set_grad_checkpointing(ckpt)
         _reset_peak(device)
         seconds = time_call(step, repeats=steps, warmup=1, device=device)
         results.append({"checkpointing": ckpt, "seconds": seconds, "peak_mb": _peak_mb(device),
@@ -214,9 +205,9 @@ def gpu_section(device: torch.device) -> tuple[str, dict[str, float]]:
     """The GPU section of ``zoo bench`` (Markdown body, metrics); a clear note without CUDA."""
     if device.type != "cuda":
         return GPU_SKIPPED + ": bf16 autocast, SDPA flash/efficient kernels, torch.compile, " \
-               "xformers, model FLOPs utilisation and measured peak memory need a CUDA device.", {}
-    from encoders.vit3d import vit3d_base_m3d
+               "model FLOPs utilisation and measured peak memory need a CUDA device.", {}
     from zoo.bench.cases import encoder_cases
+    from zoo.registry import ENCODERS
 
     case = next(c for c in encoder_cases("full") if c.name == "vit3d_base_m3d")
     flops = meta_cost(case.factory).flops_fwd_bwd
@@ -235,7 +226,7 @@ def gpu_section(device: torch.device) -> tuple[str, dict[str, float]]:
         metrics[f"gpu/full_m3d/{tag}/peak_mb"] = r["peak_mb"]
         print(f"gpu bench: full M3D {tag}: {r}", flush=True)
     _reset_peak(device)
-    rows, m, kernels = encoder_rows(lambda impl: vit3d_base_m3d(attn_impl=impl), case.size, flops,
+    rows, m, kernels = encoder_rows(lambda: ENCODERS.build("vit3d_base_m3d"), case.size, flops,
                                     device, batches=(1, 16, 32), peaks=(sheet, measured))
     metrics.update(m)
     body = (f"{name}, torch {torch.__version__}. `vit3d_base_m3d` (ViT-B/(4,16,16), "

@@ -23,8 +23,28 @@ from zoo.errors import ConfigError, DataError, MissingFileError
 JSON_START, JSON_END = "<!-- bench-json", "bench-json -->"
 
 
+def source() -> dict[str, Any]:
+    """The command line and the git commit of the working tree (``+dirty`` with uncommitted
+    changes; None outside a git checkout): what a recorded number was made with."""
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[2]
+    try:
+        commit = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"],
+                                capture_output=True, text=True, timeout=10).stdout.strip() or None
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain",
+                                "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        commit, dirty = None, ""
+    return {"command": " ".join(["zoo bench", *sys.argv[2:]]) if sys.argv[1:2] == ["bench"]
+            else " ".join(sys.argv), "commit": f"{commit}+dirty" if commit and dirty else commit}
+
+
 def machine() -> dict[str, Any]:
-    """CPU model, core count, load average, torch version and GPU (if any)."""
+    """CPU model, core count, load average, torch version and GPU (if any), with the command and
+    commit (:func:`source`)."""
     cpu = platform.processor() or platform.machine()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -36,7 +56,8 @@ def machine() -> dict[str, Any]:
     info: dict[str, Any] = {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
                             "torch": torch.__version__, "python": platform.python_version(),
                             "load_avg": [round(v, 2) for v in os.getloadavg()],
-                            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+                            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+                            **source()}
     return info
 
 

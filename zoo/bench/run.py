@@ -21,8 +21,7 @@ from zoo.bench.cost import measure, meta_cost
 from zoo.bench.gpu import GPU_SKIPPED, gpu_section
 from zoo.errors import ConfigError
 
-SECTIONS = ("components", "scaling", "vit3d", "prepare", "e2e", "gpu", "memory")
-LLAMA2_7B_PARAMS = 6_738_415_616
+SECTIONS = ("components", "scaling", "vit3d", "prepare", "e2e", "loader", "gpu", "memory")
 
 
 def _mb(nbytes: float) -> float:
@@ -83,33 +82,34 @@ def scaling_plot(rows: list[list[Any]], path: str) -> str | None:
     return path
 
 
-def memory_arithmetic(vit_saved_bytes: int, lora_params: int = 39_976_960,
-                      connector_params: int = 19_931_136, vit_params: int = 87_389_184,
-                      text_tokens: int = 256, visual_tokens: int = 256) -> tuple[str, float]:
-    """GB estimate for ViT-B + LLaMA-2-7B (LoRA r=16 on the recipe's default targets) at batch 1,
-    bf16 weights, AdamW fp32 states for trainable parameters, gradient checkpointing in both
-    towers. Arithmetic only (docs/BENCHMARKS_GPU.md has the measured peak)."""
-    gb = 1e9
-    seq = text_tokens + visual_tokens
-    items = [
-        ("LLaMA-2-7B weights, bf16 (frozen)", LLAMA2_7B_PARAMS * 2),
-        ("ViT-B + connector trainable: fp32 weight + grad + AdamW m, v (16 B/param)",
-         (vit_params + connector_params) * 16),
-        ("LoRA r=16 on the recipe's default targets of 32 layers: 16 B/param",
-         lora_params * 16),
-        ("input embeddings + LM head, trainable for the new special tokens' rows: full-matrix "
-         "bf16 grad + AdamW m, v (6 B/param)", 2 * 32000 * 4096 * 6),
-        ("ViT activations, checkpointed: 12 block inputs (bf16) + one block recomputed "
-         "(meta count / 12, fp32 math-attention upper bound)",
-         12 * 2049 * 768 * 2 + vit_saved_bytes / 12),
-        (f"LLM activations, checkpointed: 32 layer inputs of {seq} x 4096 (bf16) + one layer "
-         "recomputed (~34 x seq x 4096 x 2 B)", 32 * seq * 4096 * 2 + 34 * seq * 4096 * 2),
-        ("logits fp32 (seq x 32000) and their grad", 2 * seq * 32000 * 4),
-    ]
-    total = sum(v for _, v in items)
-    body = report.table(["item", "GB"], [(k, f"{v / gb:.2f}") for k, v in items]
-                        + [("total (before allocator/CUDA context, ~1-3 GB)", f"{total / gb:.2f}")])
-    return body, total / gb
+def gpu_step_rate(recorded: str = "docs/BENCHMARKS_GPU.md") -> float | None:
+    """Volumes per second of the best recorded ``vit3d_base_m3d`` training step on a GPU (read
+    from ``recorded``'s metrics): the rate the data loader has to keep up with."""
+    from pathlib import Path
+
+    if not Path(recorded).is_file():
+        return None
+    rates = [int(key.split("/")[3][1:]) / seconds
+             for key, seconds in report.read_metrics(recorded).items()
+             if key.startswith("gpu/vit3d_base_m3d/") and key.endswith("/fwd_bwd_s")]
+    return max(rates) if rates else None
+
+
+def measured_peak_note(device: torch.device, recorded: str = "docs/BENCHMARKS_GPU.md") -> str:
+    """Where the measured peak of the full M3D step is: this run's GPU section, or the figure
+    recorded in ``recorded`` (read from its metrics, not retyped)."""
+    if device.type == "cuda":
+        return "Measured peak on this GPU: see the GPU section."
+    from pathlib import Path
+
+    peak = report.read_metrics(recorded).get("gpu/full_m3d/ckpt/peak_mb") \
+        if Path(recorded).is_file() else None
+    if peak is None:
+        return GPU_SKIPPED + "; `zoo bench --sections gpu --out docs/BENCHMARKS_GPU.md` on a GPU " \
+            "measures the LoRA configuration's peak."
+    return (f"Measured (recorded in {recorded}, one GPU, LoRA, instruct step, batch 1, gradient "
+            f"checkpointing): peak {peak * 2**20 / 1e9:.2f} GB ({peak / 1024:.2f} GiB) allocated, "
+            "to compare with the LoRA DDP row (DDP adds only its gradient buckets).")
 
 
 def run_bench(out: str | None = "docs/BENCHMARKS.md", quick: bool = False,
@@ -217,20 +217,24 @@ def run_bench(out: str | None = "docs/BENCHMARKS.md", quick: bool = False,
         add("End to end: seconds per training step",
             report.table(["config", "stage", "batch", "s / step", "trainable", "params",
                           "overrides"], rows))
+    if "loader" in sections:
+        from zoo.bench.loader import loader_section
+
+        size, cases = ((32, 64, 64), 8) if quick else ((32, 256, 256), 16)
+        body, loader_metrics = loader_section(size, cases, target_volumes_per_s=gpu_step_rate())
+        metrics.update(loader_metrics)
+        add("Data loader: prepared volumes loaded and collated", body)
     if "gpu" in sections:
         gpu_body, gpu_metrics = gpu_section(device)
         metrics.update(gpu_metrics)
         add("GPU", gpu_body)
     if "memory" in sections:
-        from zoo.bench.cases import encoder_cases
+        from zoo.bench.memory import full_m3d_memory
 
-        vit_full = next(c for c in encoder_cases("full") if c.name == "vit3d_base_m3d")
-        body, total = memory_arithmetic(meta_cost(vit_full.factory).saved_bytes)
-        add("Memory: full M3D configuration at batch 1 (arithmetic)",
-            body + f"\n\nAbout {total:.0f} GB of 80 GB. Measured peak on a GPU: "
-            + ("see the GPU section." if device.type == "cuda" else GPU_SKIPPED
-               + "; `zoo bench --sections gpu,memory --out docs/BENCHMARKS_GPU.md` on a GPU "
-               "measures it (recorded there)."))
+        body, memory_metrics = full_m3d_memory()
+        metrics.update(memory_metrics)
+        add("Memory: full M3D configuration per GPU on 8 x 80 GB (arithmetic)",
+            body + "\n\n" + measured_peak_note(device))
     metrics["wall_s"] = time.perf_counter() - start
     info = report.machine()
     if out:

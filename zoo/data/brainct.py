@@ -16,7 +16,7 @@ from __future__ import annotations
 import importlib
 from typing import Callable, Mapping, Sequence
 
-from zoo.data import templates as T
+from zoo.data import phrasing as T
 from zoo.errors import ConfigError
 
 CQ500_COLUMNS = ("ICH", "IPH", "IVH", "SDH", "EDH", "SAH", "BleedLocation-Left",

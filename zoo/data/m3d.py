@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from zoo.data import templates as T
+from zoo.data.phrasing import closed_question, pick
 from zoo.data.io import (check_box, data_root, json_list, read_csv, read_json, read_text,
                          resolve, sparse_mask_presence)
 from zoo.data.source import DataSource
@@ -128,7 +129,7 @@ def read_cap(root: Path, json_path: Path, source: str = "m3d_cap"
                 raise DataError(text_path, "empty report text")
             sid = f"{case_of(root, image)}/{image.stem}/caption"
             items.append(_base(root, image, source, sid, "caption",
-                               prompt=T.pick(T.CAPTION_PROMPTS, sid), answer=text))
+                               prompt=pick(T.CAPTION_PROMPTS, sid), answer=text))
             given[split].append(items[-1]["case"])
     return items, {k: sorted(set(v)) for k, v in given.items()}
 
@@ -153,7 +154,7 @@ def read_vqa(root: Path, csv_path: Path, source: str = "m3d_vqa") -> list[dict]:
         sid = f"{case_of(root, image)}/{image.stem}/vqa{row_no}"
         common = {"question_type": qtype, "text": row["Text"]}
         items.append(_base(root, image, source, sid + "/closed", "vqa_closed",
-                           prompt=T.closed_question(row["Question"], choices),
+                           prompt=closed_question(row["Question"], choices),
                            answer=f"{letter}. {answer}", choices=choices, **common))
         items.append(_base(root, image, source, sid + "/open", "vqa_open",
                            prompt=row["Question"], answer=answer, **common))
@@ -281,6 +282,15 @@ def _paths(root: Path, names: str | Sequence[str]) -> list[Path]:
     return [Path(n) if Path(n).is_absolute() else root / n for n in names]
 
 
+def csv_source(name: str, reader: Any, root: str | None, csv: str | Sequence[str],
+               size: Sequence[int] | None, patients: str | None,
+               manifest: str | None) -> DataSource:
+    """The data set ``name`` made of the items ``reader(root, csv_path)`` gives for each csv."""
+    r = data_root(root, name)
+    items = [i for p in _paths(r, csv) for i in reader(r, p)]
+    return DataSource(name, sized(items, size), root=r, manifest=manifest,
+                      patients=_paths(r, patients)[0] if patients else None, image_size=size)
+
 
 @DATASETS.register
 def m3d_cap(root: str | None = None, json: str = "M3D_Cap.json", split_by: str = "file",
@@ -304,13 +314,9 @@ def m3d_vqa(root: str | None = None, csv: str | Sequence[str] = ("M3D_VQA_train.
             size: Sequence[int] | None = M3D_SIZE, patients: str | None = None,
             manifest: str | None = None) -> DataSource:
     """M3D-VQA (Bai et al. 2024): closed (4 choices) and open items from the same csv rows."""
-    r = data_root(root, "m3d_vqa")
-    items = [i for p in _paths(r, csv) for i in read_vqa(r, p)]
-    return DataSource("m3d_vqa", sized(items, size), root=r, manifest=manifest,
-                      patients=_paths(r, patients)[0] if patients else None, image_size=size)
+    return csv_source("m3d_vqa", read_vqa, root, csv, size, patients, manifest)
 
 
-@DATASETS.register
 def seg_datalists(root: Path, datasets: Sequence[str] | None = None) -> tuple[Path, list[Path]]:
     """``(base, jsons)``: the folder the json paths are relative to and the data sets' jsons.
 
@@ -374,7 +380,4 @@ def m3d_refseg(root: str | None = None, csv: str | Sequence[str] = ("M3D_RefSeg.
                size: Sequence[int] | None = M3D_SIZE, patients: str | None = None,
                manifest: str | None = None) -> DataSource:
     """M3D-RefSeg (Bai et al. 2024): referring segmentation, target = (mask == Mask_ID)."""
-    r = data_root(root, "m3d_refseg")
-    items = [i for p in _paths(r, csv) for i in read_refseg(r, p)]
-    return DataSource("m3d_refseg", sized(items, size), root=r, manifest=manifest,
-                      patients=_paths(r, patients)[0] if patients else None, image_size=size)
+    return csv_source("m3d_refseg", read_refseg, root, csv, size, patients, manifest)

@@ -25,23 +25,10 @@ import numpy as np
 
 from zoo.data import brainct
 from zoo.data.io import data_root, read_csv, resolve
-from zoo.data.prepare import NIFTI_SUFFIXES, PrepSpec, load_raw, preprocess
-from zoo.data.source import IMAGE_LOADERS, DataSource
+from zoo.data.prepare import NIFTI_SUFFIXES, PrepSpec
+from zoo.data.source import DataSource
 from zoo.errors import DataError
 from zoo.registry import DATASETS
-
-
-def _load_raw_item(item: dict[str, Any]) -> tuple[np.ndarray, dict[str, Any]]:
-    array, affine = load_raw(item["image"], item.get("series"))
-    data, meta = preprocess(array, affine, PrepSpec(**item["spec"]), name=str(item["image"]))
-    # affine: voxel (X, Y, Z) of the prepared array (its (D, H, W) transposed) -> world (RAS) of
-    # the source scan, for writing model-space masks back as NIfTI (recipes.lamed_seg)
-    return data, {"spacing": tuple(meta["spacing"]), "orientation": meta["orientation"],
-                  "affine": meta["affine"], "source_affine": np.asarray(affine).tolist()}
-
-
-IMAGE_LOADERS["nifti"] = _load_raw_item
-IMAGE_LOADERS["dicom"] = _load_raw_item
 
 
 def image_format(path: Path) -> str:

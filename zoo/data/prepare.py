@@ -119,29 +119,14 @@ def check_label(label: np.ndarray, label_affine: np.ndarray, shape: tuple[int, .
     return label.astype(np.int64)
 
 
-def preprocess_pair(array: np.ndarray, affine: np.ndarray, spec: PrepSpec, name: str = "volume",
-                    label: np.ndarray | None = None, label_affine: np.ndarray | None = None
-                    ) -> tuple[np.ndarray, np.ndarray | None, dict[str, Any]]:
-    """:func:`preprocess`, with an optional label map (X, Y, Z) on the image's grid carried
-    through the same spatial steps (nearest neighbour) -> (1, D, H, W) integers; the zoo's
-    preset only (other presets keep each volume's own size and have no label path)."""
-    if spec.preset != "zoo":
-        raise ConfigError(f"preset {spec.preset!r} prepares images alone; a mask needs the zoo's "
-                          f"preset")
-    import torch
-    from monai.data import MetaTensor
+def zoo_steps(spec: PrepSpec, keys: Sequence[str]) -> list[Any]:
+    """The MONAI dictionary transforms of the zoo's preset on ``keys`` (``image`` first, then an
+    optional ``label`` resampled nearest neighbour), on (C, X, Y, Z) MetaTensors with their
+    affines; the result is (C, X, Y, Z) in LPI order. Spatial steps are MONAI's invertible ones."""
     from monai import transforms as mt
 
-    check_array(array, name, rank=3)
-    as_meta = lambda a, aff, dtype: MetaTensor(  # noqa: E731
-        torch.as_tensor(a, dtype=dtype)[None], affine=torch.as_tensor(aff, dtype=torch.float64))
-    inputs = {"image": as_meta(array, affine, torch.float32)}
-    if label is not None:
-        inputs["label"] = as_meta(check_label(label, label_affine, array.shape, affine, name),
-                                  label_affine, torch.float32)
-    keys = list(inputs)
+    keys = list(keys)
     modes = lambda image, mask: (image, mask)[:len(keys)]  # noqa: E731
-    original = [float(v) for v in np.linalg.norm(np.asarray(affine)[:3, :3], axis=0)]
     steps: list[Any] = [mt.Orientationd(keys, axcodes="LPI",
                                         labels=(("L", "R"), ("P", "A"), ("I", "S")))]
     if spec.spacing is not None:
@@ -165,7 +150,31 @@ def preprocess_pair(array: np.ndarray, affine: np.ndarray, spec: PrepSpec, name:
                                             allow_smaller=True))
     d, h, w = spec.size
     steps.append(mt.Resized(keys, spatial_size=(w, h, d), mode=modes("trilinear", "nearest")))
-    out = mt.Compose(steps)(inputs)
+    return steps
+
+
+def preprocess_pair(array: np.ndarray, affine: np.ndarray, spec: PrepSpec, name: str = "volume",
+                    label: np.ndarray | None = None, label_affine: np.ndarray | None = None
+                    ) -> tuple[np.ndarray, np.ndarray | None, dict[str, Any]]:
+    """:func:`preprocess`, with an optional label map (X, Y, Z) on the image's grid carried
+    through the same spatial steps (nearest neighbour) -> (1, D, H, W) integers; the zoo's
+    preset only (other presets keep each volume's own size and have no label path)."""
+    if spec.preset != "zoo":
+        raise ConfigError(f"preset {spec.preset!r} prepares images alone; a mask needs the zoo's "
+                          f"preset")
+    import torch
+    from monai.data import MetaTensor
+    from monai import transforms as mt
+
+    check_array(array, name, rank=3)
+    as_meta = lambda a, aff, dtype: MetaTensor(  # noqa: E731
+        torch.as_tensor(a, dtype=dtype)[None], affine=torch.as_tensor(aff, dtype=torch.float64))
+    inputs = {"image": as_meta(array, affine, torch.float32)}
+    if label is not None:
+        inputs["label"] = as_meta(check_label(label, label_affine, array.shape, affine, name),
+                                  label_affine, torch.float32)
+    original = [float(v) for v in np.linalg.norm(np.asarray(affine)[:3, :3], axis=0)]
+    out = mt.Compose(zoo_steps(spec, list(inputs)))(inputs)
     image = out["image"]
     final_affine = np.asarray(image.affine, dtype=np.float64)
     # (C, X, Y, Z) LPI -> (C, D, H, W) IPL; clamp in place (resampling may overshoot by rounding),
@@ -270,3 +279,15 @@ def spec_from(modality: str, size: Sequence[int], window: str, spacing: Sequence
     return PrepSpec(modality=modality, size=tuple(size), window=parse_window(window),
                     spacing=tuple(spacing) if spacing else None, crop_foreground=crop,
                     preset=preset, orientation=orientation)
+
+
+def load_raw_item(item: dict[str, Any]) -> tuple[np.ndarray, dict[str, Any]]:
+    """(prepared array (C, D, H, W), meta) of a data-set item whose image is a raw NIfTI file or
+    DICOM series (``item["image"]``, ``item["series"]``), prepared on load with ``item["spec"]``
+    (a :class:`PrepSpec` as a dict). ``meta["affine"]``: voxel (X, Y, Z) of the prepared array
+    (its (D, H, W) transposed) -> world (RAS) of the source scan, for writing model-space masks
+    back as NIfTI (recipes.lamed_seg)."""
+    array, affine = load_raw(item["image"], item.get("series"))
+    data, meta = preprocess(array, affine, PrepSpec(**item["spec"]), name=str(item["image"]))
+    return data, {"spacing": tuple(meta["spacing"]), "orientation": meta["orientation"],
+                  "affine": meta["affine"], "source_affine": np.asarray(affine).tolist()}

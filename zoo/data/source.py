@@ -9,7 +9,8 @@ an item into a sample (docs/design.md section 6) when indexed:
 - ``task``, ``prompt`` (no ``<image>``), ``answer``; optional ``mask`` (K, D, H, W), ``box``,
   ``label``, ``choices``, ``slice`` (plane, index, image (1, h, w), text).
 
-Images are memory-mapped ``.npy`` files, validated on every first read in a worker (a small
+Images are ``.npy`` files read whole (one read beats a memory map when the whole volume is used:
+docs/performance.md, "Data pipeline"), validated on every first read in a worker (a small
 per-process cache keeps the last few), so bad files fail with their name instead of training on
 something else.
 """
@@ -27,7 +28,9 @@ import torch
 from torch.utils.data import Dataset
 
 from zoo.boxes import box_from_mask
+from zoo.data import templates as T
 from zoo.data.io import load_npy, load_sparse_mask
+from zoo.data.prepare import load_raw_item
 from zoo.data.splits import SPLITS, read_manifest, read_patients, split_hash, write_manifest
 from zoo.errors import ConfigError, DataError
 from zoo.types import PLANES, TASK_NAMES
@@ -63,8 +66,9 @@ def _file_key(path: Any) -> tuple:
         return (str(path), st.st_size, st.st_mtime_ns)
     except OSError:
         return (str(path), None, None)
-# loaders of non-npy image formats ("nifti", "dicom"), set by zoo.data.medical
-IMAGE_LOADERS: dict[str, Callable[[dict[str, Any]], tuple[np.ndarray, dict[str, Any]]]] = {}
+# loaders of the raw image formats, prepared on load (npy images are read as they are)
+IMAGE_LOADERS: dict[str, Callable[[dict[str, Any]], tuple[np.ndarray, dict[str, Any]]]] = {
+    "nifti": load_raw_item, "dicom": load_raw_item}
 
 
 def load_image(item: dict[str, Any]) -> tuple[np.ndarray, dict[str, Any]]:
@@ -72,9 +76,10 @@ def load_image(item: dict[str, Any]) -> tuple[np.ndarray, dict[str, Any]]:
     fmt = item.get("format", "npy")
     if fmt == "npy":
         return _IMAGES.get(("npy", *_file_key(item["image"])),
-                           lambda: (np.asarray(load_npy(item["image"]), dtype=np.float32), {}))
+                           lambda: (np.asarray(load_npy(item["image"], mmap=False),
+                                               dtype=np.float32), {}))
     if fmt not in IMAGE_LOADERS:
-        import zoo.data.medical  # noqa: F401  (registers the NIfTI / DICOM loaders)
+        raise DataError(f"{item['image']}: unknown image format {fmt!r} (npy, nifti or dicom)")
     return _IMAGES.get((fmt, *_file_key(item["image"]), item.get("spec_key"), item.get("series")),
                        lambda: IMAGE_LOADERS[fmt](item))
 
@@ -137,8 +142,6 @@ def build_sample(item: dict[str, Any]) -> dict[str, Any]:
     if "mask" in item:
         channel = _mask_channel(item, array.shape[1:])
         if item.get("make_text") is not None:  # rec / reg / seg texts depend on the target
-            from zoo.data import templates as T
-
             box = box_from_mask(channel)
             target, key = item["target"], item["id"]
             if item["task"] == "rec":

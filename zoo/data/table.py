@@ -34,6 +34,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from zoo.data import templates as T
+from zoo.data.phrasing import CHOICE_LETTERS, closed_answer, closed_question, pick
 from zoo.data.io import load_nifti, read_csv, read_json, read_text, resolve
 from zoo.data.m3d import case_of, image_meta
 from zoo.data.source import DataSource
@@ -45,7 +46,7 @@ COLUMNS = ("image", "series", "patient_id", "report", "question", "answer", "cho
 TABLE_FILES = ("table.jsonl", "table.csv")
 RECORD = "prepared.json"
 DEFAULT_SIZE = (32, 256, 256)
-MAX_CHOICES = len(T.CHOICE_LETTERS)
+MAX_CHOICES = len(CHOICE_LETTERS)
 
 
 def find_table(root: Path, name: str | None = None) -> Path:
@@ -158,8 +159,8 @@ def parse_row(row: dict[str, Any], path: Path, n: int) -> dict[str, Any]:
         choices = parse_choices(row["choices"], path, n)
         answer = out["answer"]
         letter = re.fullmatch(r"([A-Z])\.?(?:\s+(.*))?", answer)
-        if answer not in choices and letter and T.CHOICE_LETTERS.index(letter[1]) < len(choices):
-            named = choices[T.CHOICE_LETTERS.index(letter[1])]
+        if answer not in choices and letter and CHOICE_LETTERS.index(letter[1]) < len(choices):
+            named = choices[CHOICE_LETTERS.index(letter[1])]
             answer = named if letter[2] in (None, named) else answer
         if answer not in choices:
             raise DataError(path, f"answer {out['answer']!r} is not one of the choices {choices}", n)
@@ -223,12 +224,12 @@ def row_items(root: Path, path: Path, n: int, row: dict[str, Any], spec: Any) ->
 
     items = []
     if "report" in row:
-        items.append(item("caption", "caption", prompt=T.pick(T.CAPTION_PROMPTS, f"{case}/{n}"),
+        items.append(item("caption", "caption", prompt=pick(T.CAPTION_PROMPTS, f"{case}/{n}"),
                           answer=row["report"]))
     if "choices" in row:
         items.append(item("closed", "vqa_closed", choices=row["choices"],
-                          prompt=T.closed_question(row["question"], row["choices"]),
-                          answer=T.closed_answer(row["choices"], row["answer"])))
+                          prompt=closed_question(row["question"], row["choices"]),
+                          answer=closed_answer(row["choices"], row["answer"])))
     elif "question" in row:
         items.append(item("open", "vqa_open", prompt=row["question"], answer=row["answer"]))
     if "mask" in row:

@@ -9,26 +9,16 @@ D. .."`` -> ``"{letter}. {answer}"``; boxes ``<bx_start>[x1, y1, z1, x2, y2, z2]
 
 from __future__ import annotations
 
-import hashlib
-import string
 from typing import Sequence
 
 from zoo.boxes import format_box
+from zoo.data import brainct
 from zoo.data import phantom as P
+from zoo.data.phrasing import closed_question, pick, stable_index
 
 LETTERS = ("A", "B", "C", "D")  # M3D-VQA's four choices
-CHOICE_LETTERS = string.ascii_uppercase  # a closed question has 2 to 26 choices
 QUESTION_TYPES = ("plane", "phase", "organ", "abnormality", "location")
 SEG = "[SEG]"
-
-
-def stable_index(key: str, n: int) -> int:
-    """A platform-independent index in [0, n) from ``key`` (sha256)."""
-    return int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big") % n
-
-
-def pick(options: Sequence[str], key: str) -> str:
-    return options[stable_index(key, len(options))]
 
 
 # ---------------------------------------------------------------- positioning and segmentation
@@ -68,18 +58,6 @@ CAPTION_PROMPTS = ("Can you provide a caption consisting of the findings for thi
                    "Describe the findings of this medical image.",
                    "Please write a radiology report for this scan.")
 CLS_PROMPT = "Is there an abnormality in this scan?"
-
-
-# ------------------------------------------------------------------------------- closed VQA
-def closed_question(question: str, choices: Sequence[str]) -> str:
-    """M3D closed form: question + ' Choices: A. .. B. .. C. .. D. ..' (M3D-VQA pads missing
-    choices with 'NA'; other sources give 2 to 26 choices, lettered A, B, ...)."""
-    parts = [f"{CHOICE_LETTERS[i]}. {c}" for i, c in enumerate(choices)]
-    return f"{question} Choices: {' '.join(parts)}"
-
-
-def closed_answer(choices: Sequence[str], answer: str) -> str:
-    return f"{CHOICE_LETTERS[list(choices).index(answer)]}. {answer}"
 
 
 # ------------------------------------------------------------------------------- benchmark text
@@ -288,8 +266,6 @@ def benchmark_corpus() -> list[str]:
     Also covers composite strings (closed-VQA choices and answers, locations, slice contents) and
     the CQ500 / CT-ICH question-answer templates of :mod:`zoo.data.brainct`.
     """
-    from zoo.data import brainct
-
     templates: list[str] = []
     for group in (REC_QUESTIONS, REC_ANSWERS, REG_QUESTIONS, (REG_ANSWER,), SEG_QUESTIONS,
                   SEG_ANSWERS, NO_TARGET, PLANE_Q, CAPTION_PROMPTS, (CLS_PROMPT, "0", "1"), PHASE_Q, REFSEG_DESCRIPTION,

@@ -8,27 +8,27 @@ from typing import Any
 
 import torch
 
+from zoo.types import eval_mode
+
 
 def flops_per_sample(model: Any, sample: dict[str, Any]) -> int:
     """FLOPs of ``model(model.collate([sample]))`` (forward only, no gradients)."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    was_training = model.training
     params = [p for p in model.parameters() if p.requires_grad]
-    model.eval()
-    try:
-        batch = model.collate([sample])
-        # no parameter may require grad while counting: FlopCounterMode's module tracker hooks
-        # autograd on inputs that do, and a grad-less view of a parameter (expanded queries,
-        # latents) passed into a submodule makes those hooks fail
-        for p in params:
-            p.requires_grad_(False)
-        with torch.no_grad(), FlopCounterMode(display=False) as counter:
-            model(batch)
-    finally:
-        for p in params:
-            p.requires_grad_(True)
-        model.train(was_training)
+    with eval_mode(model):
+        try:
+            batch = model.collate([sample])
+            # no parameter may require grad while counting: FlopCounterMode's module tracker
+            # hooks autograd on inputs that do, and a grad-less view of a parameter (expanded
+            # queries, latents) passed into a submodule makes those hooks fail
+            for p in params:
+                p.requires_grad_(False)
+            with torch.no_grad(), FlopCounterMode(display=False) as counter:
+                model(batch)
+        finally:
+            for p in params:
+                p.requires_grad_(True)
     return int(counter.get_total_flops())
 
 

@@ -21,6 +21,7 @@ from zoo.errors import ConfigError
 from zoo.evaluation.base import TaskResult, mean_scores
 from zoo.evaluation.tasks import DATA_TASK, EvalContext
 from zoo.registry import TASKS
+from zoo.types import eval_mode
 from zoo.verbosity import get_logger, show_progress
 
 log = get_logger(__name__)
@@ -110,36 +111,34 @@ def evaluate(model: torch.nn.Module, data: Any, eval_cfg: Any, run: Any = None,
 
     ctx = context(eval_cfg, data, progress)
     results: dict[str, TaskResult] = {}
-    was_training = model.training
-    model.eval()
-    try:
-        for task in chosen_tasks(eval_cfg, data):
-            ds = data.dataset(split, [DATA_TASK[task]])
-            limit = eval_cfg.get("max_items")
-            samples = [ds[i] for i in spaced(len(ds), limit)]
-            subset = (f"{len(samples)} of {len(ds)} {split} items (eval.max_items={limit})"
-                      if len(samples) < len(ds) else None)
-            start = time.perf_counter()
-            # the task's summary line replaces its bar (leave=False)
-            bars[task] = tqdm(total=len(samples), desc=f"eval {task}", unit="item",
-                              dynamic_ncols=True, leave=False,
-                              disable=not (verbose and samples and show_progress()))
-            with torch.no_grad():
-                result = (TASKS.get(task)(model, samples, ctx) if samples else
-                          TaskResult(task, note=f"no {split} samples", skipped=True))
-            bars.pop(task).close()
-            results[task] = result
-            if verbose:
-                log.info(summary_line(result, time.perf_counter() - start)
-                         + (f" [subset: {subset}]" if subset else ""))
-            if run is not None:
-                log_result(run, result)
-                if subset:
-                    run.set_tags({f"zoo.eval.{task}.subset": subset})
-    finally:
-        for bar in bars.values():  # a task that raised mid-way
-            bar.close()
-        model.train(was_training)
+    with eval_mode(model):
+        try:
+            for task in chosen_tasks(eval_cfg, data):
+                ds = data.dataset(split, [DATA_TASK[task]])
+                limit = eval_cfg.get("max_items")
+                samples = [ds[i] for i in spaced(len(ds), limit)]
+                subset = (f"{len(samples)} of {len(ds)} {split} items (eval.max_items={limit})"
+                          if len(samples) < len(ds) else None)
+                start = time.perf_counter()
+                # the task's summary line replaces its bar (leave=False)
+                bars[task] = tqdm(total=len(samples), desc=f"eval {task}", unit="item",
+                                  dynamic_ncols=True, leave=False,
+                                  disable=not (verbose and samples and show_progress()))
+                with torch.no_grad():
+                    result = (TASKS.get(task)(model, samples, ctx) if samples else
+                              TaskResult(task, note=f"no {split} samples", skipped=True))
+                bars.pop(task).close()
+                results[task] = result
+                if verbose:
+                    log.info(summary_line(result, time.perf_counter() - start)
+                             + (f" [subset: {subset}]" if subset else ""))
+                if run is not None:
+                    log_result(run, result)
+                    if subset:
+                        run.set_tags({f"zoo.eval.{task}.subset": subset})
+        finally:
+            for bar in bars.values():  # a task that raised mid-way
+                bar.close()
     return results
 
 

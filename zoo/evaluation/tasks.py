@@ -4,10 +4,11 @@ Each evaluator takes the model, the test samples of its task and an :class:`Eval
 returns a :class:`~zoo.evaluation.base.TaskResult` with per-item records, aggregate metrics and the
 records of a baseline computed from the train split (majority answer, mean training box, empty
 mask). A model that lacks the method a task needs gets a skipped result with a note, never a
-zero. Model methods used (by name, ``hasattr``): ``generate(samples, max_new_tokens)`` (greedy
-texts; LaMed-like recipes), ``segment(samples) -> (texts, masks (B, K, D, H, W) probabilities)``,
-``collate`` + ``embed_pairs(batch) -> (image_emb, text_emb)`` (CLIP3D), ``classify(samples)``
-(probabilities ``(B,)`` or ``(B, K)``).
+zero. What a model can do is read from the capability protocols of :mod:`zoo.types`:
+``generate(samples, max_new_tokens)`` (greedy texts; LaMed-like recipes), :class:`AnswerScorer`,
+:class:`Segmenter` (``segment(samples) -> (texts, masks (B, K, D, H, W) probabilities)``),
+:class:`PairEmbedder` (``collate`` + ``embed_pairs(batch) -> (image_emb, text_emb)``, CLIP3D)
+and :class:`Classifier` (``classify(samples)``: probabilities ``(B,)`` or ``(B, K)``).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import torch
 from zoo.evaluation import grounding, segmentation, text, vqa
 from zoo.evaluation.base import TaskResult, batches, mean_scores, record, skipped
 from zoo.registry import TASKS
-from zoo.types import ZooModel
+from zoo.types import AnswerScorer, Classifier, PairEmbedder, Segmenter, ZooModel, eval_mode
 
 # task -> the data task whose samples it evaluates
 DATA_TASK = {"retrieval": "caption", "caption": "caption", "vqa_closed": "vqa_closed",
@@ -133,7 +134,7 @@ def vqa_closed(model: Any, samples: list[dict], ctx: EvalContext) -> TaskResult:
     if not can_generate(model):
         return _no_generate("vqa_closed", model)
     predictions = generate_all(model, samples, ctx, "vqa_closed")
-    ranked = most_likely_choices(model, samples, ctx) if hasattr(model, "answer_logprob") else None
+    ranked = most_likely_choices(model, samples, ctx) if isinstance(model, AnswerScorer) else None
     records = []
     for i, (s, p) in enumerate(zip(samples, predictions)):
         scores = vqa.closed_scores(p, s["answer"], s["choices"])
@@ -206,8 +207,9 @@ def generation_kwargs(method: Any, max_new_tokens: int) -> dict[str, int]:
 
 
 def can_segment(model: Any) -> bool:
-    """``segment`` present and, for recipes with optional heads, a head built (``heads``)."""
-    return hasattr(model, "segment") and not (hasattr(model, "heads") and model.heads is None)
+    """A :class:`~zoo.types.Segmenter` (a LaMed built with a SegVol head, a fine-tuned
+    segmentation model)."""
+    return isinstance(model, Segmenter)
 
 
 def first_masks(masks: Any, target: torch.Tensor) -> torch.Tensor:
@@ -261,19 +263,15 @@ def retrieval(model: Any, samples: list[dict], ctx: EvalContext) -> TaskResult:
     """Image-text retrieval on report pairs: recall@1/5/10 per named direction."""
     from zoo.evaluation.retrieval import aggregate_recall, per_item_recall
 
-    if not hasattr(model, "embed_pairs"):
+    if not isinstance(model, PairEmbedder):
         return skipped("retrieval", f"{type(model).__name__} has no embed_pairs(); retrieval "
                                     "not evaluated")
     images, texts = [], []
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         for chunk in batches(samples, ctx.batch_size):
             image, txt = model.embed_pairs(model.collate(chunk))
             images.append(image.detach().float().cpu())
             texts.append(txt.detach().float().cpu())
-    finally:
-        model.train(was_training)
     image, txt = torch.cat(images), torch.cat(texts)
     records = [record(s, None, None, scores)
                for s, scores in zip(samples, per_item_recall(image, txt))]
@@ -289,7 +287,7 @@ def cls(model: Any, samples: list[dict], ctx: EvalContext) -> TaskResult:
     from zoo.evaluation.classification import as_probs, classification_metrics, predicted_class
 
     labels = [int(s["label"]) for s in samples]
-    if hasattr(model, "classify"):
+    if isinstance(model, Classifier):
         probs = torch.cat([as_probs(model.classify(chunk)) for chunk in batches(samples,
                                                                                ctx.batch_size)])
         preds = predicted_class(probs).tolist()

@@ -57,7 +57,7 @@ def is_release_folder(path: str | Path) -> bool:
 
 def base_llm_config(folder: str | Path) -> Any | None:
     """The Hugging Face config of the LLM inside an M3D-LaMed release folder (Phi-3 or LLaMA,
-    without M3D's fields), or None when ``folder`` is not one. ``lm=hf lm.path=FOLDER`` uses it
+    without M3D's fields), or None when ``folder`` is not one. ``lm=hf lm.pretrained=FOLDER`` uses it
     because transformers does not know ``lamed_*`` (and the release's own code is not run)."""
     folder = Path(folder)
     if not (folder / "config.json").is_file():
@@ -159,7 +159,7 @@ def check_config(model: nn.Module, config: dict, source: str) -> None:
     seg_id = config.get("seg_token_id")
     if seg_id is not None and model.lm.special_ids.get("[SEG]") != seg_id:
         problems.append(f"seg_token_id={seg_id}, the LM's tokenizer has [SEG]="
-                        f"{model.lm.special_ids.get('[SEG]')} (lm=hf lm.path=<the release "
+                        f"{model.lm.special_ids.get('[SEG]')} (lm=hf lm.pretrained=<the release "
                         "folder>: its tokenizer)")
     heads = config.get("num_attention_heads")
     lm_heads = getattr(model.lm.model.config.get_text_config(), "num_attention_heads", None)

@@ -104,8 +104,9 @@ class Placer:
 
 def init_from(model: nn.Module, path: str | None, loader: Callable[[nn.Module, str], LoadReport]
               ) -> None:
-    """A recipe's ``init_from``: ``loader(model, path)`` sets ``model.init_report``; on the meta
-    device (parameter counting) nothing is read, but the path must exist."""
+    """A recipe's ``init_from``: ``loader(model, path)`` sets ``model.init_report``; a folder
+    written by ``zoo export`` is read by :func:`zoo.pretrained.zoo_export.load_export` instead. On
+    the meta device (parameter counting) nothing is read, but the path must exist."""
     if not path:
         return
     from pathlib import Path
@@ -117,6 +118,12 @@ def init_from(model: nn.Module, path: str | None, loader: Callable[[nn.Module, s
         if not Path(path).exists():
             raise MissingFileError(f"recipe.init_from={path} does not exist")
         return
+    from zoo.trained import is_export
+
+    if is_export(path):
+        from zoo.pretrained.zoo_export import load_export
+
+        loader = load_export
     model.init_report = loader(model, path)
 
 
