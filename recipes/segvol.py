@@ -84,6 +84,21 @@ class SegVolModel(ZooModel):
         image, text = self._inputs(batch)
         return self._segment(image, text, None)
 
+    @torch.no_grad()
+    def segment_volume(self, image: torch.Tensor, text: str, rule: str | None = None
+                       ) -> torch.Tensor:
+        """Mask logits ``(1, 1, D, H, W)`` of ``text`` on ``image`` ``(1, 1, D, H, W)`` at any
+        size: zoom-out-zoom-in (``rule`` "zoo", the default, or "segvol"; docs/segvol.md); a
+        shared encoder reads the model's input size only, in one pass (no ``rule``)."""
+        from heads.segvol_inference import zoom_out_zoom_in
+
+        if self.heads.share_encoder:
+            if rule is not None:
+                raise ConfigError("--seg-rule: this SegVol model reads a shared encoder's tokens, "
+                                  "which zoom-out-zoom-in cannot re-encode per window")
+            return self.generate({"image": image, "prompt": [text]}).logits
+        return zoom_out_zoom_in(self.heads, image, text=[text], rule=rule or "zoo")
+
 
 def mask_prompts(mask: torch.Tensor) -> dict[str, dict[str, torch.Tensor]]:
     """Box and point prompts derived from non-empty target masks ``(B, D, H, W)`` (SegVol trains

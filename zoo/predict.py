@@ -24,7 +24,7 @@ from typing import Any, Callable, Iterable, Sequence
 import torch
 
 from zoo.errors import ConfigError, DataError
-from zoo.types import TASK_NAMES
+from zoo.types import TASK_NAMES, AnswerScorer, PromptSegmenter
 
 DEFAULT_TASK = "vqa_open"
 DEFAULT_MAX_NEW_TOKENS = 64
@@ -112,16 +112,13 @@ class Predictor:
 
     def __init__(self, model: Any, generation: Generation, out_dir: str | Path,
                  name: str = "model", spec: Any = None) -> None:
-        from recipes.lamed import LaMed
-        from recipes.segvol import SegVolModel
-
-        if isinstance(model, LaMed):
+        if isinstance(model, AnswerScorer):  # the LaMed family
             self.kind = "lamed"
             if generation.seg_rule is not None:
                 raise ConfigError("--seg-rule applies to SegVol models (recipe segvol), which "
                                   "segment through zoom-out-zoom-in; this LaMed's [SEG] path "
                                   "segments the model-size volume in one pass")
-        elif isinstance(model, SegVolModel):
+        elif isinstance(model, PromptSegmenter):
             self.kind = "segvol"
         else:
             raise ConfigError(f"{name}: a {type(model).__name__} does not answer questions or "
@@ -183,19 +180,8 @@ class Predictor:
                 "box": volume.box_coordinates(box) if box is not None else None}
 
     def _segvol(self, volume: Any, question: Question, stem: str) -> dict[str, Any]:
-        from heads.segvol_inference import zoom_out_zoom_in
-
         image = torch.from_numpy(volume.image)[None]
-        head = self.model.heads
-        with torch.no_grad():
-            if head.share_encoder:  # the shared encoder reads the model's input size only
-                if self.generation.seg_rule is not None:
-                    raise ConfigError("--seg-rule: this SegVol model reads a shared encoder's "
-                                      "tokens, which zoom-out-zoom-in cannot re-encode per window")
-                logits = self.model.generate({"image": image, "prompt": [question.text]}).logits
-            else:
-                logits = zoom_out_zoom_in(head, image, text=[question.text],
-                                          rule=self.generation.seg_rule or "zoo")
+        logits = self.model.segment_volume(image, question.text, self.generation.seg_rule)
         probability = torch.sigmoid(logits[0, 0].float()).cpu().numpy()
         mask = volume.save_mask(probability, self.out_dir / f"{stem}.seg0{mask_suffix(volume)}")
         return {"volume": str(volume.path), "format": volume.format, "question": question.text,

@@ -200,6 +200,15 @@ class Segmenter(Protocol):
 
 
 @runtime_checkable
+class PromptSegmenter(Protocol):
+    """``segment_volume(image (1, 1, D, H, W), text, rule) -> (1, 1, D, H, W)`` mask logits for a
+    text prompt on a volume of any size (SegVol: zoom-out-zoom-in with ``rule`` "zoo" or
+    "segvol"; with a shared encoder, one pass at the model's input size)."""
+
+    def segment_volume(self, image: Tensor, text: str, rule: str | None = None) -> Tensor: ...
+
+
+@runtime_checkable
 class PairEmbedder(Protocol):
     """``embed_pairs(batch) -> (image (B, E), text (B, E))`` unit embeddings (retrieval)."""
 
