@@ -216,3 +216,13 @@ def test_outputs_follow_out_outside_the_repository(tmp_path, monkeypatch):
               time_budget_gflop=0.0)
     assert (tmp_path / "docs" / "BENCHMARKS.md").is_file()
     assert (tmp_path / "docs" / "bench_scaling.png").is_file()
+
+
+def test_the_bench_quotes_the_default_sweeps_recorded_wall_time():
+    from zoo import results
+    from zoo.bench.run import recorded_sweep_row
+
+    record, _, _ = results.read(results.project_root() / "docs/results/compare_strategies.md")
+    row = recorded_sweep_row()
+    assert row[3] == round(record["wall_seconds"])
+    assert record["commit"][:12] in row[-1]

@@ -205,8 +205,7 @@ def run_bench(out: str | None = "docs/BENCHMARKS.md", quick: bool = False,
             rows.append([name, res["stage"], res["batch_size"], res["seconds"],
                          f"{res['trainable']:,}", f"{res['total']:,}", " ".join(overrides)])
         if sweep is None:
-            rows.append(["default sweep", "", "", "not run (use `zoo bench --sweep`)", "", "",
-                         ""])
+            rows.append(recorded_sweep_row())
         else:
             from zoo.bench.e2e import sweep_wall_seconds
 
@@ -241,3 +240,20 @@ def run_bench(out: str | None = "docs/BENCHMARKS.md", quick: bool = False,
         report.write(out, done, metrics, info)
         log(f"\nwrote {out} ({metrics['wall_s']:.0f} s)")
     return {"metrics": metrics, "sections": done, "machine": info}
+
+
+def recorded_sweep_row() -> list[Any]:
+    """The default sweep's wall time as its results file records it
+    (docs/results/compare_strategies.md, written by ``zoo sweep sweep.results=...``)."""
+    from zoo import results
+
+    path = results.project_root() / "docs" / "results" / "compare_strategies.md"
+    if not path.is_file():
+        return ["default sweep", "", "", "not run (use `zoo bench --sweep`)", "", "", ""]
+    record, _, _ = results.read(path)
+    load = (record.get("machine") or {}).get("load_avg")
+    status = f"STALE: {record['stale']}" if record.get("stale") else "current"
+    cpu = f", the jobs' CPU time {record['cpu_seconds']:.0f} s" if record.get("cpu_seconds") else ""
+    return ["`zoo sweep` wall time (s), as recorded", "all", "", round(record["wall_seconds"]),
+            "", "", f"docs/results/compare_strategies.md ({status}): commit "
+            f"{str(record.get('commit'))[:12]}, load average at the start {load}{cpu}"]
