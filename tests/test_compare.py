@@ -3,6 +3,7 @@ items, verdicts only when they hold, tables, plots."""
 
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 
 from zoo.compare import (Job, Variant, baseline_rows, compare_variants, csv_text, load_variants,
@@ -176,3 +177,16 @@ def test_plots_are_written_with_intervals_and_the_baseline_named(tmp_path):
     paths = plots(compare_variants([a, b, base]), [a, b, base], tmp_path)
     assert [p.name for p in paths] == ["bars.png", "pareto.png"]
     assert all(p.stat().st_size > 10_000 for p in paths)
+
+
+def test_plots_take_equal_costs_whose_mean_rounds_above_them(tmp_path):
+    """Three runs of 0.1 s each average to 0.1 + 1.4e-17: the error bar's upper side must be 0,
+    not a negative extent that matplotlib refuses (seen ending a SmolLM2 sweep)."""
+    cost = {"cost.flops_per_sample": 0.7e9, "cost.train_seconds": 0.1}
+    jobs = [Job(f"a{k}", str(k), dict(cost), {"vqa_closed": {
+        f"i{i}": {"id": f"i{i}", "scores": {"accuracy_ll": float((i + k) % 2)}}
+        for i in range(12)}}) for k in range(3)]
+    a = Variant("a", "h", jobs)
+    assert np.mean([0.1] * 3) > 0.1  # the rounding this test is about
+    paths = plots(compare_variants([a]), [a], tmp_path)
+    assert [p.name for p in paths] == ["bars.png", "pareto.png"]

@@ -69,6 +69,21 @@ def test_a_fixed_reference_has_no_training_variance():
     assert d.training_variance and d.seeds == (2, 0) and d.mean == 0.75
 
 
+def test_seed_item_interval_of_few_items_stays_finite():
+    """Three items, three runs a side: every item's difference of run means is 1/3 (item variance
+    0 up to rounding) while the runs disagree item by item. Satterthwaite's formula over all
+    terms, with the negative residual ones, gave df 4e-64 and an interval of +-3e105; the floor's
+    own terms give df 2 and the single value the data show."""
+    a = [[1.0, 1.0, 0.0], [1.0, 0.0, 1.0], [1.0, 0.0, 1.0]]
+    b = [[0.0, 0.0, 1.0], [1.0, 0.0, 0.0], [1.0, 0.0, 0.0]]
+    got = seed_item_interval(a, b)
+    assert got.df == 2.0 and abs(got.low - 1 / 3) < 1e-9 and abs(got.high - 1 / 3) < 1e-9
+    rng = np.random.default_rng(0)
+    for _ in range(500):
+        got = seed_item_interval(rng.integers(0, 2, (3, 3)), rng.integers(0, 2, (3, 3)))
+        assert got.df >= 2.0 and got.high - got.low < 10, got
+
+
 def test_seed_item_interval_refuses_mismatched_items():
     with pytest.raises(ValueError, match="same items"):
         seed_item_interval(np.zeros((2, 3)), np.zeros((2, 4)))

@@ -536,6 +536,15 @@ def _interval_note(rows: Sequence[Row]) -> str:
             "variance ignored)")
 
 
+def _span(center: float, low: float, high: float) -> list[list[float]]:
+    """Matplotlib's error extent ``[[below], [above]]`` of ``center`` in ``[low, high]``, never
+    negative: the mean of equal values can exceed them by rounding (0.1 three times), and an
+    interval that is not finite draws no bar on that side."""
+    below = center - low if np.isfinite(low) else 0.0
+    above = high - center if np.isfinite(high) else 0.0
+    return [[max(below, 0.0)], [max(above, 0.0)]]
+
+
 def plots(rows: list[Row], variants: list[Variant], out: Path) -> list[Path]:
     """``bars.png`` (each summary metric with intervals, baselines named in full, grey) and
     ``pareto.png`` (the key metric against FLOPs per sample and against train seconds per job,
@@ -558,8 +567,7 @@ def plots(rows: list[Row], variants: list[Variant], out: Path) -> list[Path]:
                          key=lambda r: names.index(r.variant))[::-1]
             y = np.arange(len(sel))
             means = [r.value.mean for r in sel]
-            errs = [[r.value.mean - r.value.low if np.isfinite(r.value.low) else 0 for r in sel],
-                    [r.value.high - r.value.mean if np.isfinite(r.value.high) else 0 for r in sel]]
+            errs = np.hstack([_span(r.value.mean, r.value.low, r.value.high) for r in sel])
             ax.barh(y, means, xerr=errs, capsize=3, height=0.6,
                     color=["0.75" if r.variant.startswith(BASELINE_PREFIX) else "C0" for r in sel])
             for k, r in enumerate(sel):
@@ -596,10 +604,9 @@ def plots(rows: list[Row], variants: list[Variant], out: Path) -> list[Path]:
                 x, r = float(np.mean(values)), sel[v.name]
                 xy.append((x, r.value.mean))
                 ax.errorbar(x, r.value.mean,
-                            yerr=[[r.value.mean - r.value.low], [r.value.high - r.value.mean]]
+                            yerr=_span(r.value.mean, r.value.low, r.value.high)
                             if np.isfinite(r.value.low) else None,
-                            xerr=[[x - min(values)], [max(values) - x]] if len(values) > 1
-                            else None,
+                            xerr=_span(x, min(values), max(values)) if len(values) > 1 else None,
                             fmt=markers[k % len(markers)], color=f"C{k % 10}", capsize=3,
                             label=v.name)
             front = pareto_front(xy)

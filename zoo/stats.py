@@ -122,7 +122,11 @@ def seed_item_interval(runs: Sequence[Sequence[float]],
       residual mean square / (S N) (counted in the item term already);
 
     floored at the larger of the item part and the run parts (each alone underestimates), with a
-    t quantile at Satterthwaite's degrees of freedom. A ``*_fixed`` side (a baseline computed from
+    t quantile at Satterthwaite's degrees of freedom of the terms that make up the variance used
+    (the floor's own when it applies), never below the smallest of their degrees of freedom: the
+    negative residual term can drive Satterthwaite's formula towards 0 (seen on 3-item subgroups:
+    df 4e-64, an interval of +-3e105), and with only positive terms it cannot go below that
+    minimum anyway. A ``*_fixed`` side (a baseline computed from
     the train split) has no training variance. A trained side with one run cannot show its
     training variance: the result says so (``training_variance=False``).
     """
@@ -149,14 +153,14 @@ def seed_item_interval(runs: Sequence[Sequence[float]],
             continue
         run_terms += _run_terms(scores)
     seeds = tuple(0 if fixed else scores.shape[0] for scores, fixed in sides)
-    terms = item_terms + run_terms
-    variance = sum(v for v, _ in terms)
-    variance = max(variance, sum(v for v, _ in item_terms),
-                   sum(v for v, _ in run_terms if v > 0))
     if items < 2:  # one item: its spread over items cannot be estimated
         return SeedItemInterval(estimate, float("nan"), float("nan"), seeds, float("nan"), training)
+    # the variance and the terms it is made of: all terms, or the floor that is larger
+    variance, terms = max((sum(v for v, _ in ts), ts) for ts in
+                          (item_terms + run_terms, item_terms, [t for t in run_terms if t[0] > 0]))
     if variance <= 0:  # every run and item agree
         return SeedItemInterval(estimate, estimate, estimate, seeds, float("inf"), training)
-    df = variance ** 2 / sum(v ** 2 / d for v, d in terms if v != 0)
+    df = max(variance ** 2 / sum(v ** 2 / d for v, d in terms if v != 0),
+             min(d for v, d in terms if v > 0))
     half = float(student_t.ppf(0.5 + confidence / 2, df)) * variance ** 0.5
     return SeedItemInterval(estimate, estimate - half, estimate + half, seeds, float(df), training)
