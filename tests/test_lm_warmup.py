@@ -55,6 +55,7 @@ def test_warm_up_trains_only_the_lm_lowers_its_loss_and_caches(tmp_path):
     assert not out["cached"] and float(model.text_loss(items).detach()) < loss0
     changed = {k for k, v in model.state_dict().items() if not torch.equal(v, before[k])}
     assert changed and all(k.startswith("lm.") for k in changed)
+    assert all(p.grad is None for p in model.parameters())  # as after loading the cached one
     again = seeded_lamed()
     cached = warm_up_lm(again, TextData(), settings(tmp_path), seed=0, log=lambda *_: None)
     assert cached["cached"] and cached["key"] == out["key"]

@@ -57,6 +57,18 @@ def test_max_steps_per_stage_mapping(tmp_path):
                 seed=0).fit()
 
 
+def test_gradients_a_model_comes_with_do_not_join_the_first_step(tmp_path):
+    """A model handed to the trainer with gradients left from earlier work (seen: the LM warm-up's
+    last step) trains as one without."""
+    clean, stale = ToyModel(), ToyModel()
+    stale.load_state_dict(clean.state_dict())
+    for p in stale.parameters():
+        p.grad = torch.full_like(p, 10.0)
+    for i, model in enumerate((clean, stale)):
+        Trainer(model, ToyData(), trainer_cfg(tmp_path / str(i)), seed=0).fit()
+    assert all(torch.equal(a, b) for a, b in zip(weights(clean).values(), weights(stale).values()))
+
+
 def test_unknown_stage_is_named(tmp_path):
     with pytest.raises(ConfigError, match="unknown stage"):
         Trainer(ToyModel(), ToyData(), trainer_cfg(tmp_path, stages=["nope"]), seed=0).fit()

@@ -132,6 +132,8 @@ def _warm_up_or_load(model: Any, data: Any, settings: dict[str, Any], seed: int,
             losses.append(float(loss.detach()))
     for name, p in model.lm.named_parameters():
         p.requires_grad_(flags[name])
+        p.grad = None  # the last step's gradient would join the job's first step (a cached
+        # warm-up has none: the job must not depend on whether the warm-up was computed)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     save_model(model.lm, str(tmp))

@@ -293,6 +293,7 @@ class Trainer:
         window_start, samples, tokens = start, 0, 0
         every, save_every = int(self.cfg.log_every), int(self.cfg.save_every)
         model.train()
+        optimizer.zero_grad(set_to_none=True)  # gradients the model came with are not this stage's
         while step < total:
             loader.set_epoch(step // per_epoch)
             skip = (step % per_epoch) * int(self.cfg.grad_accum)
