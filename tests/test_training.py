@@ -157,3 +157,21 @@ def test_logged_means_equal_the_means_of_floats():
     assert as_floats(("loss", values)) == ("loss", [float(v) for v in values])
     mixed = [torch.tensor(1.5), 2.0]
     assert as_floats(("acc", mixed)) == ("acc", [1.5, 2.0])
+
+
+def test_final_checkpoint_is_the_last_stages_never_an_earlier_one(tmp_path):
+    """With no stage list given, the run's own stages (recorded in its checkpoints) name the final
+    checkpoint; a missing last one is an error, not the previous stage's weights evaluated in its
+    place (the battery found that)."""
+    from zoo.errors import MissingFileError
+    from zoo.runs import final_checkpoint
+
+    model = ToyModel()
+    Trainer(model, ToyData(), trainer_cfg(tmp_path), seed=0).fit()
+    last = final_checkpoint(tmp_path, [])
+    assert last == final_checkpoint(tmp_path, list(model.stages))
+    first = final_checkpoint(tmp_path, list(model.stages)[:1])
+    assert first != last and first.is_file()
+    last.parent.rename(last.parent.with_name("moved"))
+    with pytest.raises(MissingFileError, match=f"{list(model.stages)[-1]}-final.*no final checkpoint"):
+        final_checkpoint(tmp_path, [])

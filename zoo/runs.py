@@ -105,7 +105,8 @@ def check_same_config(folder: Path, cfg: DictConfig) -> None:
 
 def final_checkpoint(folder: Path, stages: list[str]) -> Path:
     """``<run folder>/checkpoints/<last stage>-final/model.safetensors``: of the last of
-    ``stages``, or (empty) the final checkpoint written last (stages run in order)."""
+    ``stages``, or (empty) of the last of the stages the run's checkpoints record (stages run in
+    order; an earlier stage's final checkpoint never stands in for a missing last one)."""
     from zoo.checkpoint import WEIGHTS_FILE, read_state
     from zoo.errors import MissingFileError
 
@@ -115,7 +116,8 @@ def final_checkpoint(folder: Path, stages: list[str]) -> Path:
     else:
         finals = sorted(root.glob(f"*-final/{WEIGHTS_FILE}"),
                         key=lambda p: tuple(read_state(p.parent)["position"]))
-        path = finals[-1] if finals else root / "<stage>-final" / WEIGHTS_FILE
+        planned = read_state(finals[-1].parent).get("stages") if finals else None
+        path = root / f"{planned[-1] if planned else '<stage>'}-final" / WEIGHTS_FILE
     if not path.is_file():
         raise MissingFileError(f"{path}: no final checkpoint (did the run finish its training?)")
     return path
