@@ -326,3 +326,23 @@ def test_a_segvol_model_segments_a_larger_volume_by_zooming(rule, scan, tmp_path
     assert record["answer"] is None and record["masks"][0]["path"].endswith("scan.q0.seg0.nii.gz")
     mask = nib.load(record["masks"][0]["path"])
     assert mask.shape == SOURCE_SHAPE and np.allclose(mask.affine, AFFINE, atol=1e-6)
+
+
+def test_questions_file_problems_name_the_file_and_line(tmp_path):
+    from zoo.predict import read_questions
+
+    path = tmp_path / "q.jsonl"
+    path.write_text('{"question": "Which organ?"}\n\n{"task": "vqa_open"}\n')
+    with pytest.raises(DataError, match=r"q\.jsonl row 3: each line is"):
+        read_questions(path)
+    for text, message in [('{"question": "a"}\n{oops\n', "invalid json"),
+                          ('["a"]\n', "must be a json object")]:
+        path.write_text(text)
+        with pytest.raises(DataError, match=message):
+            read_questions(path)
+    path.write_bytes(b'{"question": "caf\xe9"}\n')  # Latin-1, not UTF-8
+    with pytest.raises(DataError, match="not UTF-8"):
+        read_questions(path)
+    path.write_text('{"question": "Which organ?"}\n\n'
+                    '{"question": "Which plane?", "task": "vqa_open"}\n')
+    assert [q.text for q in read_questions(path)] == ["Which organ?", "Which plane?"]

@@ -16,13 +16,13 @@ questions and answers before it in the prompt (the image tokens once, at the tem
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
 import torch
 
+from zoo.data.io import read_jsonl
 from zoo.errors import ConfigError, DataError
 from zoo.types import TASK_NAMES, AnswerScorer, PromptSegmenter
 
@@ -81,17 +81,9 @@ class Generation:
 def read_questions(path: str | Path, default_task: str = DEFAULT_TASK) -> list[Question]:
     """A JSONL file of ``{"question": TEXT, "task": NAME (optional)}``, one per line."""
     path = Path(path)
-    if not path.is_file():
-        raise DataError(path, "questions file does not exist")
     questions = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise DataError(path, f"invalid json ({err.msg} at column {err.colno})", n) from None
-        if not isinstance(row, dict) or not isinstance(row.get("question"), str):
+    for n, row in read_jsonl(path):
+        if not isinstance(row.get("question"), str):
             raise DataError(path, 'each line is {"question": TEXT, "task": NAME (optional)}', n)
         unknown = sorted(set(row) - {"question", "task"})
         if unknown:

@@ -182,6 +182,24 @@ def read_csv(path: str | Path, required: Sequence[str]) -> Iterator[tuple[int, d
     yield from rows
 
 
+def read_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Rows of a JSONL file as ``(line number, object)``, blank lines skipped; a line that is not
+    json, or not a json object, names the file and the line."""
+    path = Path(path)
+    rows = []
+    for n, line in enumerate(read_text(path).splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            value = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise DataError(path, f"invalid json ({err.msg} at column {err.colno})", n) from None
+        if not isinstance(value, dict):
+            raise DataError(path, f"a row must be a json object, got {type(value).__name__}", n)
+        rows.append((n, value))
+    yield from rows
+
+
 def resolve(root: Path, value: Any, table: str | Path, row: int | None = None,
             key: str | None = None) -> Path:
     """A path read from a table (csv cell or json value ``key``), relative to ``root``; it must be

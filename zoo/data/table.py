@@ -35,7 +35,7 @@ import numpy as np
 
 from zoo.data import templates as T
 from zoo.data.phrasing import CHOICE_LETTERS, closed_answer, closed_question, pick
-from zoo.data.io import load_nifti, read_csv, read_json, read_text, resolve
+from zoo.data.io import load_nifti, read_csv, read_json, read_jsonl, resolve
 from zoo.data.m3d import case_of, image_meta
 from zoo.data.source import DataSource
 from zoo.errors import ConfigError, DataError, MissingFileError
@@ -67,17 +67,7 @@ def read_rows(path: Path) -> list[tuple[int, dict[str, Any]]]:
     if path.suffix.lower() == ".csv":
         rows = list(read_csv(path, ("image",)))
     elif path.suffix.lower() == ".jsonl":
-        rows = []
-        for n, line in enumerate(read_text(path).splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                value = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise DataError(path, f"invalid json ({err.msg} at column {err.colno})", n) from None
-            if not isinstance(value, dict):
-                raise DataError(path, f"a row must be a json object, got {type(value).__name__}", n)
-            rows.append((n, value))
+        rows = list(read_jsonl(path))
     else:
         raise DataError(path, "a table is a .csv or .jsonl file")
     if not rows:
