@@ -153,3 +153,28 @@ def test_lm_folder_with_a_pickled_bin_is_refused_in_one_line(tmp_path, capsys, m
     lines = [x for x in capsys.readouterr().err.splitlines() if x.startswith("zoo train:")]
     assert len(lines) == 1 and f"{folder}: a weights file holds pickled objects" in lines[0]
     assert not marker.exists()
+
+
+@pytest.mark.parametrize("command,override,message", [
+    ("params", "connector.kernel=0", "zoo params: connector=spatial_pool: kernel must be a "
+                                     "positive int or 3 positive ints (D, H, W), got 0"),
+    ("params", "encoder.depth=-1", "zoo params: encoder=test_vit3d: depth must be a positive int"),
+])
+def test_a_builders_own_check_names_the_config_group(capsys, command, override, message):
+    assert main([command, "encoder=test_vit3d", override]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1].startswith(message)
+
+
+def test_a_data_builders_own_check_names_the_data_group():
+    from zoo.config import compose
+    from zoo.jobs import build_data
+
+    with pytest.raises(ConfigError, match=r"^data=synth: cases must be >= 1, got 0$"):
+        build_data(compose(["data.cases=0"]))
+
+
+def test_a_message_that_starts_with_the_command_is_not_prefixed_twice(capsys, tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    assert main(["compare", "--parent", "nope", "--tracking-uri", uri]) == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last == f"zoo compare: run 'nope' has no child runs in {uri}"

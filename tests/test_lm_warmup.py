@@ -68,8 +68,10 @@ def test_warm_up_trains_only_the_lm_lowers_its_loss_and_caches(tmp_path):
 def test_warm_up_refuses_bad_settings_and_models_without_a_language_model(tmp_path):
     with pytest.raises(ValueError, match="lm_warmup.steps"):
         check_settings(settings(tmp_path, steps=0))
-    with pytest.raises(ValueError, match="unknown keys \\['step'\\]"):
+    with pytest.raises(ValueError, match=r"lm_warmup: unknown key\(s\) step; expected batch_size"):
         check_settings({**settings(tmp_path), "step": 3})
+    with pytest.raises(ValueError, match=r"lm_warmup: missing key\(s\) lr, tasks; expected"):
+        check_settings({k: v for k, v in settings(tmp_path).items() if k not in ("lr", "tasks")})
     with pytest.raises(ValueError, match="no item of these tasks"):
         warm_up_lm(build_lamed(), TextData(), settings(tmp_path, tasks=["seg"]), seed=0)
     with pytest.raises(ConfigError, match="has no text_loss"):

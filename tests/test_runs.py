@@ -187,3 +187,16 @@ def test_default_recipe_resumes_exactly_with_dropout(two_runs, tmp_path, monkeyp
     assert any("lora_" in k for k in out)
     for key, value in ref.items():
         torch.testing.assert_close(out[key], value, rtol=0, atol=1e-6)
+
+
+def test_config_differences_show_values_as_overrides_write_them():
+    from omegaconf import OmegaConf
+
+    from zoo.runs import config_differences
+
+    stored = OmegaConf.create({"recipe": {"lr": None, "name": "a", "flag": True, "steps": 4}})
+    current = OmegaConf.create({"recipe": {"lr": 0.001, "name": "b", "flag": False},
+                                "trainer": {"log_every": 3}})
+    assert config_differences(stored, current) == [
+        "recipe.flag (run true, now false)", "recipe.lr (run null, now 0.001)",
+        "recipe.name (run 'a', now 'b')", "recipe.steps (run 4, now <unset>)"]

@@ -13,6 +13,7 @@ from typing import Any, Callable
 from omegaconf import DictConfig, OmegaConf
 
 from zoo.config import ConfigError, chosen_options
+from zoo.errors import ZooError
 from zoo.registry import load_manifest
 from zoo.types import ZooModel
 
@@ -128,6 +129,23 @@ def check_config(cfg: DictConfig) -> None:
         check_types(cfg.get(group), group)
 
 
+def labelled(group: str, choice: str, factory: Callable[..., Any]) -> Callable[..., Any]:
+    """``factory`` whose input errors name the config group they came from: a builder's own
+    check knows its argument (``kernel must be ...``), not where in the config the value was set,
+    so its one line becomes ``connector=spatial_pool: kernel must be ...``. A message that already
+    names the group is left as it is; bugs (any other exception) pass untouched."""
+
+    def build(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return factory(*args, **kwargs)
+        except ZooError as err:
+            if str(err).startswith((f"{group}.", f"{group}=", f"{group}:")):
+                raise
+            raise type(err)(f"{group}={choice}: {err}") from err
+
+    return build
+
+
 def component_factories(cfg: DictConfig) -> tuple[Any, dict[str, Any]]:
     """(recipe partial, {group: component partial}) checked against the recipe's signature."""
     from hydra.utils import instantiate
@@ -150,7 +168,7 @@ def component_factories(cfg: DictConfig) -> tuple[Any, dict[str, Any]]:
         if group not in accepted:
             raise ConfigError(f"{group}={choices.get(group, '?')}: recipe {recipe_name!r} takes no "
                               f"{group} (set {group}=null)")
-        parts[group] = instantiate(node, _partial_=True)
+        parts[group] = labelled(group, choices.get(group, "?"), instantiate(node, _partial_=True))
     missing = [name for name, p in accepted.items() if name in COMPONENT_GROUPS
                and p.default is inspect.Parameter.empty and name not in parts
                and name not in recipe.keywords]

@@ -217,9 +217,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from zoo.compare import run_compare
 
     if bool(args.parent) == bool(args.runs):
-        raise ConfigError("compare: give either --parent SWEEP_RUN_ID or --runs ID [ID ...]")
+        raise ConfigError("give either --parent SWEEP_RUN_ID or --runs ID [ID ...]")
     if not 0 < args.confidence < 1:
-        raise ConfigError(f"compare --confidence {args.confidence}: must be between 0 and 1")
+        raise ConfigError(f"--confidence {args.confidence}: must be between 0 and 1")
     result = run_compare(parent=args.parent, run_ids=args.runs or (), reference=args.baseline,
                          out_dir=args.out, tracking_uri=args.tracking_uri,
                          experiment=args.experiment, confidence=args.confidence,
@@ -502,7 +502,8 @@ def main(argv: list[str] | None = None) -> int:
         problem = user_error(err)
         if problem is None:
             raise  # a bug: the traceback is the report
-        print(f"zoo {args.command}: {' '.join(str(problem).split())}", file=sys.stderr)
+        line = " ".join(str(problem).split()).removeprefix(f"{args.command}: ")
+        print(f"zoo {args.command}: {line}", file=sys.stderr)
         return EXIT_CONFIG
 
 

@@ -8,7 +8,7 @@ from typing import Any
 from omegaconf import DictConfig
 
 from zoo import runs
-from zoo.build import build_model, check_config, check_targets, check_types
+from zoo.build import build_model, check_config, check_targets, check_types, labelled
 from zoo.config import GROUP_KINDS, absolute_paths, chosen_options
 from zoo.data import preparation
 from zoo.data.source import check_data_fit
@@ -26,7 +26,8 @@ def build_data(cfg: DictConfig) -> Any:
         raise ConfigError("data: no data source chosen (set data=NAME; see `zoo list dataset`)")
     check_targets(cfg.data, "data")
     check_types(cfg.data, "data")
-    return instantiate(cfg.data)
+    source = instantiate(cfg.data, _partial_=True)
+    return labelled("data", chosen_options(cfg).get("data", "?"), source)()
 
 
 class TaskMix:

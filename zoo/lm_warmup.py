@@ -39,8 +39,9 @@ def check_settings(cfg: Any) -> dict[str, Any]:
     unknown = sorted(set(settings) - set(FIELDS))
     missing = sorted(set(FIELDS) - set(settings))
     if unknown or missing:
-        raise ConfigError(f"lm_warmup: unknown keys {unknown}, missing keys {missing}; expected "
-                          f"{sorted(FIELDS)}")
+        wrong = "; ".join(f"{what} key(s) {', '.join(keys)}" for what, keys
+                          in (("unknown", unknown), ("missing", missing)) if keys)
+        raise ConfigError(f"lm_warmup: {wrong}; expected {', '.join(sorted(FIELDS))}")
     for key in ("steps", "batch_size"):
         if not isinstance(settings[key], int) or settings[key] < 1:
             raise ConfigError(f"lm_warmup.{key} must be a positive int, got {settings[key]!r}")

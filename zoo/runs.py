@@ -88,8 +88,18 @@ def config_differences(stored: DictConfig, current: DictConfig) -> list[str]:
     """``key (run V1, now V2)`` for every non-resumable key whose value differs."""
     old = flatten(OmegaConf.to_container(stored, resolve=True))  # type: ignore[arg-type]
     new = flatten(OmegaConf.to_container(current, resolve=True))  # type: ignore[arg-type]
-    return [f"{k} (run {old.get(k, '<unset>')!r}, now {new.get(k, '<unset>')!r})"
+    return [f"{k} (run {_shown(old, k)}, now {_shown(new, k)})"
             for k in sorted(set(old) | set(new)) if not resumable(k) and old.get(k) != new.get(k)]
+
+
+def _shown(values: dict[str, Any], key: str) -> str:
+    """A config value as an override writes it: null, true/false, numbers bare, text quoted."""
+    if key not in values:
+        return "<unset>"
+    value = values[key]
+    if value is None or isinstance(value, bool):
+        return {None: "null", True: "true", False: "false"}[value]
+    return repr(value)
 
 
 def check_same_config(folder: Path, cfg: DictConfig) -> None:

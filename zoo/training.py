@@ -110,12 +110,12 @@ def compile_options(value: Any) -> dict[str, str] | None:
         raise ConfigError(f"trainer.compile: unknown key(s) {unknown}; allowed: mode, backend")
     mode, backend = value.get("mode"), value.get("backend", "inductor")
     if mode is not None and mode not in COMPILE_MODES:
-        raise ConfigError(f"trainer.compile.mode={mode!r} is not one of {COMPILE_MODES}."
-                         f"{suggest(str(mode), COMPILE_MODES)}")
+        raise ConfigError(f"trainer.compile.mode={mode!r}: expected one of "
+                         f"{', '.join(COMPILE_MODES)}.{suggest(str(mode), COMPILE_MODES)}")
     backends = torch.compiler.list_backends(exclude_tags=())
     if backend not in backends:
-        raise ConfigError(f"trainer.compile.backend={backend!r} is not one of {backends}."
-                         f"{suggest(str(backend), backends)}")
+        raise ConfigError(f"trainer.compile.backend={backend!r}: expected one of "
+                         f"{', '.join(backends)}.{suggest(str(backend), backends)}")
     if mode is not None and backend != "inductor":
         raise ConfigError(f"trainer.compile.mode={mode!r} needs backend inductor, got {backend!r}")
     return {"backend": backend} if mode is None else {"backend": backend, "mode": mode}

@@ -226,7 +226,7 @@ def data_root(root: str | Path | None, key: str) -> Path:
         raise ConfigError(f"data {key}: 'root' (the data set folder) is required: data.root=DIR")
     path = Path(root).expanduser()
     if not path.is_dir():
-        raise MissingFileError(f"{path}: data set folder does not exist")
+        raise MissingFileError(f"data.root={path}: data set folder does not exist")
     return path
 
 
