@@ -550,6 +550,96 @@ def fault_cases() -> list[Case]:
     ]
 
 
+def use_cases() -> list[Case]:
+    """zoo predict, zoo chat and zoo export on the lab's finished run (docs/usage.md)."""
+
+    def scratch(lab: Lab, name: str, content: bytes | None = None, shape=(1, 16, 32, 32)) -> str:
+        import numpy as np
+
+        path = lab.home / "use" / name
+        path.parent.mkdir(exist_ok=True)
+        if content is not None:
+            path.write_bytes(content)
+        elif name.endswith(".npy"):
+            np.save(path, np.random.default_rng(0).random(shape, dtype=np.float32))
+        return str(path)
+
+    def predict(*argv: str, volume: str = "scan.npy", **files: bytes) -> Callable[[Lab], Outcome]:
+        def run(lab: Lab) -> Outcome:
+            named = {k: scratch(lab, k.replace("_", "."), v) for k, v in files.items()}
+            shape = (16, 32, 32) if volume == "flat.npy" else (1, 16, 32, 32)
+            path = scratch(lab, volume, shape=shape) if volume.endswith(".npy") else volume
+            args = [a.format(**{k: v for k, v in named.items()}) for a in argv]
+            return answered(cli("predict", "--tracking-uri", lab.uri, lab.finished, path, *args))
+        return run
+
+    def answered(result: Outcome) -> Outcome:
+        """An accepted prediction: the tiny model's answer text is noise, so say only that one
+        was printed."""
+        if result.kind == "accepted":
+            result.extra_ok = result.detail.lstrip().startswith("answer:")
+            result.detail = "printed an answer" if result.extra_ok else result.detail
+        return result
+
+    def export_then_predict(lab: Lab) -> Outcome:
+        out = lab.home / "use" / "exported"
+        result = cli("export", "--tracking-uri", lab.uri, lab.finished, str(out))
+        if result.kind != "accepted":
+            return result
+        answer = answered(cli("-q", "predict", str(out), scratch(lab, "scan.npy"), "--question",
+                              "Organ?"))
+        answer.extra_ok = answer.extra_ok and (out / "model.safetensors").is_file()
+        answer.detail = f"exported, then: {answer.detail}"
+        return answer
+
+    def export_into(lab: Lab) -> Outcome:
+        out = lab.home / "use" / "occupied"
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "keep.txt").write_text("someone's file")
+        return cli("export", "--tracking-uri", lab.uri, lab.finished, str(out))
+
+    def chat_missing(lab: Lab) -> Outcome:
+        return cli("chat", "--tracking-uri", lab.uri, lab.finished, str(lab.home / "none.nii.gz"))
+
+    q = ("--question", "Which organ?")
+    return [
+        Case("use", "zoo predict RUN scan.npy --question", "accept", predict(*q)),
+        Case("use", "zoo predict without a question", "error", predict()),
+        Case("use", "zoo predict a volume that does not exist", "error",
+             predict(*q, volume="/nonexistent/scan.nii.gz"), names="/nonexistent/scan.nii.gz"),
+        Case("use", "zoo predict an .npy without its channel axis", "error",
+             predict(*q, volume="flat.npy"), names="flat.npy"),
+        Case("use", "zoo predict a text file as a volume", "error",
+             predict(*q, volume="/etc/hostname"), names="/etc/hostname"),
+        Case("use", "zoo predict --questions: not UTF-8", "error",
+             predict("--questions", "{q_jsonl}", q_jsonl='{"question": "caf\xe9"}\n'.encode(
+                 "latin-1")), names="q.jsonl"),
+        Case("use", "zoo predict --questions: invalid JSON on line 2", "error",
+             predict("--questions", "{q_jsonl}", q_jsonl=b'{"question": "a"}\n{oops\n'),
+             names="q.jsonl"),
+        Case("use", "zoo predict --questions: a line without a question", "error",
+             predict("--questions", "{q_jsonl}", q_jsonl=b'{"task": "vqa_open"}\n'),
+             names="q.jsonl"),
+        Case("use", "zoo predict --temperature -1", "error",
+             predict(*q, "--temperature", "-1"), names="--temperature"),
+        Case("use", "zoo predict --max-new-tokens 0", "error",
+             predict(*q, "--max-new-tokens", "0"), names="--max-new-tokens"),
+        Case("use", "zoo predict --task vqa", "error", predict(*q, "--task", "vqa"),
+             names="vqa"),
+        Case("use", "zoo predict with an unknown run id", "error",
+             lambda lab: cli("predict", "--tracking-uri", lab.uri, "0123456789abcdef",
+                             scratch(lab, "scan.npy"), *q)),
+        Case("use", "zoo chat on a volume that does not exist", "error", chat_missing,
+             names="none.nii.gz"),
+        Case("use", "zoo export RUN OUT, then zoo predict OUT", "accept", export_then_predict),
+        Case("use", "zoo export into a folder that holds other files", "error", export_into,
+             names="occupied"),
+        Case("use", "zoo export of an unknown run id", "error",
+             lambda lab: cli("export", "--tracking-uri", lab.uri, "0123456789abcdef",
+                             str(lab.home / "use" / "x"))),
+    ]
+
+
 def cli_cases() -> list[Case]:
     return [
         Case("command line", "zoo list encodrs", "error", lambda lab: cli("list", "encodrs")),
@@ -572,7 +662,7 @@ def cli_cases() -> list[Case]:
 
 
 GROUPS = {"config": value_cases, "runs": run_cases, "files": file_cases, "data": data_cases,
-          "faults": fault_cases, "cli": cli_cases}
+          "faults": fault_cases, "use": use_cases, "cli": cli_cases}
 
 
 # ---------------------------------------------------------------- report

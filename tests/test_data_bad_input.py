@@ -27,7 +27,8 @@ def test_truncated_and_corrupt_npy(tmp_path):
 
 
 def test_wrong_rank_channels_nan_inf_empty_range(tmp_path):
-    cases = {"rank": (np.zeros(SIZE, np.float32) + np.arange(SIZE[-1]) / 16, "expected rank 4"),
+    cases = {"rank": (np.zeros(SIZE, np.float32) + np.arange(SIZE[-1]) / 16,
+                      r"expected a rank 4 array \(1, D, H, W\), got rank 3"),
              "chan": (np.random.default_rng(0).random((2, *SIZE), dtype=np.float32), "1 channel"),
              "nan": (np.where(volume() > 0.5, np.nan, 0.2).astype(np.float32), "NaN voxel"),
              "inf": (np.where(volume() > 0.99, np.inf, 0.2).astype(np.float32), "infinite voxel"),

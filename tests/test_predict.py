@@ -131,6 +131,7 @@ def test_the_recorded_preparation_is_used_and_window_only_without_one():
     made = spec_for({"spec": None}, SIZE, window="-100,200", spacing=[2.0, 1.0, 1.0])
     assert made.hu_window() == (-100.0, 200.0) and made.size == SIZE and made.spacing == (2, 1, 1)
     assert spec_for(None, SIZE, modality="mri").modality == "mri"
+    assert spec_for({"spec": None, "note": "synthetic"}, SIZE, required=False) is None
 
 
 # ------------------------------------------------------------------ the trained tiny model
@@ -268,6 +269,38 @@ def test_bad_predict_inputs_are_one_line(byo_run, monkeypatch, capsys, tmp_path)
         err = [line for line in capsys.readouterr().err.splitlines()
                if line.startswith("zoo predict: ")]
         assert len(err) == 1 and message in err[0], (argv, err)
+
+
+def test_a_model_without_a_recorded_preparation_reads_npy_inputs(byo_run, monkeypatch, capsys,
+                                                                  tmp_path):
+    """A model trained on the synthetic benchmark (or M3D's .npy files) records no preparation:
+    a prepared .npy of its size is answered; a NIfTI needs --window."""
+    monkeypatch.chdir(byo_run.home)
+    monkeypatch.setattr("zoo.trained.Trained.preparation_record",
+                        lambda self: {"spec": None, "note": "the synthetic benchmark"})
+    np.save(tmp_path / "scan.npy", np.random.default_rng(0).random((1, *SIZE), dtype=np.float32))
+    assert main(["-q", "predict", byo_run.run_id, str(tmp_path / "scan.npy"), "--question",
+                 "Which organ?", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["results"][0]["answer"] is not None
+    scan = str(byo_run.hospital / "p00" / "ct.nii.gz")
+    assert main(["predict", byo_run.run_id, scan, "--question", "Which organ?"]) == 2
+    assert "records no preparation spec (the synthetic benchmark); give --window" in \
+        capsys.readouterr().err
+
+
+def test_every_input_is_checked_before_the_model_is_loaded(monkeypatch, capsys, tmp_path):
+    def load(*args, **kwargs):
+        raise AssertionError("the model was loaded before the inputs were checked")
+
+    monkeypatch.setattr("zoo.trained.locate", load)
+    np.save(tmp_path / "a.npy", np.zeros((1, *SIZE), dtype=np.float32))
+    for volume, message in [(tmp_path / "none.nii.gz", "none.nii.gz: input volume does not exist"),
+                            (tmp_path / "a.txt", "a.txt: image must be a NIfTI file")]:
+        if volume.suffix == ".txt":
+            volume.write_text("x")
+        assert main(["predict", "run", str(tmp_path / "a.npy"), str(volume), "--question",
+                     "q"]) == 2
+        assert message in capsys.readouterr().err.splitlines()[-1]
 
 
 def test_chat_keeps_the_turns_and_starts_over_on_reset(byo_run, monkeypatch, capsys):

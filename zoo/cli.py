@@ -157,18 +157,22 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
-def load_predictor(args: argparse.Namespace):
-    """The model MODEL names, loaded and verified, with the spec that prepares its inputs."""
+def load_predictor(args: argparse.Namespace, volumes: list[str]):
+    """The model MODEL names, loaded and verified, with the spec that prepares ``volumes`` (each
+    checked to exist and be readable before the model is loaded)."""
+    from zoo.data.input_volume import input_format
     from zoo.data.preparation import spec_for
     from zoo.predict import Generation, Predictor
     from zoo.trained import locate
 
+    formats = {input_format(v) for v in volumes}
     generation = Generation(args.max_new_tokens, args.temperature, args.top_p, args.seg_rule)
     trained = locate(args.model, args.tracking_uri)
     predictor = Predictor(trained.load(), generation, args.out, name=args.model)
     record = trained.preparation_record()
     predictor.spec = spec_for(record, predictor.input_size(), window=args.window,
-                              modality=args.modality, spacing=args.spacing)
+                              modality=args.modality, spacing=args.spacing,
+                              required=formats != {"npy"})
     return predictor, trained, record
 
 
@@ -181,7 +185,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         questions += read_questions(args.questions, args.task)
     if not questions:
         raise ConfigError("predict: give --question TEXT (repeatable) or --questions FILE.jsonl")
-    predictor, trained, record = load_predictor(args)
+    predictor, trained, record = load_predictor(args, args.volumes)
     records = predict(predictor, args.volumes, questions, progress=show_progress())
     if args.json:
         print(json.dumps(output_document(args.model, trained.kind, record, records), indent=1))
@@ -194,7 +198,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 def cmd_chat(args: argparse.Namespace) -> int:
     from zoo.predict import chat
 
-    predictor, _, _ = load_predictor(args)
+    predictor, _, _ = load_predictor(args, [args.volume])
     chat(predictor, args.volume, task=args.task)
     return 0
 

@@ -101,6 +101,17 @@ def _rounded(values: Any) -> list[float]:
     return [round(float(v), 2) for v in values]
 
 
+def input_format(path: str | Path) -> str:
+    """``npy``, ``nifti`` or ``dicom`` for an input volume that exists; one line naming the path
+    otherwise (checked for every input before a model is loaded)."""
+    from zoo.data.medical import image_format
+
+    path = Path(path)
+    if not path.exists():
+        raise MissingFileError(f"{path}: input volume does not exist")
+    return image_format(path)
+
+
 def read_input(path: str | Path, spec: Any | None, image_size: Sequence[int] | None,
                series: str | None = None) -> InputVolume:
     """Read ``path`` and prepare it with ``spec`` (a :class:`zoo.data.prepare.PrepSpec`; needed
@@ -109,14 +120,10 @@ def read_input(path: str | Path, spec: Any | None, image_size: Sequence[int] | N
     from zoo.data.io import load_npy
     from zoo.data.prepare import load_raw, preprocess
 
-    from zoo.data.medical import image_format
-
     path = Path(path)
-    if not path.exists():
-        raise MissingFileError(f"{path}: input volume does not exist")
-    fmt = image_format(path)
+    fmt = input_format(path)
     if fmt == "npy":
-        image = np.asarray(load_npy(path), dtype=np.float32)
+        image = np.asarray(load_npy(path, mmap=False), dtype=np.float32)
         volume = InputVolume(path, fmt, image)
     else:
         if spec is None:

@@ -27,7 +27,8 @@ def check_array(array: np.ndarray, path: str | Path, *, rank: int | None = None,
     """Validate rank, channel count, finiteness, non-emptiness, (optionally) [0, 1] range and,
     unless ``constant_ok`` (label maps may be all background), that not every voxel is equal."""
     if rank is not None and array.ndim != rank:
-        raise DataError(path, f"expected rank {rank} array, got rank {array.ndim} shape "
+        layout = " (1, D, H, W)" if rank == 4 and channels == 1 else ""
+        raise DataError(path, f"expected a rank {rank} array{layout}, got rank {array.ndim} shape "
                               f"{tuple(array.shape)}")
     if array.size == 0:
         raise DataError(path, f"empty volume (shape {tuple(array.shape)})")

@@ -90,12 +90,13 @@ def read(folder: Path) -> dict[str, Any] | None:
 
 def spec_for(record: dict[str, Any] | None, image_size: Sequence[int], *,
              window: str | None = None, modality: str | None = None,
-             spacing: Sequence[float] | None = None) -> Any:
+             spacing: Sequence[float] | None = None, required: bool = True) -> Any:
     """The PrepSpec that prepares a NIfTI / DICOM input for a model of ``image_size``: the
     recorded one; where none is recorded, one made from ``modality`` (default CT), ``window``
     (required for CT; MRI is scaled by percentiles) and ``spacing``. Giving those for a model
     that records its spec is refused (it would prepare the volume differently from the
-    training data)."""
+    training data). With ``required=False`` (every input is a prepared ``.npy``) a CT model
+    without a recorded spec or a window gets None instead of an error."""
     from zoo.data.prepare import PrepSpec, parse_window
 
     given = {k: v for k, v in (("--window", window), ("--modality", modality),
@@ -112,6 +113,8 @@ def spec_for(record: dict[str, Any] | None, image_size: Sequence[int], *,
         return prepared
     modality = modality or "ct"
     if window is None and modality == "ct":
+        if not required:
+            return None
         note = (record or {}).get("note") or NO_SPEC_NOTE
         raise ConfigError(f"the model records no preparation spec ({note}); give --window "
                           "(a preset such as abdomen, or low,high HU) or --modality mri, or pass "
