@@ -133,3 +133,17 @@ def test_components_declare_parameter_groups_and_routing():
     prompted = head.parameter_groups()["text_prompted"]
     assert any(n.startswith("image_encoder.") for n in prompted)
     assert not any("iou_prediction_head" in n or "hypernetworks_mlps.1" in n for n in prompted)
+
+
+@pytest.mark.parametrize("overrides, prompt_width", [
+    (["recipe=tghmoe", "encoder=test_tghmoe", "connector.kernel=[8,2,2]"],
+     lambda model: model.encoder.prompt_dim),
+    (["encoder=test_slice2d", "bridge=test_text_slice_weighting", "connector.kernel=[8,2,2]"],
+     lambda model: model.bridge.prompt_proj.in_features),
+])
+def test_a_text_guided_part_gets_the_llms_width_through_the_built_config(overrides, prompt_width):
+    """The recipe reads a component factory's signature to hand ``prompt_dim`` to text-guided
+    parts; the factories zoo.build hands over must keep that signature (the tiny parts' own
+    default, 16, differs from test_llama's 64)."""
+    model = meta(*overrides)
+    assert prompt_width(model) == model.lm.hidden_size == 64

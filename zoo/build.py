@@ -133,7 +133,9 @@ def labelled(group: str, choice: str, factory: Callable[..., Any]) -> Callable[.
     """``factory`` whose input errors name the config group they came from: a builder's own
     check knows its argument (``kernel must be ...``), not where in the config the value was set,
     so its one line becomes ``connector=spatial_pool: kernel must be ...``. A message that already
-    names the group is left as it is; bugs (any other exception) pass untouched."""
+    names the group is left as it is; bugs (any other exception) pass untouched. The factory's
+    signature is kept: recipes read it (a text-guided part is the one that takes
+    ``prompt_dim``)."""
 
     def build(*args: Any, **kwargs: Any) -> Any:
         try:
@@ -143,6 +145,7 @@ def labelled(group: str, choice: str, factory: Callable[..., Any]) -> Callable[.
                 raise
             raise type(err)(f"{group}={choice}: {err}") from err
 
+    build.__signature__ = inspect.signature(factory)  # type: ignore[attr-defined]
     return build
 
 
