@@ -199,3 +199,21 @@ def test_verbosity_switches_and_hydra_verbose(capsys, monkeypatch):
         verbosity.set_verbosity(verbosity.NORMAL)
     verbosity.get_logger("zoo.test").info("a progress line")
     assert "a progress line" in capsys.readouterr().out
+
+
+def test_quiet_keeps_mlflows_store_creation_lines_out(tmp_path):
+    """-q: a fresh tracking store is created without MLflow's INFO lines (MLflow sets its loggers'
+    level when it is imported, after the switch); stderr holds the one error line alone."""
+    import os
+    import subprocess
+    import sys
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    code = "import sys; from zoo.cli import main; sys.exit(main(sys.argv[1:]))"
+    done = subprocess.run([sys.executable, "-c", code, "-q", "eval", "--tracking-uri", uri,
+                           "0123456789abcdef"], capture_output=True, text=True, env=env,
+                          timeout=300)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        f"zoo eval: run '0123456789abcdef': not found in the tracking store {uri}"]

@@ -286,6 +286,11 @@ def test_a_model_without_a_recorded_preparation_reads_npy_inputs(byo_run, monkey
     assert main(["predict", byo_run.run_id, scan, "--question", "Which organ?"]) == 2
     assert "records no preparation spec (the synthetic benchmark); give --window" in \
         capsys.readouterr().err
+    assert main(["-q", "predict", byo_run.run_id, scan, "--question", "Which organ?", "--window",
+                 "brain", "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)["preparation"]
+    assert shown["spec"]["window"] == "brain" and shown["spec"]["size"] == list(SIZE)
+    assert shown["source"].startswith("the command line")
 
 
 def test_every_input_is_checked_before_the_model_is_loaded(monkeypatch, capsys, tmp_path):

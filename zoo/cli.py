@@ -188,7 +188,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     predictor, trained, record = load_predictor(args, args.volumes)
     records = predict(predictor, args.volumes, questions, progress=show_progress())
     if args.json:
-        print(json.dumps(output_document(args.model, trained.kind, record, records), indent=1))
+        document = output_document(args.model, trained.kind, record, records, predictor.spec)
+        print(json.dumps(document, indent=1))
     else:
         for item in records:
             print(format_record(item))

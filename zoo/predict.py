@@ -16,7 +16,8 @@ questions and answers before it in the prompt (the image tokens once, at the tem
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
@@ -267,8 +268,14 @@ def chat(predictor: Predictor, volume_path: str | Path, read_line: Callable[[str
 
 
 def output_document(name: str, kind: str, preparation: dict[str, Any] | None,
-                    records: Iterable[dict[str, Any]]) -> dict[str, Any]:
-    """``zoo predict --json``: the model, how inputs were prepared, one record per answer."""
+                    records: Iterable[dict[str, Any]], used: Any = None) -> dict[str, Any]:
+    """``zoo predict --json``: the model, how inputs were prepared, one record per answer. A model
+    that records no preparation shows the spec made from the command line (``used``, a
+    :class:`zoo.data.prepare.PrepSpec`) when NIfTI / DICOM inputs were prepared with one."""
+    preparation = dict(preparation or {})
+    if used is not None and not preparation.get("spec"):
+        preparation.update(spec=json.loads(json.dumps(asdict(used))),
+                           source="the command line (--window, --modality, --spacing)")
     return {"model": name, "model_kind": kind, "preparation": preparation,
             "results": list(records)}
 

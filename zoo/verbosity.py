@@ -61,6 +61,8 @@ def set_verbosity(level: int = NORMAL, hydra_verbose: Any = None) -> None:
         # Hugging Face's and MLflow's own bars (reading and writing weights, artifacts)
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+        # MLflow sets its loggers' level from this when it is imported (after this point)
+        os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
         for name in ("mlflow", "alembic", "hydra"):
             logging.getLogger(name).setLevel(logging.WARNING)
     elif level == VERBOSE:
