@@ -564,13 +564,15 @@ def use_cases() -> list[Case]:
             np.save(path, np.random.default_rng(0).random(shape, dtype=np.float32))
         return str(path)
 
-    def predict(*argv: str, volume: str = "scan.npy", **files: bytes) -> Callable[[Lab], Outcome]:
+    def predict(*argv: str, volume: str = "scan.npy", shape=(1, 16, 32, 32),
+                questions: bytes | None = None) -> Callable[[Lab], Outcome]:
+        """``zoo predict`` on the finished run; ``volume`` is made here when it is an .npy, and a
+        questions file with ``questions`` as its content is passed when given."""
         def run(lab: Lab) -> Outcome:
-            named = {k: scratch(lab, k.replace("_", "."), v) for k, v in files.items()}
-            shape = (16, 32, 32) if volume == "flat.npy" else (1, 16, 32, 32)
             path = scratch(lab, volume, shape=shape) if volume.endswith(".npy") else volume
-            args = [a.format(**{k: v for k, v in named.items()}) for a in argv]
-            return answered(cli("predict", "--tracking-uri", lab.uri, lab.finished, path, *args))
+            asked = ["--questions", scratch(lab, "q.jsonl", questions)] if questions else []
+            return answered(cli("predict", "--tracking-uri", lab.uri, lab.finished, path, *argv,
+                                *asked))
         return run
 
     def answered(result: Outcome) -> Outcome:
@@ -608,18 +610,15 @@ def use_cases() -> list[Case]:
         Case("use", "zoo predict a volume that does not exist", "error",
              predict(*q, volume="/nonexistent/scan.nii.gz"), names="/nonexistent/scan.nii.gz"),
         Case("use", "zoo predict an .npy without its channel axis", "error",
-             predict(*q, volume="flat.npy"), names="flat.npy"),
+             predict(*q, volume="flat.npy", shape=(16, 32, 32)), names="flat.npy"),
         Case("use", "zoo predict a text file as a volume", "error",
              predict(*q, volume="/etc/hostname"), names="/etc/hostname"),
         Case("use", "zoo predict --questions: not UTF-8", "error",
-             predict("--questions", "{q_jsonl}", q_jsonl='{"question": "caf\xe9"}\n'.encode(
-                 "latin-1")), names="q.jsonl"),
+             predict(questions='{"question": "caf\xe9"}\n'.encode("latin-1")), names="q.jsonl"),
         Case("use", "zoo predict --questions: invalid JSON on line 2", "error",
-             predict("--questions", "{q_jsonl}", q_jsonl=b'{"question": "a"}\n{oops\n'),
-             names="q.jsonl"),
+             predict(questions=b'{"question": "a"}\n{oops\n'), names="q.jsonl"),
         Case("use", "zoo predict --questions: a line without a question", "error",
-             predict("--questions", "{q_jsonl}", q_jsonl=b'{"task": "vqa_open"}\n'),
-             names="q.jsonl"),
+             predict(questions=b'{"task": "vqa_open"}\n'), names="q.jsonl"),
         Case("use", "zoo predict --temperature -1", "error",
              predict(*q, "--temperature", "-1"), names="--temperature"),
         Case("use", "zoo predict --max-new-tokens 0", "error",
