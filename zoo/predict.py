@@ -16,7 +16,6 @@ questions and answers before it in the prompt (the image tokens once, at the tem
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
@@ -272,9 +271,11 @@ def output_document(name: str, kind: str, preparation: dict[str, Any] | None,
     """``zoo predict --json``: the model, how inputs were prepared, one record per answer. A model
     that records no preparation shows the spec made from the command line (``used``, a
     :class:`zoo.data.prepare.PrepSpec`) when NIfTI / DICOM inputs were prepared with one."""
+    from zoo.data.preparation import spec_fields
+
     preparation = dict(preparation or {})
     if used is not None and not preparation.get("spec"):
-        preparation.update(spec=json.loads(json.dumps(asdict(used))),
+        preparation.update(spec=spec_fields(asdict(used), "--window"),
                            source="the command line (--window, --modality, --spacing)")
     return {"model": name, "model_kind": kind, "preparation": preparation,
             "results": list(records)}
